@@ -1,0 +1,101 @@
+"""retail_bronze: a declarative dlt source landing raw retail and store-telemetry files into a Bronze layer.
+
+`retail_source()` has one resource per registry table (`customers`, `products`, `stores`, `orders`, `order_items`,
+`returns`, `exchange_rates`, `events`, `sensors` in the shipped registry). Each resource also writes the shared
+`rejects` table (one record per failed check, with reason code and original record) and the
+`manifest_processed_files` table (one row per processed file, rows conserved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dlt
+import pyarrow as pa
+from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
+from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.extract.resource import DltResource
+
+from . import reasons
+from .audit import table_schema
+from .extract import MANIFEST_SCHEMA, MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
+from .registry import RETAIL_TABLES, TableSpec, select_tables
+
+SECTION = "retail_bronze"
+SCHEMA_CONTRACT: dict[str, str] = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
+"""dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
+DEFAULT_CHUNK_SIZE = 200_000
+
+
+def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
+    """dlt column hints derived from a pyarrow schema (types, precision, scale, nullability)."""
+    return py_arrow_to_table_schema_columns(schema)
+
+
+def _write_disposition(merge: bool) -> Any:
+    return {"disposition": "merge", "strategy": "delete-insert"} if merge else "append"
+
+
+def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   append_only: bool = False) -> DltResource:
+    """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
+
+    The resource writes three tables, each declared as a dlt table variant so their hints never mix: the table itself
+    (columns from the contract plus audit columns), `rejects` (append) and `manifest_processed_files` (merge on
+    `src_path`; append in the change log).
+    """
+    merge = spec.write_disposition == "merge" and not append_only
+    columns = dlt_columns(table_schema(spec))
+    if merge and spec.sequence_column:
+        columns[spec.sequence_column]["dedup_sort"] = "desc"
+    table_hints = {
+        "rows": dlt.mark.make_hints(table_name=spec.name, columns=columns),
+        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append", primary_key=[],
+                                       columns=dlt_columns(REJECTS_OUTPUT_SCHEMA)),
+        "manifest": dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition=_write_disposition(not append_only),
+                                        primary_key=[] if append_only else ["src_path"],
+                                        columns=dlt_columns(MANIFEST_SCHEMA)),
+    }
+
+    def rows() -> Iterator[Any]:
+        ledger = dlt.current.resource_state().setdefault("files", {})
+        load_id = dlt.current.load_package_state()["load_id"]
+        extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
+                                   ledger=ledger)
+        for kind, table in extractor.run(discover_files(spec, raw_url)):
+            yield dlt.mark.with_hints(table, table_hints[kind], create_table_variant=True)
+
+    return dlt.resource(
+        rows,
+        name=spec.name,
+        table_name=spec.name,
+        write_disposition=_write_disposition(merge),
+        primary_key=list(spec.primary_key),
+        schema_contract=SCHEMA_CONTRACT,  # type: ignore[arg-type]
+    )
+
+
+@dlt.source(section=SECTION, name="retail_bronze", max_table_nesting=0)
+def retail_source(
+    raw_url: str = dlt.config.value,
+    table_names: Sequence[str] | None = None,
+    ingestion_ts: datetime | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    append_only: bool = False,
+    tables: Sequence[TableSpec] | None = None,
+) -> list[DltResource]:
+    """One resource per registry table reading the raw files under `raw_url` (local path or fsspec URL).
+
+    `tables` replaces the shipped registry with your own entries; `table_names` selects some of them. `ingestion_ts`
+    (UTC, default now) stamps every row: pass the same value to every pipeline of one run. `append_only` loads every
+    table as append, the change-log form used for the Parquet lake.
+    """
+    stamp = (ingestion_ts or datetime.now(UTC)).astimezone(UTC)
+    selected = select_tables(tables or RETAIL_TABLES, table_names)
+    return [table_resource(spec, raw_url, ingestion_ts=stamp, chunk_size=chunk_size, append_only=append_only)
+            for spec in selected]
+
+
+__all__ = ["RETAIL_TABLES", "TableSpec", "reasons", "retail_source", "table_resource"]

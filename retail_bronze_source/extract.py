@@ -1,0 +1,344 @@
+"""Turns one table's raw files into audited valid rows, reject records and manifest rows.
+
+Each file is read, validated and staged on local disk as Arrow IPC before anything of it is emitted, so a file that
+fails half way (corrupt page, bad encoding) becomes one file-level reject and never a partial load. After every file
+of the table is staged, rows of one key that share a sequence value but differ in content are rejected as
+`DUPLICATE_KEY`; then the table's output is emitted file by file. Merge tables then keep one version per key
+(highest sequence value, then latest file and row); the versions it replaces are valid rows counted as
+`superseded_count`. Per file, `row_count = valid_count + reject_count`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from . import reasons
+from .audit import add_audit_columns, has_sheets, table_schema
+from .readers import read
+from .readers.base import FileRejected, RawChunk, RawFile
+from .readers.delta import delta_version
+from .readers.records import records_as_json
+from .registry import EXTENSION_FORMATS, TableSpec
+from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, file_reject, quote_ident, quote_literal
+
+OutputKind = Literal["rows", "rejects", "manifest"]
+
+REJECTS_TABLE = "rejects"
+MANIFEST_TABLE = "manifest_processed_files"
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+RUN_FIELDS = (pa.field("ingestion_ts", UTC_TS, nullable=False), pa.field("load_id", pa.string()))
+REJECTS_OUTPUT_SCHEMA = pa.schema([*REJECT_SCHEMA, *RUN_FIELDS])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("src_path", pa.string(), nullable=False),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("processed_at", UTC_TS, nullable=False),
+        pa.field("file_fingerprint", pa.string(), nullable=False),
+        pa.field("file_size", pa.int64()),
+        pa.field("row_count", pa.int64(), nullable=False),
+        pa.field("valid_count", pa.int64(), nullable=False),
+        pa.field("reject_count", pa.int64(), nullable=False),
+        pa.field("superseded_count", pa.int64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("load_id", pa.string()),
+    ]
+)
+
+STATUS_OK = "ok"
+STATUS_WITH_REJECTS = "with_rejects"
+STATUS_FILE_REJECTED = "file_rejected"
+STATUS_EMPTY = "empty"
+
+_HASH_BLOCK = 8 << 20
+
+
+@dataclass
+class _StagedFile:
+    file: RawFile
+    fingerprint: str
+    rows_path: Path | None = None
+    rejects_path: Path | None = None
+    row_count: int = 0
+    reject_count: int = 0
+    file_level: tuple[str, str] | None = None
+    valid_count: int = 0
+    superseded_count: int = 0
+    extra_rejects: list[pa.Table] = field(default_factory=list)
+
+
+def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
+    """The raw inputs of `spec` under `raw_url` (a local path or any fsspec URL), sorted by path."""
+    fs, root = fsspec.core.url_to_fs(raw_url)
+    root = root.rstrip("/")
+    if spec.formats == ("delta",):
+        path = f"{root}/{spec.files}"
+        if not fs.isdir(path):
+            return []
+        return [RawFile(fs=fs, path=path, rel_path=spec.files)]
+    found: list[RawFile] = []
+    for path, info in sorted(fs.glob(f"{root}/{spec.files}", detail=True).items()):
+        if info.get("type") == "directory":
+            continue
+        rel = path[len(root) + 1:] if path.startswith(root + "/") else path
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        found.append(RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
+                             mtime=_as_timestamp(mtime)))
+    return found
+
+
+def _as_timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value)
+
+
+def file_format(spec: TableSpec, file: RawFile) -> str:
+    """The format `file` is read as; raises `UNSUPPORTED_FILE` when the table does not accept it."""
+    if spec.formats == ("delta",):
+        return "delta"
+    suffix = Path(file.rel_path).suffix.lower()
+    fmt = EXTENSION_FORMATS.get(suffix)
+    if fmt is None or fmt not in spec.formats:
+        raise FileRejected(reasons.UNSUPPORTED_FILE,
+                           f"'{suffix or file.rel_path}' files are not accepted for table {spec.name} "
+                           f"(accepted: {', '.join(spec.formats)})")
+    return fmt
+
+
+def fingerprint(file: RawFile, fmt: str) -> str:
+    """A content fingerprint: SHA-256 of the file's bytes, or the version of a Delta table."""
+    if fmt == "delta":
+        return f"delta-version:{delta_version(file)}"
+    digest = hashlib.sha256()
+    with file.open() as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+class TableExtractor:
+    """Reads, validates and stages the files of one table, then emits its output."""
+
+    def __init__(self, spec: TableSpec, *, ingestion_ts: datetime, load_id: str | None, chunk_size: int,
+                 ledger: MutableMapping[str, Any]) -> None:
+        self.spec = spec
+        self.ingestion_ts = ingestion_ts
+        self.load_id = load_id
+        self.chunk_size = chunk_size
+        self.ledger = ledger
+        self.schema = table_schema(spec)
+        self.con = duckdb.connect()
+        self.con.execute("SET memory_limit = '512MB'")
+        self.validator = Validator(spec, self.con)
+
+    def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
+        """Yield ("rows" | "rejects" | "manifest", table) for every new or changed file of `files`."""
+        with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{self.spec.name}_") as tmp:
+            self.con.execute(f"SET temp_directory = '{tmp}/duckdb'")
+            staged = [s for i, f in enumerate(files) if (s := self._stage_if_new(f, Path(tmp), i)) is not None]
+            self._resolve_keys(staged)
+            for item in staged:
+                yield from self._emit(item)
+                self.ledger[item.file.rel_path] = {"fingerprint": item.fingerprint, "size": item.file.size,
+                                                   "mtime": item.file.mtime}
+
+    def _stage_if_new(self, file: RawFile, tmp: Path, index: int) -> _StagedFile | None:
+        seen = self.ledger.get(file.rel_path)
+        is_delta = self.spec.formats == ("delta",)
+        if seen and not is_delta and seen.get("size") == file.size and seen.get("mtime") == file.mtime:
+            return None
+        fmt: str | None = None
+        unsupported: FileRejected | None = None
+        try:
+            fmt = file_format(self.spec, file)
+        except FileRejected as rejected:
+            unsupported = rejected
+        try:
+            print_ = fingerprint(file, fmt or "file")
+        except (FileRejected, OSError) as error:
+            rejected = error if isinstance(error, FileRejected) else FileRejected(
+                reasons.FILE_UNREADABLE, f"{type(error).__name__}: {error}")
+            return self._file_rejected(file, f"unreadable:size={file.size}:mtime={file.mtime}", rejected)
+        if seen and seen.get("fingerprint") == print_:
+            seen.update(size=file.size, mtime=file.mtime)
+            return None
+        if unsupported is not None or fmt is None:
+            return self._file_rejected(file, print_, unsupported or FileRejected(reasons.UNSUPPORTED_FILE, "unknown"))
+        staged = _StagedFile(file=file, fingerprint=print_, rows_path=tmp / f"{index}.rows.arrow",
+                             rejects_path=tmp / f"{index}.rejects.arrow")
+        try:
+            self._stage(staged, fmt)
+        except FileRejected as rejected:
+            for path in (staged.rows_path, staged.rejects_path):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            return self._file_rejected(file, print_, rejected)
+        return staged
+
+    def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected) -> _StagedFile:
+        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, rejected.reason_detail))
+
+    def _stage(self, staged: _StagedFile, fmt: str) -> None:
+        assert staged.rows_path is not None and staged.rejects_path is not None
+        with pa.ipc.new_file(staged.rows_path, self.schema) as rows_out, \
+                pa.ipc.new_file(staged.rejects_path, REJECT_SCHEMA) as rejects_out:
+            for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, self.spec.reader_options)):
+                result = self.validator.validate(chunk, staged.file.rel_path)
+                if result.valid.num_rows:
+                    rows_out.write_table(add_audit_columns(result.valid, self.spec, ingestion_ts=self.ingestion_ts,
+                                                           src_filename=staged.file.rel_path, sheet=chunk.sheet))
+                if result.rejects.num_rows:
+                    rejects_out.write_table(result.rejects)
+                staged.row_count += result.rows_read
+                staged.reject_count += result.rows_rejected
+                staged.valid_count += result.valid.num_rows
+
+    def _position_columns(self) -> list[str]:
+        return ["src_filename", *(["src_sheet"] if has_sheets(self.spec) else []), ROW_NUMBER]
+
+    def _resolve_keys(self, staged: list[_StagedFile]) -> None:
+        """Reject conflicting versions (`DUPLICATE_KEY`) and, for merge tables, drop superseded versions of a key."""
+        pk = list(self.spec.primary_key)
+        paths = [str(s.rows_path) for s in staged if s.file_level is None and s.rows_path and s.valid_count]
+        if not pk or not paths:
+            return
+        seq = self.spec.sequence_column
+        pk_sql = ", ".join(quote_ident(k) for k in pk)
+        version_sql = ", ".join(quote_ident(k) for k in [*pk, *([seq] if seq else [])])
+        position = self._position_columns()
+        position_sql = ", ".join(quote_ident(c) for c in position)
+        self.con.register("staged", ds.dataset(paths, format="ipc"))
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE candidates AS SELECT * FROM staged "
+            f"SEMI JOIN (SELECT {pk_sql} FROM staged GROUP BY {pk_sql} HAVING count(*) > 1) USING ({pk_sql})"
+        )
+        self.con.unregister("staged")
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE conflicting AS SELECT c.*, g.versions FROM candidates c JOIN ("
+            f"SELECT {version_sql}, count(*) AS versions FROM candidates GROUP BY {version_sql} "
+            f"HAVING min(hash({ROW_HASH})) <> max(hash({ROW_HASH}))) g USING ({version_sql})"
+        )
+        order = ", ".join([*([f"{quote_ident(seq)} DESC"] if seq else []), *(f"{quote_ident(c)} DESC" for c in position)])
+        superseded_sql = (
+            f"SELECT {position_sql} FROM (SELECT * FROM candidates ANTI JOIN conflicting USING ({position_sql})) "
+            f"QUALIFY row_number() OVER (PARTITION BY {pk_sql} ORDER BY {order}) > 1"
+            if self.spec.write_disposition == "merge" else f"SELECT {position_sql} FROM candidates WHERE false"
+        )
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE superseded AS {superseded_sql}")
+        for item in staged:
+            if item.file_level is not None or not item.valid_count or item.rows_path is None:
+                continue
+            name = quote_literal(item.file.rel_path)
+            dup = self.con.execute(f"SELECT * FROM conflicting WHERE src_filename = {name}").to_arrow_table()
+            dropped = self.con.execute(f"SELECT count(*) FROM superseded WHERE src_filename = {name}").fetchone()
+            n_superseded = int(dropped[0]) if dropped else 0
+            if not dup.num_rows and not n_superseded:
+                continue
+            self.con.register("rows_in", ds.dataset(str(item.rows_path), format="ipc"))
+            keep = self.con.execute(
+                f"SELECT * FROM rows_in ANTI JOIN (SELECT {position_sql} FROM conflicting UNION ALL "
+                f"SELECT {position_sql} FROM superseded) USING ({position_sql}) ORDER BY {position_sql}"
+            ).to_arrow_table().cast(self.schema)
+            self.con.unregister("rows_in")
+            with pa.ipc.new_file(item.rows_path, self.schema) as out:
+                out.write_table(keep)
+            if dup.num_rows:
+                item.extra_rejects.append(self._duplicate_rejects(dup, item.file.rel_path))
+            item.valid_count -= dup.num_rows
+            item.reject_count += dup.num_rows
+            item.superseded_count = n_superseded
+
+    def _duplicate_rejects(self, dup: pa.Table, src_filename: str) -> pa.Table:
+        """Reject records for rows of conflicting keys (per-row formatting: these rows are few by nature)."""
+        keys = [*self.spec.primary_key, *([self.spec.sequence_column] if self.spec.sequence_column else [])]
+        detail = [
+            f"{dict(zip(keys, map(str, values), strict=True))} has {n} versions with different content in this load"
+            for *values, n in zip(*(dup[k].to_pylist() for k in keys), dup["versions"].to_pylist(), strict=True)
+        ]
+        n = dup.num_rows
+        return pa.table(
+            {
+                "table_name": pa.repeat(pa.scalar(self.spec.name), n),
+                "src_filename": pa.repeat(pa.scalar(src_filename), n),
+                "src_row_number": dup[ROW_NUMBER],
+                "src_sheet": dup["src_sheet"] if "src_sheet" in dup.column_names else pa.nulls(n, pa.string()),
+                "reason_code": pa.repeat(pa.scalar(reasons.DUPLICATE_KEY), n),
+                "column_name": pa.repeat(pa.scalar(",".join(keys)), n),
+                "reason_detail": pa.array(detail, pa.string()),
+                "raw_record": records_as_json(dup.select(self.spec.schema.names)),
+                "src_row_hash": dup[ROW_HASH],
+            },
+            schema=REJECT_SCHEMA,
+        )
+
+    def _emit(self, item: _StagedFile) -> Iterator[tuple[OutputKind, pa.Table]]:
+        rel = item.file.rel_path
+        if item.file_level is not None:
+            code, detail = item.file_level
+            yield "rejects", self._with_run_fields(file_reject(self.spec, rel, code, detail))
+            yield "manifest", self._manifest(item, STATUS_FILE_REJECTED)
+            return
+        if item.rows_path is not None and item.valid_count:
+            with pa.memory_map(str(item.rows_path)) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    if batch.num_rows:
+                        yield "rows", pa.Table.from_batches([batch])
+        rejects = [t for t in self._staged_rejects(item) if t.num_rows] + item.extra_rejects
+        if rejects:
+            yield "rejects", self._with_run_fields(pa.concat_tables(rejects))
+        status = STATUS_EMPTY if item.row_count == 0 else STATUS_WITH_REJECTS if item.reject_count else STATUS_OK
+        yield "manifest", self._manifest(item, status)
+
+    @staticmethod
+    def _staged_rejects(item: _StagedFile) -> list[pa.Table]:
+        if item.rejects_path is None or not item.rejects_path.exists():
+            return []
+        with pa.memory_map(str(item.rejects_path)) as source:
+            return [pa.ipc.open_file(source).read_all()]
+
+    def _with_run_fields(self, rejects: pa.Table) -> pa.Table:
+        n = rejects.num_rows
+        return (rejects.append_column(RUN_FIELDS[0], pa.repeat(pa.scalar(self.ingestion_ts, UTC_TS), n))
+                .append_column(RUN_FIELDS[1], pa.repeat(pa.scalar(self.load_id, pa.string()), n)))
+
+    def _manifest(self, item: _StagedFile, status: str) -> pa.Table:
+        row = {
+            "src_path": item.file.rel_path, "table_name": self.spec.name, "processed_at": self.ingestion_ts,
+            "file_fingerprint": item.fingerprint, "file_size": item.file.size, "row_count": item.row_count,
+            "valid_count": item.valid_count, "reject_count": item.reject_count,
+            "superseded_count": item.superseded_count, "status": status,
+            "load_id": self.load_id,
+        }
+        if item.file_level is not None:
+            row.update(row_count=0, valid_count=0, reject_count=0)
+        return pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)
+
+
+def _reader_errors_as_rejects(chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:
+    """Pass chunks through, turning any reader failure into `FILE_UNREADABLE` naming the error."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except FileRejected:
+            raise
+        except Exception as error:
+            raise FileRejected(reasons.FILE_UNREADABLE, f"{type(error).__name__}: {error}") from error
+        yield chunk

@@ -1,0 +1,68 @@
+"""Types shared by every reader: the raw file handle, the chunk a reader yields, and file-level rejection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+from fsspec import AbstractFileSystem
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One raw input: a file, or a table directory for table formats such as Delta."""
+
+    fs: AbstractFileSystem
+    path: str
+    """Path as the filesystem `fs` spells it."""
+    rel_path: str
+    """Path relative to the raw root, with forward slashes; the stable name used in audit columns and the ledger."""
+    size: int = 0
+    mtime: float | None = None
+
+    def open(self) -> IO[bytes]:
+        """Open the file for binary reading."""
+        return self.fs.open(self.path, "rb")  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ParseReject:
+    """A record the reader found but could not turn into a row."""
+
+    row_number: int
+    """1-based data row (record) number in the file, or in the sheet for XLSX."""
+    reason_code: str
+    reason_detail: str
+    raw_record: str
+    """The record as it appears in the file (text formats) or its values as JSON (binary formats)."""
+
+
+@dataclass
+class RawChunk:
+    """A bounded slice of one file, in file order.
+
+    `data` holds the parsed records with the file's own column names (text formats give strings, binary formats their
+    stored types); `row_numbers` gives each of them its 1-based data row number. `rejects` lists the records of this
+    slice that could not be parsed. Every record of the slice is in exactly one of the two.
+    """
+
+    data: pa.Table
+    row_numbers: pa.Array
+    rejects: list[ParseReject] = field(default_factory=list)
+    sheet: str | None = None
+    raw_records: pa.Array | None = None
+    """The original text of each row, when the format has one."""
+    columns_per_record: bool = False
+    """Records carry their own keys: a column absent from the chunk means the value is missing, not that the file lacks
+    the column."""
+
+
+class FileRejected(Exception):
+    """The whole file is rejected with a file-level reason code; none of its rows load."""
+
+    def __init__(self, reason_code: str, reason_detail: str, **context: Any) -> None:
+        super().__init__(f"{reason_code}: {reason_detail}")
+        self.reason_code = reason_code
+        self.reason_detail = reason_detail
+        self.context = context

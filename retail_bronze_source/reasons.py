@@ -1,0 +1,46 @@
+"""Stable reason codes of the rejects output. Values never change once released."""
+
+from __future__ import annotations
+
+from typing import Final
+
+FILE_UNREADABLE: Final = "FILE_UNREADABLE"
+"""The file is corrupt or truncated and cannot be decoded; none of its rows load."""
+FILE_ENCODING: Final = "FILE_ENCODING"
+"""The file is not valid UTF-8; none of its rows load."""
+MISSING_REQUIRED_COLUMN: Final = "MISSING_REQUIRED_COLUMN"
+"""The file lacks a column that the contract requires; none of its rows load."""
+UNSUPPORTED_FILE: Final = "UNSUPPORTED_FILE"
+"""The file's format is not one the table accepts, or uses features the reader cannot decode."""
+
+MALFORMED_ROW: Final = "MALFORMED_ROW"
+"""A record that cannot be tokenized (broken quoting, unterminated quoted field)."""
+TOO_MANY_COLUMNS: Final = "TOO_MANY_COLUMNS"
+"""A record with more fields than the header."""
+TOO_FEW_COLUMNS: Final = "TOO_FEW_COLUMNS"
+"""A record with fewer fields than the header."""
+INVALID_JSON: Final = "INVALID_JSON"
+"""A JSON Lines line that is not strict RFC 8259 JSON (NaN, Infinity, invalid UTF-8 included)."""
+NOT_AN_OBJECT: Final = "NOT_AN_OBJECT"
+"""A JSON Lines line that is valid JSON but not an object."""
+
+TYPE_MISMATCH: Final = "TYPE_MISMATCH"
+"""A value that cannot be converted to the contract type without loss."""
+NOT_NULL: Final = "NOT_NULL"
+"""A required value is missing or empty."""
+ACCEPTED_VALUES: Final = "ACCEPTED_VALUES"
+"""A value outside the contract's accepted values."""
+OUT_OF_RANGE: Final = "OUT_OF_RANGE"
+"""A value outside the contract's min/max bounds."""
+PATTERN_MISMATCH: Final = "PATTERN_MISMATCH"
+"""A text value that does not match the contract's pattern."""
+DUPLICATE_KEY: Final = "DUPLICATE_KEY"
+"""Rows of one load sharing key and sequence value but differing in content."""
+
+LOAD_FAILED: Final = "LOAD_FAILED"
+"""A destination refused a load job; its rows are kept here with the job's error message."""
+
+FILE_LEVEL: Final = frozenset({FILE_UNREADABLE, FILE_ENCODING, MISSING_REQUIRED_COLUMN, UNSUPPORTED_FILE})
+ROW_PARSE: Final = frozenset({MALFORMED_ROW, TOO_MANY_COLUMNS, TOO_FEW_COLUMNS, INVALID_JSON, NOT_AN_OBJECT})
+CONTRACT: Final = frozenset({TYPE_MISMATCH, NOT_NULL, ACCEPTED_VALUES, OUT_OF_RANGE, PATTERN_MISMATCH, DUPLICATE_KEY})
+ALL: Final = FILE_LEVEL | ROW_PARSE | CONTRACT | {LOAD_FAILED}

@@ -1,0 +1,85 @@
+"""The table registry: every raw table the source loads, declared as data.
+
+Another project declares its own `TableSpec` entries and passes them to `retail_source(tables=...)`; the retail tables
+below are simply the registry that ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from schemas import schemas
+
+FileFormat = Literal["csv", "parquet", "xlsx", "jsonl", "delta"]
+WriteDisposition = Literal["append", "merge"]
+
+EXTENSION_FORMATS: Mapping[str, FileFormat] = MappingProxyType(
+    {".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+)
+"""File name endings and the format each one is read as."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One raw table: where its files are, how to read them, its contract and how it loads."""
+
+    name: str
+    schema: pa.Schema
+    files: str
+    """Glob relative to the raw root matching the table's files (or, for `delta`, the table directory)."""
+    formats: tuple[FileFormat, ...]
+    """Formats accepted for this table; any other file matched by `files` is an `UNSUPPORTED_FILE` reject."""
+    primary_key: tuple[str, ...]
+    write_disposition: WriteDisposition
+    sequence_column: str | None = None
+    """Orders versions of one key: the highest value is the latest version."""
+    reader_options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the format's reader, e.g. `delimiter` for CSV or `sheets` for XLSX."""
+    source_time_zone: str = "UTC"
+    """Time zone assumed for timestamps written without an offset."""
+
+    def __post_init__(self) -> None:
+        names = set(self.schema.names)
+        missing = [c for c in (*self.primary_key, *([self.sequence_column] if self.sequence_column else [])) if c not in names]
+        if missing:
+            raise ValueError(f"table {self.name!r}: key or sequence columns {missing} are not in its schema")
+        if not self.formats:
+            raise ValueError(f"table {self.name!r}: declare at least one format")
+
+
+def _spec(name: str, schema: pa.Schema, files: str, formats: Sequence[FileFormat], primary_key: Sequence[str],
+          write_disposition: WriteDisposition, sequence_column: str | None = "updated_at", **options: Any) -> TableSpec:
+    return TableSpec(name=name, schema=schema, files=files, formats=tuple(formats), primary_key=tuple(primary_key),
+                     write_disposition=write_disposition, sequence_column=sequence_column, **options)
+
+
+RETAIL_TABLES: tuple[TableSpec, ...] = (
+    _spec("customers", schemas.CUSTOMERS, "customers/*", ["csv"], ["customer_id"], "merge"),
+    _spec("products", schemas.PRODUCTS, "products/*", ["parquet"], ["product_id"], "merge"),
+    _spec("stores", schemas.STORES, "stores/*", ["csv"], ["store_id"], "merge"),
+    _spec("orders", schemas.ORDERS, "orders/*", ["csv"], ["order_id"], "merge"),
+    _spec("order_items", schemas.ORDER_ITEMS, "order_items/*", ["parquet"], ["order_id", "line_no"], "merge"),
+    _spec("returns", schemas.RETURNS, "returns", ["delta"], ["return_id"], "merge"),
+    _spec("exchange_rates", schemas.EXCHANGE_RATES, "exchange_rates/*", ["xlsx"],
+          ["rate_date", "base_currency", "quote_currency"], "merge", sequence_column=None),
+    _spec("events", schemas.EVENTS, "events/*", ["jsonl"], ["event_id"], "append", sequence_column=None),
+    _spec("sensors", schemas.SENSORS, "sensors/*", ["csv", "parquet"], ["sensor_id", "reading_ts"], "append",
+          sequence_column=None),
+)
+"""The retail tables that ship with the package."""
+
+
+def select_tables(tables: Sequence[TableSpec], names: Sequence[str] | None) -> tuple[TableSpec, ...]:
+    """Return the entries named in `names` (all when `names` is empty), failing on unknown names."""
+    if not names:
+        return tuple(tables)
+    known = {t.name: t for t in tables}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return tuple(known[n] for n in names)

@@ -1,0 +1,172 @@
+"""One Bronze run: the source into DuckDB and into the Parquet lake, the Delta mirror, rejects CSVs and a summary."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from dlt.pipeline.pipeline import Pipeline
+
+from . import retail_source
+from .delta_mirror import MirroredTable, mirror_to_delta
+from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
+from .registry import RETAIL_TABLES, TableSpec, select_tables
+from .sinks import (
+    DATASET,
+    FailedJob,
+    failed_jobs,
+    lake_pipeline,
+    load_failed_rejects,
+    load_rejects,
+    warehouse_pipeline,
+    write_rejects_csv,
+)
+
+
+@dataclass
+class TableSummary:
+    """What one run did with one table's files."""
+
+    files: int = 0
+    rows_read: int = 0
+    valid: int = 0
+    rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class RunResult:
+    """The outcome of `run_bronze`."""
+
+    ingestion_ts: datetime
+    warehouse_load_id: str | None
+    lake_load_id: str | None
+    summary: dict[str, TableSummary]
+    failed_jobs: list[FailedJob]
+    mirrored: list[MirroredTable]
+    rejects_files: list[Path]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run reads and writes."""
+
+    raw_url: str
+    lake: Path
+    warehouse: Path
+
+    @property
+    def delta_root(self) -> Path:
+        return self.lake / DATASET / "delta"
+
+    @property
+    def rejects_root(self) -> Path:
+        return self.lake / "_rejects"
+
+
+def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
+               pipelines_dir: str | None = None, chunk_size: int | None = None) -> RunResult:
+    """Load new and changed raw files into every sink; rejects are outputs, not failures."""
+    specs = select_tables(tables or RETAIL_TABLES, table_names)
+    stamp = datetime.now(UTC)
+    options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp}
+    if chunk_size:
+        options["chunk_size"] = chunk_size
+
+    warehouse = warehouse_pipeline(layout.warehouse, pipelines_dir=pipelines_dir)
+    info = warehouse.run(retail_source(**options), loader_file_format="parquet")
+    warehouse_load_id = info.loads_ids[0] if info.loads_ids else None
+    failed = failed_jobs(info)
+
+    lake = lake_pipeline(layout.lake, pipelines_dir=pipelines_dir)
+    lake_info = lake.run(retail_source(append_only=True, **options), loader_file_format="parquet")
+    lake_load_id = lake_info.loads_ids[0] if lake_info.loads_ids else None
+    failed += failed_jobs(lake_info)
+
+    if failed:
+        _record_load_failures(warehouse, failed, stamp)
+    mirrored = mirror_to_delta(lake, layout.delta_root, specs)
+    rejects = _rejects_of_load(layout.warehouse, warehouse_load_id, failed)
+    files = write_rejects_csv(rejects, layout.rejects_root, warehouse_load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
+    summary = _summary(layout.warehouse, warehouse_load_id, specs)
+    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files)
+
+
+def _record_load_failures(warehouse: Pipeline, failed: list[FailedJob], stamp: datetime) -> None:
+    rejects = pa.concat_tables([load_failed_rejects(job, stamp) for job in failed])
+    load_rejects(warehouse, rejects)
+
+
+def _rejects_of_load(warehouse: Path, load_id: str | None, failed: list[FailedJob]) -> pa.Table:
+    if load_id is None and not failed:
+        return REJECTS_OUTPUT_SCHEMA.empty_table()
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        if not _has_table(con, REJECTS_TABLE):
+            return REJECTS_OUTPUT_SCHEMA.empty_table()
+        ids = [i for i in [load_id, *(j.load_id for j in failed)] if i]
+        placeholders = ", ".join("?" for _ in ids)
+        columns = ", ".join(REJECTS_OUTPUT_SCHEMA.names)
+        return con.execute(f"SELECT {columns} FROM {DATASET}.{REJECTS_TABLE} WHERE load_id IN ({placeholders}) "
+                           f"ORDER BY table_name, src_filename, src_row_number, reason_code", ids).to_arrow_table()
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                        [DATASET, table]).fetchone()
+    return bool(found and found[0])
+
+
+def _summary(warehouse: Path, load_id: str | None, specs: Sequence[TableSpec]) -> dict[str, TableSummary]:
+    summary = {spec.name: TableSummary() for spec in specs}
+    if load_id is None:
+        return summary
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        if _has_table(con, MANIFEST_TABLE):
+            for table, files, read, valid, rejected in con.execute(
+                f"SELECT table_name, count(*), sum(row_count), sum(valid_count), sum(reject_count) "
+                f"FROM {DATASET}.{MANIFEST_TABLE} WHERE load_id = ? GROUP BY table_name", [load_id]
+            ).fetchall():
+                summary.setdefault(table, TableSummary())
+                item = summary[table]
+                item.files, item.rows_read, item.valid, item.rejected = files, int(read), int(valid), int(rejected)
+        if _has_table(con, REJECTS_TABLE):
+            for table, reason, n in con.execute(
+                f"SELECT table_name, reason_code, count(*) FROM {DATASET}.{REJECTS_TABLE} WHERE load_id = ? "
+                f"GROUP BY ALL", [load_id]
+            ).fetchall():
+                summary.setdefault(table, TableSummary()).reasons[reason] = int(n)
+    return summary
+
+
+def dry_run(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
+            ledgers: dict[str, dict[str, Any]] | None = None) -> dict[str, TableSummary]:
+    """Read and validate what a run would load, writing nothing; `ledgers` are the file ledgers already recorded."""
+    specs = select_tables(tables or RETAIL_TABLES, table_names)
+    stamp = datetime.now(UTC)
+    summary: dict[str, TableSummary] = defaultdict(TableSummary)
+    for spec in specs:
+        ledger = dict((ledgers or {}).get(spec.name, {}))
+        extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=200_000, ledger=ledger)
+        item = summary[spec.name]
+        for kind, table in extractor.run(discover_files(spec, layout.raw_url)):
+            if kind == "manifest":
+                row = table.to_pylist()[0]
+                item.files += 1
+                item.rows_read += row["row_count"]
+                item.valid += row["valid_count"]
+                item.rejected += row["reject_count"]
+            elif kind == "rejects":
+                item.reasons.update(table["reason_code"].to_pylist())
+    return dict(summary)
+
+
+def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """The file ledgers (rel path -> fingerprint) stored in a pipeline's state, by table."""
+    resources = pipeline.state.get("sources", {}).get("retail_bronze", {}).get("resources", {})
+    return {name: dict(state.get("files", {})) for name, state in resources.items()}

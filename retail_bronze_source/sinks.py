@@ -1,0 +1,121 @@
+"""The sinks: the DuckDB warehouse pipeline, the Parquet lake pipeline, failed load jobs and the rejects CSV files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dlt
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from dlt.common.pipeline import LoadInfo
+from dlt.pipeline.pipeline import Pipeline
+
+from . import reasons
+from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
+from .readers.records import records_as_json
+from .validate import REJECT_SCHEMA
+
+WAREHOUSE_PIPELINE = "retail_bronze"
+LAKE_PIPELINE = "retail_bronze_lake"
+DATASET = "bronze"
+LOADER_FILE_FORMAT = "parquet"
+
+
+def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
+                       pipeline_name: str = WAREHOUSE_PIPELINE) -> Pipeline:
+    """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=dlt.destinations.duckdb(str(warehouse)),
+                        dataset_name=DATASET, pipelines_dir=pipelines_dir)
+
+
+def lake_pipeline(lake: Path, *, pipelines_dir: str | None = None, pipeline_name: str = LAKE_PIPELINE) -> Pipeline:
+    """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`."""
+    destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
+                                              layout="{table_name}/{load_id}.{file_id}.{ext}")
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
+                        pipelines_dir=pipelines_dir)
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A load job a destination refused, with the rows it carried."""
+
+    load_id: str
+    table_name: str
+    file_path: str
+    message: str
+
+
+def failed_jobs(info: LoadInfo) -> list[FailedJob]:
+    """Every failed job of the packages in `info`."""
+    out = []
+    for package in info.load_packages:
+        for job in package.jobs.get("failed_jobs", []):
+            out.append(FailedJob(load_id=package.load_id, table_name=job.job_file_info.table_name,
+                                 file_path=job.file_path, message=job.failed_message or "no message from the destination"))
+    return out
+
+
+def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
+    """The rows of a failed job as `LOAD_FAILED` reject records; nothing of the job is lost."""
+    if not job.file_path.endswith(".parquet"):
+        data = None
+    else:
+        data = pq.read_table(job.file_path)
+    detail = re.sub(r"\s+", " ", job.message).strip()[:2000]
+    n = data.num_rows if data is not None else 1
+
+    def column(name: str, type_: pa.DataType) -> pa.Array:
+        if data is not None and name in data.column_names:
+            return data[name].combine_chunks().cast(type_)
+        return pa.nulls(n, type_)
+
+    filenames = column("src_filename", pa.string())
+    if data is None or "src_filename" not in data.column_names:
+        filenames = pa.repeat(pa.scalar(Path(job.file_path).name), n)
+    business = data.drop_columns([c for c in data.column_names if c.startswith("_dlt")]) if data is not None else None
+    rejects = pa.table(
+        {
+            "table_name": pa.repeat(pa.scalar(job.table_name), n),
+            "src_filename": filenames,
+            "src_row_number": column("src_row_number", pa.int64()),
+            "src_sheet": column("src_sheet", pa.string()),
+            "reason_code": pa.repeat(pa.scalar(reasons.LOAD_FAILED), n),
+            "column_name": pa.nulls(n, pa.string()),
+            "reason_detail": pa.repeat(pa.scalar(detail), n),
+            "raw_record": records_as_json(business) if business is not None else pa.nulls(n, pa.string()),
+            "src_row_hash": column("src_row_hash", pa.string()),
+        },
+        schema=REJECT_SCHEMA,
+    )
+    return (rejects.append_column(RUN_FIELDS[0], pa.repeat(pa.scalar(ingestion_ts, RUN_FIELDS[0].type), n))
+            .append_column(RUN_FIELDS[1], pa.repeat(pa.scalar(job.load_id), n)))
+
+
+def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
+    """Append reject records to the pipeline's `rejects` table."""
+    from . import dlt_columns
+
+    resource = dlt.resource(rejects, name=REJECTS_TABLE, write_disposition="append",
+                            columns=dlt_columns(REJECTS_OUTPUT_SCHEMA))
+    return pipeline.run(resource, loader_file_format=LOADER_FILE_FORMAT)
+
+
+def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:
+    """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths."""
+    written = []
+    tables = sorted(set(rejects["table_name"].to_pylist())) if rejects.num_rows else []
+    for table in tables:
+        part = rejects.filter(pa.compute.equal(rejects["table_name"], table))
+        target = rejects_root / table / f"{name}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".csv.tmp")
+        pacsv.write_csv(part, tmp)
+        tmp.replace(target)
+        written.append(target)
+    return written

@@ -1,0 +1,341 @@
+"""The contract validator: splits each raw chunk into typed valid rows and reason-coded reject records.
+
+Parsing and every check run as one vectorized DuckDB query over the chunk's Arrow data. A row that fails several checks
+gets one reject record per failed check and counts once as rejected.
+
+`src_row_hash` is the SHA-256 hex digest of the record's canonical form: the compact JSON object (as written by
+DuckDB's `json_object`) whose keys are the record's source column names in sorted order and whose values are the
+original values as text (JSON null where missing). Text formats hash the text as read, empty fields included; binary
+formats hash the value cast to text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import reasons
+from .readers.base import FileRejected, RawChunk
+from .readers.csv import format_csv_records
+from .readers.records import records_as_json
+from .registry import TableSpec
+
+ROW_NUMBER = "src_row_number"
+ROW_HASH = "src_row_hash"
+RESCUED = "_rescued_data"
+
+REJECT_FIELDS = (
+    pa.field("table_name", pa.string(), nullable=False),
+    pa.field("src_filename", pa.string(), nullable=False),
+    pa.field("src_row_number", pa.int64()),
+    pa.field("src_sheet", pa.string()),
+    pa.field("reason_code", pa.string(), nullable=False),
+    pa.field("column_name", pa.string()),
+    pa.field("reason_detail", pa.string(), nullable=False),
+    pa.field("raw_record", pa.string()),
+    pa.field("src_row_hash", pa.string()),
+)
+"""Columns of a reject record known at validation time; the run adds `ingestion_ts` and `load_id`."""
+
+REJECT_SCHEMA = pa.schema(REJECT_FIELDS)
+
+_VIOLATION = pa.struct([("reason_code", pa.string()), ("column_name", pa.string()), ("reason_detail", pa.string())])
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The outcome of validating one chunk."""
+
+    valid: pa.Table
+    """Contract columns in contract types, then `src_row_number`, `src_row_hash`, `_rescued_data`."""
+    rejects: pa.Table
+    """Reject records in `REJECT_SCHEMA` (parse rejects of the chunk included)."""
+    rows_read: int
+    rows_rejected: int
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for DuckDB SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """Quote a string literal for DuckDB SQL."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _duck_type(type_: pa.DataType) -> str:
+    if pa.types.is_int64(type_):
+        return "BIGINT"
+    if pa.types.is_int32(type_):
+        return "INTEGER"
+    if pa.types.is_int16(type_):
+        return "SMALLINT"
+    if pa.types.is_floating(type_):
+        return "DOUBLE"
+    if pa.types.is_decimal(type_):
+        return f"DECIMAL({type_.precision},{type_.scale})"
+    if pa.types.is_boolean(type_):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(type_):
+        return "TIMESTAMPTZ" if type_.tz else "TIMESTAMP"
+    if pa.types.is_date(type_):
+        return "DATE"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "VARCHAR"
+    raise TypeError(f"contract type {type_} has no validator mapping")
+
+
+def _type_label(type_: pa.DataType) -> str:
+    return str(type_).replace("timestamp[us, tz=UTC]", "UTC timestamp")
+
+
+def _parse_text(v: str, type_: pa.DataType) -> str:
+    """SQL parsing the trimmed text `v` into `type_`, NULL where it does not convert exactly."""
+    t = f"trim({v})"
+    if pa.types.is_integer(type_):
+        return f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]+') THEN TRY_CAST({t} AS {_duck_type(type_)}) END"
+    if pa.types.is_decimal(type_):
+        int_digits = max(type_.precision - type_.scale, 1)
+        frac = f"(\\.[0-9]{{1,{type_.scale}}})?" if type_.scale else ""
+        return (f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,{int_digits}}}{frac}') "
+                f"THEN TRY_CAST({t} AS {_duck_type(type_)}) END")
+    if pa.types.is_floating(type_):
+        return f"CASE WHEN isfinite(TRY_CAST({t} AS DOUBLE)) THEN TRY_CAST({t} AS DOUBLE) END"
+    if pa.types.is_boolean(type_):
+        return (f"CASE WHEN lower({t}) IN ('true', 't', '1', 'yes', 'y') THEN true "
+                f"WHEN lower({t}) IN ('false', 'f', '0', 'no', 'n') THEN false END")
+    if pa.types.is_timestamp(type_):
+        return f"TRY_CAST({t} AS {_duck_type(type_)})"
+    if pa.types.is_date(type_):
+        ts = f"TRY_CAST({t} AS TIMESTAMP)"
+        return f"COALESCE(TRY_CAST({t} AS DATE), CASE WHEN {ts} = date_trunc('day', {ts}) THEN CAST({ts} AS DATE) END)"
+    return v
+
+
+def _parse_typed(r: str, source: pa.DataType, type_: pa.DataType) -> str:
+    """SQL converting a typed source value `r` into `type_`, NULL where it does not convert exactly."""
+    if pa.types.is_string(type_):
+        return f"CAST({r} AS VARCHAR)"
+    cast = f"TRY_CAST({r} AS {_duck_type(type_)})"
+    if (pa.types.is_decimal(type_) or pa.types.is_integer(type_)) and (
+        pa.types.is_floating(source) or pa.types.is_decimal(source)
+    ):
+        return f"CASE WHEN CAST({cast} AS DOUBLE) = CAST({r} AS DOUBLE) THEN {cast} END"
+    if pa.types.is_date(type_) and pa.types.is_timestamp(source):
+        return f"CASE WHEN {r} = date_trunc('day', {r}) THEN {cast} END"
+    if pa.types.is_floating(type_):
+        return f"CASE WHEN isfinite({cast}) THEN {cast} END"
+    return cast
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
+
+
+def _violation(reason: str, column: str, detail_sql: str) -> str:
+    return (f"{{'reason_code': {quote_literal(reason)}, 'column_name': {quote_literal(column)}, "
+            f"'reason_detail': {detail_sql}}}")
+
+
+def _checks(field: pa.Field, raw: str, parsed: str) -> list[tuple[str, str]]:
+    """(violated-condition SQL, violation struct SQL) pairs for one contract column."""
+    name = field.name
+    label = _type_label(field.type)
+    meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+    shown = f"'''' || left({raw}, 200) || ''''"
+    out: list[tuple[str, str]] = [
+        (f"{raw} IS NOT NULL AND {parsed} IS NULL",
+         _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not a valid {label}'")),
+    ]
+    if not field.nullable:
+        out.append((f"{raw} IS NULL", _violation(reasons.NOT_NULL, name, "'required value is missing'")))
+    if "accepted_values" in meta:
+        accepted = json.loads(meta["accepted_values"])
+        listed = ", ".join(quote_literal(str(a)) for a in accepted)
+        out.append((f"{parsed} IS NOT NULL AND {parsed} NOT IN ({listed})",
+                    _violation(reasons.ACCEPTED_VALUES, name,
+                               f"{shown} || ' is not one of ' || {quote_literal(', '.join(map(str, accepted)))}")))
+    bounds = []
+    duck = _duck_type(field.type)
+    if "min" in meta:
+        bounds.append(f"{parsed} < CAST({quote_literal(meta['min'])} AS {duck})")
+    if "max" in meta:
+        bounds.append(f"{parsed} > CAST({quote_literal(meta['max'])} AS {duck})")
+    if bounds:
+        lo, hi = meta.get("min", "-inf"), meta.get("max", "+inf")
+        out.append((f"{parsed} IS NOT NULL AND ({' OR '.join(bounds)})",
+                    _violation(reasons.OUT_OF_RANGE, name, f"{shown} || ' is outside [{lo}, {hi}]'")))
+    if "pattern" in meta:
+        out.append((f"{parsed} IS NOT NULL AND NOT regexp_full_match({parsed}, {quote_literal(meta['pattern'])})",
+                    _violation(reasons.PATTERN_MISMATCH, name,
+                               f"{shown} || ' does not match ' || {quote_literal(meta['pattern'])}")))
+    if meta.get("json") == "true":
+        out.append((f"{parsed} IS NOT NULL AND NOT json_valid({parsed})",
+                    _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not valid JSON'")))
+    return out
+
+
+class Validator:
+    """Validates the chunks of one table against its contract."""
+
+    def __init__(self, spec: TableSpec, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        self.spec = spec
+        self.con = con or duckdb.connect()
+        self.con.execute(f"SET TimeZone = {quote_literal(spec.source_time_zone)}")
+        self.contract = spec.schema
+        self.output_schema = pa.schema([
+            *spec.schema,
+            pa.field(ROW_NUMBER, pa.int64(), nullable=False),
+            pa.field(ROW_HASH, pa.string(), nullable=False),
+            pa.field(RESCUED, pa.string()),
+        ])
+
+    def check_columns(self, chunk: RawChunk) -> None:
+        """Raise `MISSING_REQUIRED_COLUMN` when the file lacks a required contract column."""
+        if chunk.columns_per_record:
+            return
+        present = set(chunk.data.column_names)
+        missing = [f.name for f in self.contract if not f.nullable and f.name not in present]
+        if missing:
+            raise FileRejected(reasons.MISSING_REQUIRED_COLUMN,
+                               f"required column(s) {', '.join(missing)} not in the file's columns "
+                               f"({', '.join(chunk.data.column_names) or 'none'})")
+
+    def validate(self, chunk: RawChunk, src_filename: str) -> Validated:
+        """Validate one chunk of `src_filename`."""
+        self.check_columns(chunk)
+        data = chunk.data
+        n = data.num_rows
+        positional = [f"c{i}" for i in range(data.num_columns)]
+        by_name = dict(zip(data.column_names, positional, strict=True))
+        frame = data.rename_columns(positional).append_column("__rn", chunk.row_numbers.cast(pa.int64()))
+        if chunk.raw_records is not None:
+            frame = frame.append_column("__raw", chunk.raw_records)
+
+        selects: list[str] = []
+        checks: list[tuple[str, str]] = []
+        for field in self.contract:
+            src = by_name.get(field.name)
+            if src is None:
+                raw = "CAST(NULL AS VARCHAR)"
+                parsed = f"CAST(NULL AS {_duck_type(field.type)})"
+            else:
+                source_type = data.schema.field(field.name).type
+                if _is_text(source_type):
+                    raw = f"NULLIF({src}, '')"
+                    parsed = raw if _is_text(field.type) else _parse_text(raw, field.type)
+                elif pa.types.is_nested(source_type) or pa.types.is_binary(source_type):
+                    raw = f"CASE WHEN {src} IS NOT NULL THEN '<{source_type}>' END"
+                    parsed = f"CAST(NULL AS {_duck_type(field.type)})"
+                else:
+                    raw = src
+                    parsed = _parse_typed(src, source_type, field.type)
+            selects.append(f"{parsed} AS {quote_ident(field.name)}")
+            checks.extend(_checks(field, raw, parsed))
+
+        canonical_keys = sorted(data.column_names)
+        canonical = ", ".join(
+            f"{quote_literal(k)}, {self._as_text(by_name[k], data.schema.field(k).type)}" for k in canonical_keys
+        )
+        row_hash = f"sha256(json_object({canonical}))" if canonical else "sha256('{}')"
+        extra = [k for k in data.column_names if k not in self.contract.names]
+        rescued = (
+            "json_object(" + ", ".join(f"{quote_literal(k)}, {self._as_text(by_name[k], data.schema.field(k).type)}"
+                                        for k in extra) + ")"
+        ) if extra else "CAST(NULL AS VARCHAR)"
+        violations = "list_filter([" + ", ".join(
+            f"CASE WHEN {cond} THEN {struct} END" for cond, struct in checks
+        ) + "], x -> x IS NOT NULL)" if checks else "[]"
+
+        sql = (f"SELECT {', '.join(selects)}, __rn AS {ROW_NUMBER}, {row_hash} AS {ROW_HASH}, "
+               f"{rescued} AS {RESCUED}, {violations} AS __violations, row_number() OVER () - 1 AS __pos FROM frame")
+        result = self.con.execute(sql).to_arrow_table() if n else None
+        parse_rejects = self._parse_rejects(chunk, src_filename)
+        if result is None:
+            return Validated(self.output_schema.empty_table(), parse_rejects, len(chunk.rejects), len(chunk.rejects))
+
+        bad_mask = pc.greater(pc.list_value_length(result["__violations"]), 0)
+        valid = result.filter(pc.invert(bad_mask)).select(self.output_schema.names).cast(self.output_schema)
+        bad = result.filter(bad_mask)
+        contract_rejects = self._contract_rejects(bad, frame, data, chunk, src_filename)
+        rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
+        return Validated(valid, rejects, n + len(chunk.rejects), bad.num_rows + len(chunk.rejects))
+
+    @staticmethod
+    def _as_text(col: str, type_: pa.DataType) -> str:
+        return col if _is_text(type_) else f"CAST({col} AS VARCHAR)"
+
+    def _parse_rejects(self, chunk: RawChunk, src_filename: str) -> pa.Table:
+        rows = chunk.rejects
+        return pa.table(
+            {
+                "table_name": _constant(self.spec.name, len(rows)),
+                "src_filename": _constant(src_filename, len(rows)),
+                "src_row_number": pa.array([r.row_number for r in rows], pa.int64()),
+                "src_sheet": _constant(chunk.sheet, len(rows)),
+                "reason_code": pa.array([r.reason_code for r in rows], pa.string()),
+                "column_name": pa.nulls(len(rows), pa.string()),
+                "reason_detail": pa.array([r.reason_detail for r in rows], pa.string()),
+                "raw_record": pa.array([r.raw_record for r in rows], pa.string()),
+                "src_row_hash": pa.nulls(len(rows), pa.string()),
+            },
+            schema=REJECT_SCHEMA,
+        )
+
+    def _contract_rejects(self, bad: pa.Table, frame: pa.Table, data: pa.Table, chunk: RawChunk,
+                          src_filename: str) -> pa.Table:
+        if not bad.num_rows:
+            return REJECT_SCHEMA.empty_table()
+        positions = bad["__pos"]
+        if chunk.raw_records is not None:
+            raw = chunk.raw_records.take(positions)
+        else:
+            originals = data.take(positions)
+            all_text = all(_is_text(t) for t in originals.schema.types)
+            raw = format_csv_records(originals) if all_text else records_as_json(originals)
+        violations = bad["__violations"].combine_chunks()
+        parents = pc.list_parent_indices(violations)
+        flat = pc.list_flatten(violations)
+        flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+        n = len(flat)
+        return pa.table(
+            {
+                "table_name": _constant(self.spec.name, n),
+                "src_filename": _constant(src_filename, n),
+                "src_row_number": bad[ROW_NUMBER].take(parents),
+                "src_sheet": _constant(chunk.sheet, n),
+                "reason_code": flat.field("reason_code"),
+                "column_name": flat.field("column_name"),
+                "reason_detail": flat.field("reason_detail"),
+                "raw_record": _as_array(raw).take(parents),
+                "src_row_hash": bad[ROW_HASH].take(parents),
+            },
+            schema=REJECT_SCHEMA,
+        )
+
+
+def _constant(value: str | None, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def file_reject(spec: TableSpec, src_filename: str, reason_code: str, detail: str,
+                sheet: str | None = None) -> pa.Table:
+    """One reject record standing for a whole rejected file."""
+    return pa.table(
+        {
+            "table_name": [spec.name], "src_filename": [src_filename], "src_row_number": pa.nulls(1, pa.int64()),
+            "src_sheet": pa.array([sheet], pa.string()), "reason_code": [reason_code],
+            "column_name": pa.nulls(1, pa.string()), "reason_detail": [detail],
+            "raw_record": pa.nulls(1, pa.string()), "src_row_hash": pa.nulls(1, pa.string()),
+        },
+        schema=REJECT_SCHEMA,
+    )

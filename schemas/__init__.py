@@ -1,0 +1,1 @@
+"""Pyarrow contracts of the Bronze tables (see `schemas.schemas`)."""
