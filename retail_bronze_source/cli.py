@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dlt
 import fsspec
+from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from .registry import RETAIL_TABLES
 from .run import Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
@@ -100,10 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _existing_ledgers(pipelines_dir: str | None) -> dict[str, dict[str, object]]:
-    try:
-        pipeline = dlt.attach(WAREHOUSE_PIPELINE, pipelines_dir=pipelines_dir)
-    except Exception as error:
-        if type(error).__name__ == "CannotRestorePipelineException":
-            return {}
-        raise
-    return recorded_ledgers(pipeline)
+    root = Path(pipelines_dir) if pipelines_dir else Path(get_dlt_pipelines_dir())
+    if not (root / WAREHOUSE_PIPELINE).is_dir():
+        return {}
+    return recorded_ledgers(dlt.attach(WAREHOUSE_PIPELINE, pipelines_dir=pipelines_dir))

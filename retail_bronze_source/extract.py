@@ -277,7 +277,7 @@ class TableExtractor:
                 "src_row_number": dup[ROW_NUMBER],
                 "src_sheet": dup["src_sheet"] if "src_sheet" in dup.column_names else pa.nulls(n, pa.string()),
                 "reason_code": pa.repeat(pa.scalar(reasons.DUPLICATE_KEY), n),
-                "column_name": pa.repeat(pa.scalar(",".join(keys)), n),
+                "column_name": pa.repeat(pa.scalar(",".join(self.spec.primary_key)), n),
                 "reason_detail": pa.array(detail, pa.string()),
                 "raw_record": records_as_json(dup.select(self.spec.schema.names)),
                 "src_row_hash": dup[ROW_HASH],

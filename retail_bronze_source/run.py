@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import os
+
 import duckdb
 import pyarrow as pa
 from dlt.pipeline.pipeline import Pipeline
@@ -73,6 +75,7 @@ class Layout:
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures."""
+    _require_load_settings()
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     stamp = datetime.now(UTC)
     options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp}
@@ -96,6 +99,18 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     files = write_rejects_csv(rejects, layout.rejects_root, warehouse_load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
     summary = _summary(layout.warehouse, warehouse_load_id, specs)
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files)
+
+
+REQUIRED_LOAD_SETTINGS = {"LOAD__RAISE_ON_FAILED_JOBS": "false", "LOAD__DELETE_COMPLETED_JOBS": "false"}
+"""dlt settings a run depends on: refused jobs become LOAD_FAILED rejects instead of blocking the package, and loaded
+packages stay on disk for the Delta mirror."""
+
+
+def _require_load_settings() -> None:
+    for key, value in REQUIRED_LOAD_SETTINGS.items():
+        current = os.environ.setdefault(key, value)
+        if current.lower() != value:
+            raise ValueError(f"{key}={current} is not supported by a Bronze run: it needs {value}")
 
 
 def _record_load_failures(warehouse: Pipeline, failed: list[FailedJob], stamp: datetime) -> None:

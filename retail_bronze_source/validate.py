@@ -147,7 +147,7 @@ def _checks(field: pa.Field, raw: str, parsed: str) -> list[tuple[str, str]]:
     name = field.name
     label = _type_label(field.type)
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
-    shown = f"'''' || left({raw}, 200) || ''''"
+    shown = f"'''' || left(CAST({raw} AS VARCHAR), 200) || ''''"
     out: list[tuple[str, str]] = [
         (f"{raw} IS NOT NULL AND {parsed} IS NULL",
          _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not a valid {label}'")),

@@ -1,0 +1,84 @@
+"""Shared test helpers: run layouts in temp dirs, read each sink back, load the sample's ground truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from deltalake import DeltaTable
+
+from retail_bronze_source.run import Layout
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data_raw"
+CORPUS = REPO.parent / "shared" / "corpus"
+GENERATOR = REPO / "scripts" / "generate_raw_data.py"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One test's own raw dir, lake, DuckDB file and dlt pipelines dir."""
+
+    raw: Path
+    lake: Path
+    warehouse: Path
+    pipelines_dir: Path
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(raw_url=str(self.raw), lake=self.lake, warehouse=self.warehouse)
+
+
+def make_sandbox(root: Path, raw: Path | None = None) -> Sandbox:
+    """A sandbox under `root`, reading `raw` (default: an empty `root/raw`)."""
+    raw_dir = raw or root / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    return Sandbox(raw=raw_dir, lake=root / "lake", warehouse=root / "duckdb" / "warehouse.duckdb",
+                   pipelines_dir=root / "pipelines")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return make_sandbox(tmp_path)
+
+
+def generate(out: Path, *args: str) -> dict[str, Any]:
+    """Run the raw data generator into `out`; return its `_expected.json`."""
+    subprocess.run([sys.executable, str(GENERATOR), "--out", str(out), *args], check=True, capture_output=True)
+    return json.loads((out / "_expected.json").read_text())
+
+
+def query(warehouse: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Rows of a query against a warehouse file (opened read-only)."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def warehouse_table(warehouse: Path, table: str) -> pa.Table:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.execute(f"SELECT * FROM bronze.{table}").to_arrow_table()
+
+
+def changelog_table(lake: Path, table: str) -> pa.Table:
+    """Every row of a table in the Parquet change log."""
+    return ds.dataset(str(lake / "bronze" / "parquet" / table), format="parquet").to_table()
+
+
+def delta_table(lake: Path, table: str) -> pa.Table:
+    return DeltaTable(str(lake / "bronze" / "delta" / table)).to_pyarrow_table()
+
+
+def rows_of(table: pa.Table, columns: list[str], schema: pa.Schema | None = None) -> list[tuple[Any, ...]]:
+    """Sorted tuples of `columns`, cast to `schema` first so that every sink compares equal."""
+    selected = table.select(columns)
+    if schema is not None:
+        selected = selected.cast(pa.schema([schema.field(c).with_nullable(True) for c in columns]))
+    return sorted((tuple(r.values()) for r in selected.to_pylist()), key=repr)

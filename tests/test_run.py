@@ -1,0 +1,282 @@
+"""End to end: the shipped sample through every sink, checked against the generator's ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from conftest import (
+    REPO,
+    SAMPLE,
+    Sandbox,
+    changelog_table,
+    delta_table,
+    make_sandbox,
+    query,
+    rows_of,
+    warehouse_table,
+)
+
+from retail_bronze_source import reasons
+from retail_bronze_source.audit import table_schema
+from retail_bronze_source.registry import RETAIL_TABLES, TableSpec
+from retail_bronze_source.run import RunResult, run_bronze
+
+MERGE_TABLES = [s for s in RETAIL_TABLES if s.write_disposition == "merge"]
+APPEND_TABLES = [s for s in RETAIL_TABLES if s.write_disposition == "append"]
+
+
+def _compared_columns(spec: TableSpec) -> list[str]:
+    return [n for n in table_schema(spec).names if n != "ingestion_ts"] + ["ingestion_ts"]
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, Any]:
+    return json.loads((SAMPLE / "_expected.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sandbox, RunResult]:
+    """One run over the shipped sample; tests of this module only read its outputs."""
+    box = make_sandbox(tmp_path_factory.mktemp("e2e"), raw=SAMPLE)
+    result = run_bronze(box.layout, pipelines_dir=str(box.pipelines_dir))
+    return box, result
+
+
+def test_run_has_no_failed_jobs(first_run: tuple[Sandbox, RunResult]) -> None:
+    _, result = first_run
+    assert result.failed_jobs == []
+    assert result.warehouse_load_id and result.lake_load_id
+
+
+@pytest.mark.parametrize("spec", RETAIL_TABLES, ids=lambda s: s.name)
+def test_every_table_lands_in_all_three_sinks(first_run: tuple[Sandbox, RunResult], spec: TableSpec,
+                                               expected: dict[str, Any]) -> None:
+    box, _ = first_run
+    duck = warehouse_table(box.warehouse, spec.name)
+    assert duck.num_rows > 0
+    assert changelog_table(box.lake, spec.name).num_rows > 0
+    assert delta_table(box.lake, spec.name).num_rows == duck.num_rows
+    loaded_columns = [c for c in duck.column_names if not c.startswith("_dlt")]
+    assert loaded_columns == table_schema(spec).names
+
+
+@pytest.mark.parametrize("spec", APPEND_TABLES, ids=lambda s: s.name)
+def test_append_tables_hold_the_same_rows_in_every_sink(first_run: tuple[Sandbox, RunResult],
+                                                        spec: TableSpec, expected: dict[str, Any]) -> None:
+    box, _ = first_run
+    schema, cols = table_schema(spec), _compared_columns(spec)
+    duck = rows_of(warehouse_table(box.warehouse, spec.name), cols, schema)
+    assert duck == rows_of(changelog_table(box.lake, spec.name), cols, schema)
+    assert duck == rows_of(delta_table(box.lake, spec.name), cols, schema)
+    assert len(duck) == expected["valid_rows"][spec.name]
+
+
+@pytest.mark.parametrize("spec", MERGE_TABLES, ids=lambda s: s.name)
+def test_merge_tables_keep_the_latest_version_everywhere(first_run: tuple[Sandbox, RunResult],
+                                                         spec: TableSpec, expected: dict[str, Any]) -> None:
+    box, _ = first_run
+    schema, cols = table_schema(spec), _compared_columns(spec)
+    duck = rows_of(warehouse_table(box.warehouse, spec.name), cols, schema)
+    assert duck == rows_of(delta_table(box.lake, spec.name), cols, schema)
+    assert len(duck) == expected["latest"][spec.name]
+    log = changelog_table(box.lake, spec.name)
+    latest = _latest_per_key(log, spec)
+    assert rows_of(latest, cols, schema) == duck
+
+
+def _latest_per_key(log: pa.Table, spec: TableSpec) -> pa.Table:
+    order = [(c, "descending") for c in [spec.sequence_column, "ingestion_ts", "src_filename", "src_row_number"] if c]
+    ranked = log.sort_by(order)
+    keys = list(spec.primary_key)
+    seen: set[tuple[Any, ...]] = set()
+    keep = []
+    for i, key in enumerate(zip(*(ranked[k].to_pylist() for k in keys), strict=True)):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return ranked.take(pa.array(keep, pa.int64()))
+
+
+def _reject_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["table_name"], r["src_filename"], r["src_row_number"], r.get("src_sheet"), r["reason_code"],
+            r["column_name"])
+
+
+def test_every_planted_reject_and_nothing_else(first_run: tuple[Sandbox, RunResult],
+                                               expected: dict[str, Any]) -> None:
+    box, _ = first_run
+    got = query(box.warehouse, "SELECT table_name, src_filename, src_row_number, src_sheet, reason_code, "
+                               "column_name FROM bronze.rejects")
+    planted = sorted((_reject_key(r) for r in expected["rejects"]), key=repr)
+    assert sorted(got, key=repr) == planted
+
+
+def test_every_reason_code_but_load_failed_is_planted_in_the_sample(expected: dict[str, Any]) -> None:
+    assert {r["reason_code"] for r in expected["rejects"]} == reasons.ALL - {reasons.LOAD_FAILED}
+
+
+def test_manifest_conserves_rows_per_file(first_run: tuple[Sandbox, RunResult], expected: dict[str, Any]) -> None:
+    box, result = first_run
+    manifest = {
+        row[0]: row[1:]
+        for row in query(box.warehouse, "SELECT src_path, row_count, valid_count, reject_count, status, load_id "
+                                        "FROM bronze.manifest_processed_files")
+    }
+    assert set(manifest) == set(expected["files"])
+    for path, (rows, valid, rejected, status, load_id) in manifest.items():
+        truth = expected["files"][path]
+        assert rows == valid + rejected, path
+        assert (rows, valid, rejected) == (truth["rows"], truth["valid"], truth["rejected"]), path
+        assert (status == "file_rejected") == (truth["file_reject"] is not None), path
+        assert load_id == result.warehouse_load_id
+
+
+def test_rejects_keep_the_original_record(first_run: tuple[Sandbox, RunResult]) -> None:
+    box, _ = first_run
+    rejects = warehouse_table(box.warehouse, "rejects")
+    row_level = rejects.filter(pc.invert(pc.is_in(rejects["reason_code"], pa.array(sorted(reasons.FILE_LEVEL)))))
+    assert row_level.num_rows > 0
+    assert pc.all(pc.invert(pc.is_null(row_level["raw_record"]))).as_py()
+    for row in row_level.to_pylist():
+        if row["src_filename"].endswith(".jsonl"):
+            line = (SAMPLE / row["src_filename"]).read_bytes().split(b"\n")[row["src_row_number"] - 1]
+            assert row["raw_record"] == line.rstrip(b"\r").decode("utf-8", "backslashreplace")
+
+
+def test_audit_columns_are_identical_across_sinks(first_run: tuple[Sandbox, RunResult]) -> None:
+    box, result = first_run
+    for spec in RETAIL_TABLES:
+        for table in (warehouse_table(box.warehouse, spec.name), changelog_table(box.lake, spec.name),
+                      delta_table(box.lake, spec.name)):
+            stamps = set(table["ingestion_ts"].to_pylist())
+            assert stamps == {result.ingestion_ts}, spec.name
+            assert pc.all(pc.equal(pc.utf8_length(table["src_row_hash"]), 64)).as_py()
+
+
+def test_rejects_csv_files_match_the_rejects_table(first_run: tuple[Sandbox, RunResult]) -> None:
+    box, result = first_run
+    written = {p.parent.name: p for p in result.rejects_files}
+    by_table = dict(query(box.warehouse, "SELECT table_name, count(*) FROM bronze.rejects GROUP BY 1"))
+    assert set(written) == set(by_table)
+    for table, path in written.items():
+        assert path == box.lake / "_rejects" / table / f"{result.warehouse_load_id}.csv"
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith('"table_name","src_filename"')
+        assert sum(1 for line in lines[1:] if line.startswith(f'"{table}"')) == by_table[table]
+
+
+def test_second_run_loads_nothing_new(tmp_path: Path) -> None:
+    box = make_sandbox(tmp_path, raw=SAMPLE)
+    first = run_bronze(box.layout, table_names=["customers", "events", "returns"], pipelines_dir=str(box.pipelines_dir))
+    counts = {t: query(box.warehouse, f"SELECT count(*) FROM bronze.{t}")[0][0]
+              for t in ("customers", "events", "returns", "rejects", "manifest_processed_files")}
+    delta_versions = {t: len(list((box.lake / "bronze" / "delta" / t / "_delta_log").glob("*.json")))
+                      for t in ("customers", "events", "rejects")}
+    second = run_bronze(box.layout, table_names=["customers", "events", "returns"],
+                        pipelines_dir=str(box.pipelines_dir))
+    assert first.warehouse_load_id
+    assert all(s.files == 0 for s in second.summary.values())
+    assert counts == {t: query(box.warehouse, f"SELECT count(*) FROM bronze.{t}")[0][0] for t in counts}
+    assert delta_versions == {t: len(list((box.lake / "bronze" / "delta" / t / "_delta_log").glob("*.json")))
+                              for t in delta_versions}
+    assert second.rejects_files == []
+
+
+def _refusing_table(warehouse: Path, spec: TableSpec) -> None:
+    """Create `bronze.<table>` with the loaded columns and a CHECK constraint every row violates."""
+    import duckdb
+
+    empty = table_schema(spec).append(pa.field("_dlt_load_id", pa.string())).empty_table()
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(warehouse)) as con:
+        con.register("empty", empty)
+        columns = [f'"{name}" {type_}' for name, type_, *_ in con.execute("DESCRIBE SELECT * FROM empty").fetchall()]
+        con.execute("CREATE SCHEMA bronze")
+        con.execute(f"CREATE TABLE bronze.{spec.name} ({', '.join(columns)}, CHECK (src_row_number < 0))")
+
+
+def test_refused_load_job_becomes_load_failed_rejects_and_does_not_block(tmp_path: Path) -> None:
+    box = make_sandbox(tmp_path, raw=SAMPLE)
+    sensors = next(s for s in RETAIL_TABLES if s.name == "sensors")
+    _refusing_table(box.warehouse, sensors)
+    result = run_bronze(box.layout, table_names=["sensors", "stores"], pipelines_dir=str(box.pipelines_dir))
+    assert [job.table_name for job in result.failed_jobs] == ["sensors"]
+    failed = query(box.warehouse, "SELECT count(*), min(reason_detail) FROM bronze.rejects "
+                                  "WHERE reason_code = 'LOAD_FAILED' AND table_name = 'sensors'")
+    valid_sensors = query(box.warehouse, "SELECT sum(valid_count) FROM bronze.manifest_processed_files "
+                                         "WHERE table_name = 'sensors'")[0][0]
+    assert failed[0][0] == valid_sensors > 0
+    assert "constraint" in failed[0][1].lower()
+    assert query(box.warehouse, "SELECT count(*) FROM bronze.sensors")[0][0] == 0
+    assert query(box.warehouse, "SELECT count(*) FROM bronze.stores")[0][0] > 0
+    csv_text = "".join(p.read_text() for p in (box.lake / "_rejects" / "sensors").glob("*.csv"))
+    assert csv_text.count('"LOAD_FAILED"') == valid_sensors
+
+    second = run_bronze(box.layout, table_names=["sensors", "stores"], pipelines_dir=str(box.pipelines_dir))
+    assert second.failed_jobs == []
+    assert all(s.files == 0 for s in second.summary.values())
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_missing_raw_dir_fails_with_one_line(tmp_path: Path) -> None:
+    done = _cli("--raw", str(tmp_path / "nope"), "--lake", str(tmp_path / "lake"),
+                "--warehouse", str(tmp_path / "w.duckdb"), "--pipelines-dir", str(tmp_path / "p"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: raw directory '{tmp_path / 'nope'}' does not exist"]
+
+
+def test_cli_dry_run_writes_nothing(tmp_path: Path, expected: dict[str, Any]) -> None:
+    done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                "--pipelines-dir", str(tmp_path / "p"), "--tables", "orders,events", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+    orders_line = next(line for line in done.stdout.splitlines() if line.startswith("orders "))
+    files, read, valid, rejected = (int(x) for x in orders_line.split()[1:5])
+    truth = [f for f in expected["files"].values() if f["table"] == "orders"]
+    assert (files, read, valid, rejected) == (len(truth), sum(f["rows"] for f in truth),
+                                              sum(f["valid"] for f in truth), sum(f["rejected"] for f in truth))
+
+
+def test_cli_run_then_dlt_pipeline_commands(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(SAMPLE, raw)
+    pipelines = tmp_path / "p"
+    done = _cli("--raw", str(raw), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                "--pipelines-dir", str(pipelines), "--tables", "stores,events")
+    assert done.returncode == 0, done.stderr
+    assert "stores" in done.stdout and "FILE_ENCODING=1" in done.stdout
+    dlt_cli = Path(sys.executable).with_name("dlt")
+    for command in (["info"], ["trace"], ["load-package"], ["failed-jobs"]):
+        shown = subprocess.run([str(dlt_cli), "pipeline", "--pipelines-dir", str(pipelines), "retail_bronze",
+                                *command], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert shown.returncode == 0, (command, shown.stderr)
+        assert shown.stdout.strip(), command
+
+
+def test_cli_locked_warehouse_fails_with_one_line(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('locked', flush=True); time.sleep(60)", str(tmp_path / "w.duckdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "lock" in lines[0].lower()
