@@ -197,7 +197,7 @@ class TableExtractor:
         with pa.ipc.new_file(staged.rows_path, self.schema) as rows_out, \
                 pa.ipc.new_file(staged.rejects_path, REJECT_SCHEMA) as rejects_out:
             for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, self.spec.reader_options)):
-                result = self.validator.validate(chunk, staged.file.rel_path)
+                result = self.validator.validate(chunk, staged.file.rel_path, fmt=fmt)
                 if result.valid.num_rows:
                     rows_out.write_table(add_audit_columns(result.valid, self.spec, ingestion_ts=self.ingestion_ts,
                                                            src_filename=staged.file.rel_path, sheet=chunk.sheet))

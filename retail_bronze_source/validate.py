@@ -206,8 +206,8 @@ class Validator:
                                f"required column(s) {', '.join(missing)} not in the file's columns "
                                f"({', '.join(chunk.data.column_names) or 'none'})")
 
-    def validate(self, chunk: RawChunk, src_filename: str) -> Validated:
-        """Validate one chunk of `src_filename`."""
+    def validate(self, chunk: RawChunk, src_filename: str, *, fmt: str) -> Validated:
+        """Validate one chunk of `src_filename`, a file of format `fmt`."""
         self.check_columns(chunk)
         data = chunk.data
         n = data.num_rows
@@ -262,7 +262,7 @@ class Validator:
         bad_mask = pc.greater(pc.list_value_length(result["__violations"]), 0)
         valid = result.filter(pc.invert(bad_mask)).select(self.output_schema.names).cast(self.output_schema)
         bad = result.filter(bad_mask)
-        contract_rejects = self._contract_rejects(bad, frame, data, chunk, src_filename)
+        contract_rejects = self._contract_rejects(bad, data, chunk, src_filename, fmt)
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
         return Validated(valid, rejects, n + len(chunk.rejects), bad.num_rows + len(chunk.rejects))
 
@@ -287,8 +287,10 @@ class Validator:
             schema=REJECT_SCHEMA,
         )
 
-    def _contract_rejects(self, bad: pa.Table, frame: pa.Table, data: pa.Table, chunk: RawChunk,
-                          src_filename: str) -> pa.Table:
+    def _contract_rejects(self, bad: pa.Table, data: pa.Table, chunk: RawChunk, src_filename: str,
+                          fmt: str) -> pa.Table:
+        """Reject records of the rows that failed checks; `raw_record` is the original line for text formats (CSV
+        re-serialized as RFC 4180 with the file's delimiter) and the original values as JSON otherwise."""
         if not bad.num_rows:
             return REJECT_SCHEMA.empty_table()
         positions = bad["__pos"]
@@ -296,8 +298,8 @@ class Validator:
             raw = chunk.raw_records.take(positions)
         else:
             originals = data.take(positions)
-            all_text = all(_is_text(t) for t in originals.schema.types)
-            raw = format_csv_records(originals) if all_text else records_as_json(originals)
+            raw = (format_csv_records(originals, self.spec.reader_options.get("delimiter", ",")) if fmt == "csv"
+                   else records_as_json(originals))
         violations = bad["__violations"].combine_chunks()
         parents = pc.list_parent_indices(violations)
         flat = pc.list_flatten(violations)

@@ -1,0 +1,181 @@
+"""Delta reader: one table directory, read at its latest version or as the rows added after a known version."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..reasons import FILE_UNREADABLE, UNSUPPORTED_FILE
+from .base import FileRejected, RawChunk, RawFile
+from .records import row_number_array
+
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+_CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+_ADDED_CHANGE_TYPES = pa.array(["insert", "update_postimage"])
+
+
+def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None = None) -> Iterator[RawChunk]:
+    """Stream the Delta table at `file.path` in chunks of at most `chunk_size` rows, columns in their stored types
+    (view types as their plain equivalents) with partition columns included.
+
+    Without `starting_version` the latest version is read whole; deletion vectors and column mapping are honoured.
+    With it, only rows added by commits after that version: the change data feed's `insert` and `update_postimage`
+    rows when the table enables it, otherwise every row of the data files present now that were not part of the table
+    at `starting_version` (rewritten files deliver their unchanged rows again; deletes are not reported). The second
+    way needs a table without deletion vectors or column mapping, else the table is rejected as `UNSUPPORTED_FILE`.
+
+    `row_numbers` are 1-based positions in this scan, which follows the table's file order and is deterministic for
+    one version; change-feed rows come in the order deltalake returns them, not necessarily commit order. A directory that is not a Delta table, or a table needing reader features deltalake lacks, raises
+    `FileRejected(UNSUPPORTED_FILE)`; missing or corrupt data files raise `FileRejected(FILE_UNREADABLE)`, possibly
+    after earlier chunks. Call `delta_version` before reading so that a commit landing in between is read again next
+    time rather than skipped. Object stores take their credentials from deltalake's environment variables.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    with _delta_errors(file):
+        table = _open(file)
+        version = table.version()
+        if starting_version is None:
+            batches: Iterable[pa.RecordBatch] = _scan(table, chunk_size)
+        elif starting_version >= version:
+            return
+        elif table.metadata().configuration.get("delta.enableChangeDataFeed", "false").lower() == "true":
+            batches = _added_by_change_feed(table, starting_version)
+        else:
+            batches = _added_files(table, starting_version, chunk_size, file)
+        read = 0
+        for data in _rebatch(batches, chunk_size):
+            chunk = RawChunk(data=_plain_types(data), row_numbers=row_number_array(read + 1, data.num_rows))
+            read += data.num_rows
+            yield chunk
+
+
+def delta_version(file: RawFile) -> int:
+    """Return the latest version of the Delta table at `file.path` (the version a full read returns)."""
+    with _delta_errors(file):
+        return int(_open(file).version())
+
+
+@contextmanager
+def _delta_errors(file: RawFile) -> Iterator[None]:
+    from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
+
+    try:
+        yield
+    except TableNotFoundError as exc:
+        raise FileRejected(UNSUPPORTED_FILE, f"{file.rel_path} is not a Delta table: {_message(exc)}") from exc
+    except DeltaProtocolError as exc:
+        raise FileRejected(UNSUPPORTED_FILE, f"{file.rel_path} needs a Delta feature this reader cannot read: "
+                                             f"{_message(exc)}") from exc
+    except DeltaError as exc:
+        if "Unsupported" in str(exc):
+            raise FileRejected(UNSUPPORTED_FILE, f"{file.rel_path} needs a Delta feature this reader cannot read: "
+                                                 f"{_message(exc)}") from exc
+        raise FileRejected(FILE_UNREADABLE, f"{file.rel_path}: {_message(exc)}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise FileRejected(FILE_UNREADABLE, f"{file.rel_path}: {type(exc).__name__}: {_message(exc)}") from exc
+
+
+def _message(exc: BaseException) -> str:
+    """The error text on one line, without the Rust backtrace deltalake may append."""
+    text = re.split(r"\n\s*0: ", str(exc), maxsplit=1)[0]
+    return " ".join(text.split())
+
+
+def _open(file: RawFile) -> Any:
+    from deltalake import DeltaTable
+
+    protocol = file.fs.protocol if isinstance(file.fs.protocol, str) else file.fs.protocol[0]
+    uri = file.path if protocol in _LOCAL_PROTOCOLS else file.fs.unstrip_protocol(file.path)
+    return DeltaTable(uri)
+
+
+def _scan(table: Any, chunk_size: int) -> Iterator[pa.RecordBatch]:
+    from deltalake import QueryBuilder
+
+    # one partition keeps the engine reading files in the table's order, so row positions are reproducible
+    config = {"datafusion.execution.target_partitions": "1", "datafusion.execution.batch_size": str(chunk_size)}
+    reader = QueryBuilder(config).register("bronze_source", table).execute('SELECT * FROM "bronze_source"')
+    yield from pa.RecordBatchReader.from_stream(reader)
+
+
+def _added_by_change_feed(table: Any, starting_version: int) -> Iterator[pa.RecordBatch]:
+    reader = pa.RecordBatchReader.from_stream(table.load_cdf(starting_version=starting_version + 1))
+    for batch in reader:
+        batch = batch.cast(_plain_schema(batch.schema))
+        kept = batch.filter(pc.is_in(batch.column("_change_type"), _ADDED_CHANGE_TYPES))
+        yield kept.drop_columns(list(_CDF_COLUMNS))
+
+
+def _added_files(table: Any, starting_version: int, chunk_size: int, file: RawFile) -> Iterator[pa.RecordBatch]:
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    configuration = table.metadata().configuration
+    if configuration.get("delta.columnMapping.mode", "none") != "none" or _has_deletion_vectors(table):
+        raise FileRejected(UNSUPPORTED_FILE, f"{file.rel_path}: reading rows added after version {starting_version} "
+                                             "of a table with column mapping or deletion vectors needs its change "
+                                             "data feed (delta.enableChangeDataFeed = true)")
+    before = DeltaTable(table.table_uri, version=starting_version).to_pyarrow_dataset()
+    known = {fragment.path for fragment in before.get_fragments()}
+    dataset = table.to_pyarrow_dataset()
+    fragments = [fragment for fragment in dataset.get_fragments() if fragment.path not in known]
+    added = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+    yield from added.to_batches(batch_size=chunk_size)
+
+
+def _has_deletion_vectors(table: Any) -> bool:
+    features = table.protocol().reader_features or []
+    return "deletionVectors" in features
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], chunk_size: int) -> Iterator[pa.Table]:
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        offset = 0
+        while offset < batch.num_rows:
+            piece = batch.slice(offset, min(chunk_size - size, batch.num_rows - offset))
+            pending.append(piece)
+            size += piece.num_rows
+            offset += piece.num_rows
+            if size == chunk_size:
+                yield pa.Table.from_batches(pending)
+                pending, size = [], 0
+    if size:
+        yield pa.Table.from_batches(pending)
+
+
+def _plain_types(table: pa.Table) -> pa.Table:
+    schema = _plain_schema(table.schema)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([field.with_type(_plain_type(field.type)) for field in schema], metadata=schema.metadata)
+
+
+def _plain_type(type_: pa.DataType) -> pa.DataType:
+    if type_ == pa.string_view():
+        return pa.string()
+    if type_ == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_list_view(type_):
+        return pa.list_(_plain_type(type_.value_type))
+    if pa.types.is_large_list_view(type_):
+        return pa.large_list(_plain_type(type_.value_type))
+    if pa.types.is_list(type_):
+        return pa.list_(type_.value_field.with_type(_plain_type(type_.value_type)))
+    if pa.types.is_large_list(type_):
+        return pa.large_list(type_.value_field.with_type(_plain_type(type_.value_type)))
+    if pa.types.is_map(type_):
+        return pa.map_(type_.key_field.with_type(_plain_type(type_.key_type)),
+                       type_.item_field.with_type(_plain_type(type_.item_type)), type_.keys_sorted)
+    if pa.types.is_struct(type_):
+        return pa.struct([field.with_type(_plain_type(field.type)) for field in type_])
+    return type_

@@ -1,0 +1,138 @@
+"""Parquet reader and the JSON rendering of rejected binary records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from retail_bronze_source.readers.base import FileRejected, RawFile
+from retail_bronze_source.readers.parquet import read_parquet
+from retail_bronze_source.readers.records import records_as_json, row_number_array
+from retail_bronze_source.reasons import FILE_UNREADABLE
+
+BAD_DATA = Path(__file__).parents[1] / ".." / "shared" / "corpus" / "parquet" / "parquet-testing" / "bad_data"
+DECODABLE_BAD_DATA = {"ARROW-GH-43605.parquet": 21186}
+"""Files of bad_data/ that pyarrow decodes completely, with their row counts; every other file is rejected."""
+
+
+def raw_file(path: Path) -> RawFile:
+    return RawFile(fs=fsspec.filesystem("file"), path=str(path), rel_path=path.name)
+
+
+def sample_table() -> pa.Table:
+    return pa.table({
+        "id": pa.array([1, 2, 3, 4, 5], pa.int32()),
+        "name": ["a", "b", None, "d", "e"],
+        "price": pa.array([Decimal("1.50"), Decimal("2.00"), None, Decimal("0.01"), Decimal("10.10")],
+                          pa.decimal128(9, 2)),
+        "ts": pa.array([dt.datetime(2024, 1, i, 12, tzinfo=dt.UTC) for i in range(1, 6)], pa.timestamp("us", tz="UTC")),
+        "tags": pa.array([["x"], [], None, ["y", "z"], ["w"]], pa.list_(pa.string())),
+    })
+
+
+def test_chunks_keep_stored_types_and_file_row_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "items.parquet"
+    pq.write_table(sample_table(), path, row_group_size=3)
+    chunks = list(read_parquet(raw_file(path), 2))
+    assert [c.data.num_rows for c in chunks] == [2, 2, 1]
+    assert [c.row_numbers.to_pylist() for c in chunks] == [[1, 2], [3, 4], [5]]
+    assert all(c.data.schema == sample_table().schema for c in chunks)
+    assert all(not c.rejects and c.sheet is None for c in chunks)
+    assert pa.concat_tables(c.data for c in chunks).equals(sample_table())
+
+
+def test_zero_row_file_gives_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    pq.write_table(sample_table().slice(0, 0), path)
+    assert sum(c.data.num_rows for c in read_parquet(raw_file(path), 10)) == 0
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.7, 0.99], ids=["cut-30pct", "cut-70pct", "cut-99pct"])
+def test_truncated_file_is_unreadable(tmp_path: Path, cut: float) -> None:
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(sample_table(), whole)
+    data = whole.read_bytes()
+    path = tmp_path / "truncated.parquet"
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(FileRejected) as info:
+        list(read_parquet(raw_file(path), 2))
+    assert info.value.reason_code == FILE_UNREADABLE
+    assert "truncated.parquet" in info.value.reason_detail
+
+
+def test_not_parquet_is_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "orders.parquet"
+    path.write_text("order_id,amount\n1,2.5\n")
+    with pytest.raises(FileRejected) as info:
+        list(read_parquet(raw_file(path), 2))
+    assert info.value.reason_code == FILE_UNREADABLE
+
+
+def test_missing_file_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(FileRejected) as info:
+        list(read_parquet(raw_file(tmp_path / "gone.parquet"), 2))
+    assert info.value.reason_code == FILE_UNREADABLE
+
+
+def bad_data_files() -> list[Path]:
+    return sorted(BAD_DATA.glob("*.parquet")) if BAD_DATA.is_dir() else []
+
+
+@pytest.mark.skipif(not BAD_DATA.is_dir(), reason="shared corpus absent")
+def test_bad_data_corpus_is_complete() -> None:
+    names = {p.name for p in bad_data_files()}
+    assert names >= {*DECODABLE_BAD_DATA, "PARQUET-1481.parquet", "ARROW-GH-41317.parquet", "ARROW-GH-41321.parquet",
+                     "ARROW-GH-45185.parquet", "ARROW-GH-47662.parquet", "ARROW-RS-GH-6229-DICTHEADER.parquet",
+                     "ARROW-RS-GH-6229-LEVELS.parquet"}
+
+
+@pytest.mark.skipif(not BAD_DATA.is_dir(), reason="shared corpus absent")
+@pytest.mark.parametrize("path", bad_data_files(), ids=lambda p: p.name)
+def test_bad_data_rejects_or_decodes_every_row(path: Path) -> None:
+    rows = 0
+    try:
+        for chunk in read_parquet(raw_file(path), 1000):
+            rows += chunk.data.num_rows
+            assert chunk.row_numbers.to_pylist() == list(range(rows - chunk.data.num_rows + 1, rows + 1))
+    except FileRejected as rejected:
+        assert path.name not in DECODABLE_BAD_DATA, rejected
+        assert rejected.reason_code == FILE_UNREADABLE
+        assert path.name in rejected.reason_detail
+        return
+    assert rows == DECODABLE_BAD_DATA.get(path.name), f"{path.name} decoded but was expected to be rejected"
+    assert rows == pq.ParquetFile(path).metadata.num_rows
+
+
+def test_records_as_json_keeps_original_values() -> None:
+    table = pa.table({
+        "id": [1, None],
+        "score": [float("nan"), float("-inf")],
+        "price": pa.array([Decimal("1.500"), Decimal("-0.010")], pa.decimal128(7, 3)),
+        "blob": [b"\x00\xff", None],
+        "ts": pa.array([1_000_001, None], pa.timestamp("ns", tz="UTC")),
+        "day": pa.array([dt.date(2024, 2, 29), None], pa.date32()),
+        "nested": [{"a": [1.5, float("inf")]}, None],
+    })
+    texts = records_as_json(table).to_pylist()
+    assert texts[0] == ('{"id":1,"score":"NaN","price":"1.500","blob":"AP8=","ts":"1970-01-01T00:00:00.001000001Z",'
+                        '"day":"2024-02-29","nested":{"a":[1.5,"Infinity"]}}')
+    assert json.loads(texts[1]) == {"id": None, "score": "-Infinity", "price": "-0.010", "blob": None, "ts": None,
+                                    "day": None, "nested": None}
+    assert records_as_json(table) == records_as_json(table)
+
+
+def test_records_as_json_keeps_duplicate_column_names() -> None:
+    table = pa.table([pa.array([1]), pa.array(["x"])], names=["a", "a"])
+    assert records_as_json(table).to_pylist() == ['{"a":1,"a":"x"}']
+
+
+def test_row_number_array() -> None:
+    assert row_number_array(7, 3).to_pylist() == [7, 8, 9]
+    assert row_number_array(1, 0).to_pylist() == []

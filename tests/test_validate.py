@@ -1,0 +1,151 @@
+"""The validator: typed parsing, every contract reason code, one reject record per failed check, the row hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pyarrow as pa
+import pytest
+
+from retail_bronze_source import reasons
+from retail_bronze_source.readers.base import FileRejected, ParseReject, RawChunk
+from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.validate import Validator
+from schemas.schemas import col
+
+SCHEMA = pa.schema(
+    [
+        col("id", pa.int64(), required=True, min_value="1"),
+        col("amount", pa.decimal128(6, 2), min_value="0", max_value="1000"),
+        col("status", pa.string(), accepted=("new", "done")),
+        col("email", pa.string(), pattern=r"[a-z]+@[a-z]+\.[a-z]{2,}"),
+        col("seen_at", pa.timestamp("us", tz="UTC")),
+        col("day", pa.date32()),
+        col("flag", pa.bool_()),
+        col("props", pa.string(), json_text=True),
+    ]
+)
+SPEC = TableSpec(name="things", schema=SCHEMA, files="things/*", formats=("csv",), primary_key=("id",),
+                 write_disposition="append", sequence_column=None)
+
+
+def text_chunk(rows: list[dict[str, str]], **kwargs: object) -> RawChunk:
+    names = list(rows[0]) if rows else list(SCHEMA.names)
+    data = pa.table({n: pa.array([r[n] for r in rows], pa.string()) for n in names})
+    return RawChunk(data=data, row_numbers=pa.array(range(1, len(rows) + 1), pa.int64()), **kwargs)  # type: ignore[arg-type]
+
+
+GOOD = {"id": "7", "amount": "12.50", "status": "new", "email": "a@b.de", "seen_at": "2024-03-01T10:00:00+02:00",
+        "day": "2024-03-01", "flag": "true", "props": '{"k": [1, 2]}'}
+
+
+def test_valid_text_row_is_parsed_into_contract_types() -> None:
+    result = Validator(SPEC).validate(text_chunk([GOOD]), "things/a.csv", fmt="csv")
+    assert result.rejects.num_rows == 0
+    row = result.valid.to_pylist()[0]
+    assert row["id"] == 7
+    assert row["amount"] == Decimal("12.50")
+    assert row["seen_at"] == datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+    assert row["day"] == date(2024, 3, 1)
+    assert row["flag"] is True
+    assert row["src_row_number"] == 1
+    assert result.valid.schema.field("amount").type == pa.decimal128(6, 2)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("id", "1.5", reasons.TYPE_MISMATCH),
+        ("id", "", reasons.NOT_NULL),
+        ("id", "0", reasons.OUT_OF_RANGE),
+        ("amount", "12.345", reasons.TYPE_MISMATCH),
+        ("amount", "1000.01", reasons.OUT_OF_RANGE),
+        ("amount", "12.3.4", reasons.TYPE_MISMATCH),
+        ("status", "lost", reasons.ACCEPTED_VALUES),
+        ("email", "not-an-email", reasons.PATTERN_MISMATCH),
+        ("seen_at", "yesterday", reasons.TYPE_MISMATCH),
+        ("day", "2024-02-30", reasons.TYPE_MISMATCH),
+        ("flag", "maybe", reasons.TYPE_MISMATCH),
+        ("props", "{broken", reasons.TYPE_MISMATCH),
+    ],
+    ids=lambda v: str(v) if v else "empty",
+)
+def test_each_contract_violation_has_its_reason(column: str, value: str, reason: str) -> None:
+    result = Validator(SPEC).validate(text_chunk([GOOD, {**GOOD, column: value}]), "things/a.csv", fmt="csv")
+    assert result.valid.num_rows == 1
+    assert result.rows_rejected == 1
+    rejects = result.rejects.to_pylist()
+    assert [(r["reason_code"], r["column_name"], r["src_row_number"]) for r in rejects] == [(reason, column, 2)]
+    assert value in rejects[0]["reason_detail"] or reason == reasons.NOT_NULL
+
+
+def test_row_failing_several_checks_counts_once() -> None:
+    bad = {**GOOD, "status": "lost", "email": "nope", "id": "x"}
+    result = Validator(SPEC).validate(text_chunk([bad]), "things/a.csv", fmt="csv")
+    assert result.rows_read == 1 and result.rows_rejected == 1 and result.valid.num_rows == 0
+    assert sorted(r["reason_code"] for r in result.rejects.to_pylist()) == sorted(
+        [reasons.TYPE_MISMATCH, reasons.ACCEPTED_VALUES, reasons.PATTERN_MISMATCH])
+    assert {r["raw_record"] for r in result.rejects.to_pylist()} == {
+        'x,,lost,nope,2024-03-01T10:00:00+02:00,2024-03-01,true,"{""k"": [1, 2]}"'.replace(",,", ",12.50,")}
+
+
+def test_parse_rejects_are_carried_and_counted() -> None:
+    chunk = text_chunk([GOOD], rejects=[ParseReject(2, reasons.TOO_MANY_COLUMNS, "4 fields, expected 3", "a,b,c,d")])
+    result = Validator(SPEC).validate(chunk, "things/a.csv", fmt="csv")
+    assert (result.rows_read, result.rows_rejected, result.valid.num_rows) == (2, 1, 1)
+    assert result.rejects.to_pylist()[0]["raw_record"] == "a,b,c,d"
+
+
+def test_missing_required_column_rejects_the_file_but_missing_optional_reads_null() -> None:
+    without_id = {k: v for k, v in GOOD.items() if k != "id"}
+    with pytest.raises(FileRejected) as raised:
+        Validator(SPEC).validate(text_chunk([without_id]), "things/a.csv", fmt="csv")
+    assert raised.value.reason_code == reasons.MISSING_REQUIRED_COLUMN
+    assert "id" in raised.value.reason_detail
+    without_status = {k: v for k, v in GOOD.items() if k != "status"}
+    result = Validator(SPEC).validate(text_chunk([without_status]), "things/a.csv", fmt="csv")
+    assert result.valid.to_pylist()[0]["status"] is None
+
+
+def test_records_with_own_keys_turn_a_missing_required_key_into_not_null() -> None:
+    without_id = {k: v for k, v in GOOD.items() if k != "id"}
+    result = Validator(SPEC).validate(text_chunk([without_id], columns_per_record=True), "things/a.jsonl", fmt="jsonl")
+    assert [(r["reason_code"], r["column_name"]) for r in result.rejects.to_pylist()] == [(reasons.NOT_NULL, "id")]
+
+
+def test_columns_outside_the_contract_are_rescued_not_lost() -> None:
+    result = Validator(SPEC).validate(text_chunk([{**GOOD, "extra": "kept"}]), "things/a.csv", fmt="csv")
+    assert json.loads(result.valid.to_pylist()[0]["_rescued_data"]) == {"extra": "kept"}
+
+
+def test_row_hash_is_sha256_of_the_documented_canonical_form() -> None:
+    result = Validator(SPEC).validate(text_chunk([GOOD]), "things/a.csv", fmt="csv")
+    canonical = json.dumps({k: GOOD[k] for k in sorted(GOOD)}, separators=(",", ":"), ensure_ascii=False)
+    assert result.valid.to_pylist()[0]["src_row_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_typed_sources_convert_exactly_or_mismatch() -> None:
+    data = pa.table({
+        "id": pa.array([1, 2, 3], pa.int32()),
+        "amount": pa.array([1.25, 1.255, 3.0], pa.float64()),
+        "seen_at": pa.array([datetime(2024, 1, 1, 12), None, None], pa.timestamp("us")),
+        "flag": pa.array([True, False, None]),
+    })
+    chunk = RawChunk(data=data, row_numbers=pa.array([1, 2, 3], pa.int64()))
+    result = Validator(SPEC).validate(chunk, "things/a.parquet", fmt="parquet")
+    assert [r["id"] for r in result.valid.to_pylist()] == [1, 3]
+    assert result.valid.to_pylist()[0]["seen_at"] == datetime(2024, 1, 1, 12, tzinfo=UTC)
+    rejected = result.rejects.to_pylist()
+    assert [(r["reason_code"], r["column_name"], r["src_row_number"]) for r in rejected] == [
+        (reasons.TYPE_MISMATCH, "amount", 2)]
+    assert json.loads(rejected[0]["raw_record"])["amount"] == 1.255
+
+
+def test_naive_timestamps_are_read_in_the_table_time_zone() -> None:
+    spec = TableSpec(name="things", schema=SCHEMA, files="things/*", formats=("csv",), primary_key=("id",),
+                     write_disposition="append", sequence_column=None, source_time_zone="Europe/Berlin")
+    result = Validator(spec).validate(text_chunk([{**GOOD, "seen_at": "2024-03-01 10:00:00"}]), "things/a.csv", fmt="csv")
+    assert result.valid.to_pylist()[0]["seen_at"] == datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
