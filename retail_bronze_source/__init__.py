@@ -15,16 +15,23 @@ from typing import Any
 import dlt
 import pyarrow as pa
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
-from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.common.schema.typing import TSchemaContractDict, TTableSchemaColumns
 from dlt.extract.resource import DltResource
 
 from . import reasons
 from .audit import table_schema
-from .extract import MANIFEST_SCHEMA, MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
+from .extract import (
+    MANIFEST_SCHEMA,
+    MANIFEST_TABLE,
+    REJECTS_OUTPUT_SCHEMA,
+    REJECTS_TABLE,
+    TableExtractor,
+    discover_files,
+)
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 
 SECTION = "retail_bronze"
-SCHEMA_CONTRACT: dict[str, str] = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
+SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
 """dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
 DEFAULT_CHUNK_SIZE = 200_000
 
@@ -68,12 +75,12 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
             yield dlt.mark.with_hints(table, table_hints[kind], create_table_variant=True)
 
     return dlt.resource(
-        rows,
+        rows(),
         name=spec.name,
         table_name=spec.name,
         write_disposition=_write_disposition(merge),
         primary_key=list(spec.primary_key),
-        schema_contract=SCHEMA_CONTRACT,  # type: ignore[arg-type]
+        schema_contract=SCHEMA_CONTRACT,
     )
 
 

@@ -104,4 +104,4 @@ def _existing_ledgers(pipelines_dir: str | None) -> dict[str, dict[str, object]]
     root = Path(pipelines_dir) if pipelines_dir else Path(get_dlt_pipelines_dir())
     if not (root / WAREHOUSE_PIPELINE).is_dir():
         return {}
-    return recorded_ledgers(dlt.attach(WAREHOUSE_PIPELINE, pipelines_dir=pipelines_dir))
+    return recorded_ledgers(dlt.attach(WAREHOUSE_PIPELINE, pipelines_dir=str(root)))

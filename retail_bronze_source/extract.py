@@ -170,9 +170,9 @@ class TableExtractor:
         try:
             print_ = fingerprint(file, fmt or "file")
         except (FileRejected, OSError) as error:
-            rejected = error if isinstance(error, FileRejected) else FileRejected(
+            unreadable = error if isinstance(error, FileRejected) else FileRejected(
                 reasons.FILE_UNREADABLE, f"{type(error).__name__}: {error}")
-            return self._file_rejected(file, f"unreadable:size={file.size}:mtime={file.mtime}", rejected)
+            return self._file_rejected(file, f"unreadable:size={file.size}:mtime={file.mtime}", unreadable)
         if seen and seen.get("fingerprint") == print_:
             seen.update(size=file.size, mtime=file.mtime)
             return None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import dlt
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from dlt.common.pipeline import LoadInfo
+from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
 from dlt.pipeline.pipeline import Pipeline
 
 from . import reasons
@@ -22,7 +22,7 @@ from .validate import REJECT_SCHEMA
 WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
 DATASET = "bronze"
-LOADER_FILE_FORMAT = "parquet"
+LOADER_FILE_FORMAT: Final = "parquet"
 
 
 def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
@@ -30,7 +30,7 @@ def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
     """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(pipeline_name=pipeline_name, destination=dlt.destinations.duckdb(str(warehouse)),
-                        dataset_name=DATASET, pipelines_dir=pipelines_dir)
+                        dataset_name=DATASET, pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
 
 def lake_pipeline(lake: Path, *, pipelines_dir: str | None = None, pipeline_name: str = LAKE_PIPELINE) -> Pipeline:
@@ -38,7 +38,8 @@ def lake_pipeline(lake: Path, *, pipelines_dir: str | None = None, pipeline_name
     destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
                                               layout="{table_name}/{load_id}.{file_id}.{ext}")
     return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
-                        pipelines_dir=pipelines_dir)
+                        pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
+
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,7 @@ def failed_jobs(info: LoadInfo) -> list[FailedJob]:
 
 def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
     """The rows of a failed job as `LOAD_FAILED` reject records; nothing of the job is lost."""
-    if not job.file_path.endswith(".parquet"):
-        data = None
-    else:
-        data = pq.read_table(job.file_path)
+    data = pq.read_table(job.file_path) if job.file_path.endswith(".parquet") else None
     detail = re.sub(r"\s+", " ", job.message).strip()[:2000]
     n = data.num_rows if data is not None else 1
 
