@@ -1,0 +1,378 @@
+"""Tests of `scripts/generate_raw_data.py`: determinism, size, scaling and a ground truth that an independent check confirms."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import importlib.util
+import io
+import itertools
+import json
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from retail_bronze_source import reasons
+from retail_bronze_source.registry import EXTENSION_FORMATS, RETAIL_TABLES, TableSpec
+
+ROOT = Path(__file__).parents[1]
+SCRIPT = ROOT / "scripts" / "generate_raw_data.py"
+SPECS = {spec.name: spec for spec in RETAIL_TABLES}
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("generate_raw_data", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = _load_generator()
+
+
+def _convert(type_: pa.DataType, raw: Any) -> Any:
+    """A raw value as the Python value of a contract type; raises on anything lossy."""
+    if isinstance(raw, bool) and not pa.types.is_boolean(type_):
+        raise ValueError("boolean for a non-boolean column")
+    if pa.types.is_integer(type_):
+        if isinstance(raw, int) or (isinstance(raw, str) and re.fullmatch(r"-?[0-9]+", raw)):
+            return int(raw)
+        raise ValueError(raw)
+    if pa.types.is_floating(type_):
+        return float(raw)
+    if pa.types.is_decimal(type_):
+        number = Decimal(str(raw))
+        if not number.is_finite() or -int(number.as_tuple().exponent) > type_.scale:
+            raise ValueError(raw)
+        return number
+    if pa.types.is_boolean(type_):
+        if raw in (True, False):
+            return raw
+        return {"true": True, "false": False}[raw]
+    if pa.types.is_date(type_):
+        if isinstance(raw, dt.datetime):
+            return raw.date()
+        return raw if isinstance(raw, dt.date) else dt.date.fromisoformat(raw)
+    if pa.types.is_timestamp(type_):
+        stamp = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(raw)
+        if stamp.tzinfo is None:
+            raise ValueError("timestamp without offset")
+        return stamp
+    return json.dumps(raw) if isinstance(raw, dict | list) else str(raw)
+
+
+def _check(field: pa.Field, raw: Any) -> tuple[str | None, Any]:
+    """The reason code a raw value violates (or None) and its converted value."""
+    if raw is None or raw == "":
+        return (None if field.nullable else reasons.NOT_NULL), None
+    try:
+        value = _convert(field.type, raw)
+    except (ValueError, TypeError, KeyError, ArithmeticError):
+        return reasons.TYPE_MISMATCH, None
+    meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+    if "accepted_values" in meta and value not in json.loads(meta["accepted_values"]):
+        return reasons.ACCEPTED_VALUES, value
+    if ("min" in meta and value < _convert(field.type, meta["min"])) or (
+            "max" in meta and value > _convert(field.type, meta["max"])):
+        return reasons.OUT_OF_RANGE, value
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        return reasons.PATTERN_MISMATCH, value
+    return None, value
+
+
+class Recheck:
+    """An independent, plain-Python reading of a generated raw root with the pipeline's numbering conventions."""
+
+    def __init__(self, root: Path) -> None:
+        self.files: dict[str, dict[str, Any]] = {}
+        self.rejects: list[dict[str, Any]] = []
+        self.valid: dict[str, list[tuple[str, int, str | None, dict[str, Any]]]] = defaultdict(list)
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.parent != root):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("returns/"):
+                continue
+            self._file(root, rel, SPECS[rel.split("/")[0]])
+        if (root / "returns").is_dir():
+            self._file(root, "returns", SPECS["returns"])
+        self._duplicates()
+
+    def _reject(self, spec: TableSpec, rel: str, row: int | None, code: str, column: str | None = None,
+                sheet: str | None = None) -> None:
+        self.rejects.append({"table_name": spec.name, "src_filename": rel, "src_row_number": row, "src_sheet": sheet,
+                             "reason_code": code, "column_name": column})
+
+    def _file(self, root: Path, rel: str, spec: TableSpec) -> None:
+        fmt = "delta" if rel == "returns" else EXTENSION_FORMATS.get(Path(rel).suffix)
+        if fmt not in spec.formats:
+            return self._file_reject(spec, rel, reasons.UNSUPPORTED_FILE)
+        try:
+            records = list(getattr(self, f"_{fmt}")(root / rel, spec))
+        except _FileReject as exc:
+            return self._file_reject(spec, rel, exc.code)
+        rejected = 0
+        for sheet, row, record in records:
+            problems = [(record, None)] if isinstance(record, str) else [
+                (code, f.name) for f in spec.schema if (code := _check(f, record.get(f.name))[0])]
+            for code, column in problems:
+                self._reject(spec, rel, row, code, column, sheet)
+            if problems:
+                rejected += 1
+            else:
+                self.valid[spec.name].append((rel, row, sheet, {f.name: _check(f, record.get(f.name))[1]
+                                                               for f in spec.schema}))
+        self.files[rel] = {"table": spec.name, "rows": len(records), "valid": len(records) - rejected,
+                           "rejected": rejected, "file_reject": None}
+
+    def _file_reject(self, spec: TableSpec, rel: str, code: str) -> None:
+        self.files[rel] = {"table": spec.name, "rows": 0, "valid": 0, "rejected": 0, "file_reject": code}
+        self._reject(spec, rel, None, code)
+
+    @staticmethod
+    def _csv(path: Path, spec: TableSpec) -> Any:
+        try:
+            content = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _FileReject(reasons.FILE_ENCODING) from exc
+        if not content:
+            return
+        reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+        header = next(reader)
+        if any(not f.nullable and f.name not in header for f in spec.schema):
+            raise _FileReject(reasons.MISSING_REQUIRED_COLUMN)
+        row = 0
+        while True:
+            row += 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                yield None, row, reasons.MALFORMED_ROW
+                return
+            if len(record) != len(header):
+                yield None, row, reasons.TOO_MANY_COLUMNS if len(record) > len(header) else reasons.TOO_FEW_COLUMNS
+            else:
+                yield None, row, dict(zip(header, record, strict=True))
+
+    @staticmethod
+    def _jsonl(path: Path, spec: TableSpec) -> Any:
+        def strict(constant: str) -> None:
+            raise ValueError(constant)
+
+        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line, parse_constant=strict)
+            except ValueError:
+                yield None, number, reasons.INVALID_JSON
+                continue
+            yield None, number, value if isinstance(value, dict) else reasons.NOT_AN_OBJECT
+
+    @staticmethod
+    def _parquet(path: Path, spec: TableSpec) -> Any:
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _FileReject(reasons.FILE_UNREADABLE) from exc
+        return ((None, i, row) for i, row in enumerate(rows, start=1))
+
+    @staticmethod
+    def _delta(path: Path, spec: TableSpec) -> Any:
+        from deltalake import DeltaTable
+
+        rows = pa.table(DeltaTable(str(path)).to_pyarrow_table()).to_pylist()
+        return ((None, i, row) for i, row in enumerate(rows, start=1))
+
+    @staticmethod
+    def _xlsx(path: Path, spec: TableSpec) -> Any:
+        from openpyxl import load_workbook
+
+        workbook = load_workbook(path, read_only=True, data_only=True)
+        for sheet in workbook.worksheets:
+            rows = sheet.iter_rows(values_only=True)
+            header = next(rows)
+            for i, values in enumerate(rows, start=1):
+                yield sheet.title, i, dict(zip(header, values, strict=True))
+
+    def _duplicates(self) -> None:
+        for name, rows in self.valid.items():
+            spec = SPECS[name]
+            if spec.write_disposition != "merge":
+                continue
+            groups = defaultdict(list)
+            for entry in rows:
+                values = entry[3]
+                groups[tuple(values[c] for c in spec.primary_key), values.get(spec.sequence_column or "")].append(entry)
+            conflicts = {id(e) for group in groups.values() if any(e[3] != group[0][3] for e in group) for e in group}
+            for rel, row, sheet, _ in (e for e in rows if id(e) in conflicts):
+                self._reject(spec, rel, row, reasons.DUPLICATE_KEY, ",".join(spec.primary_key), sheet)
+                self.files[rel]["valid"] -= 1
+                self.files[rel]["rejected"] += 1
+            self.valid[name] = [e for e in rows if id(e) not in conflicts]
+
+    def valid_rows(self) -> dict[str, int]:
+        """Valid rows per table, every table with a file included."""
+        return {t: len(self.valid.get(t, [])) for t in sorted({f["table"] for f in self.files.values()})}
+
+    def latest(self) -> dict[str, int]:
+        """Distinct keys of the valid rows of every merge table."""
+        return {t: len({tuple(e[3][c] for c in SPECS[t].primary_key) for e in rows})
+                for t, rows in sorted(self.valid.items()) if SPECS[t].write_disposition == "merge"}
+
+
+class _FileReject(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _sort(rejects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rejects, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def _content(root: Path) -> dict[str, Any]:
+    """Every output file's content: bytes for text, values for Parquet, XLSX and the Delta table."""
+    from deltalake import DeltaTable
+    from openpyxl import load_workbook
+
+    content: dict[str, Any] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "returns" not in p.parts):
+        rel = path.relative_to(root).as_posix()
+        if path.suffix == ".parquet" and "truncated" not in path.name:
+            content[rel] = pq.read_table(path)
+        elif path.suffix == ".xlsx":
+            workbook = load_workbook(path, read_only=True)
+            content[rel] = {s.title: list(s.iter_rows(values_only=True)) for s in workbook.worksheets}
+        else:
+            content[rel] = path.read_bytes()
+    content["returns"] = pa.table(DeltaTable(str(root / "returns")).to_pyarrow_table())
+    return content
+
+
+def test_same_seed_gives_identical_content(tmp_path: Path) -> None:
+    first = _content((gen.generate(tmp_path / "a", seed=7), tmp_path / "a")[1])
+    second = _content((gen.generate(tmp_path / "b", seed=7), tmp_path / "b")[1])
+    assert first.keys() == second.keys()
+    for rel, value in first.items():
+        assert value == second[rel], rel
+    gen.generate(tmp_path / "c", seed=8)
+    assert (tmp_path / "c/orders/orders_2024-03-01.csv").read_bytes() != first["orders/orders_2024-03-01.csv"]
+
+
+def test_ground_truth_matches_an_independent_reading(tmp_path: Path) -> None:
+    expected = gen.generate(tmp_path, seed=42)
+    assert json.loads((tmp_path / "_expected.json").read_text()) == expected
+    check = Recheck(tmp_path)
+    assert check.files == expected["files"]
+    assert _sort(check.rejects) == _sort(expected["rejects"])
+    assert check.valid_rows() == expected["valid_rows"]
+    assert check.latest() == expected["latest"]
+
+
+def test_every_reason_code_is_planted_once_per_kind(tmp_path: Path) -> None:
+    expected = gen.generate(tmp_path)
+    codes = {r["reason_code"] for r in expected["rejects"]}
+    assert codes == reasons.ALL - {reasons.LOAD_FAILED}
+    per_row = defaultdict(list)
+    for r in expected["rejects"]:
+        per_row[r["src_filename"], r["src_sheet"], r["src_row_number"]].append(r["reason_code"])
+    assert sorted(per_row["orders/orders_2024-03-01.csv", None, 13]) == [reasons.ACCEPTED_VALUES, reasons.PATTERN_MISMATCH]
+    duplicates = [r for r in expected["rejects"] if r["reason_code"] == reasons.DUPLICATE_KEY]
+    assert len({r["src_filename"] for r in duplicates}) == 2
+    assert expected["files"]["customers/customers_empty.csv"] == {
+        "table": "customers", "rows": 0, "valid": 0, "rejected": 0, "file_reject": None}
+    assert expected["files"]["orders/orders_2024-03-08.csv"]["rows"] == 0
+    assert expected["latest"]["customers"] == expected["files"]["customers/customers_1.csv"]["valid"]
+    assert expected["latest"]["customers"] < expected["valid_rows"]["customers"]
+
+
+def test_text_files_carry_the_planted_formatting(tmp_path: Path) -> None:
+    gen.generate(tmp_path)
+    stores = (tmp_path / "stores/stores.csv").read_bytes()
+    assert stores.startswith(b"\xef\xbb\xbfstore_id,") and stores.count(b"\r\n") == stores.count(b"\n")
+    assert "Zürich".encode("latin-1") in (tmp_path / "stores/stores_legacy.csv").read_bytes()
+    orders = (tmp_path / "orders/orders_2024-03-01.csv").read_text(encoding="utf-8")
+    assert '"deliver after 6pm\nring twice"' in orders and '""leave it at the door""' in orders
+    assert orders.count(",EXTRA\n") == 1
+    assert (tmp_path / "orders/orders_2024-03-05.csv").read_text().endswith("and the file ends here\n")
+    offsets = set(re.findall(r"T\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)", orders))
+    assert offsets == {"Z", "+00:00", "+02:00", "-05:00"}
+    rows = list(csv.DictReader(io.StringIO(orders, newline="")))
+    late = [r for r in rows if r["order_ts"].endswith("-05:00") and len(r) == 12]
+    assert late and all(dt.datetime.fromisoformat(r["order_ts"]).astimezone(dt.UTC).date().isoformat() == r["order_dt"]
+                        for r in late)
+    assert any(r["order_ts"][:10] != r["order_dt"] for r in late)
+    events = (tmp_path / "events/events_1.jsonl").read_text().split("\n")
+    valid = [json.loads(line) for line in events if line.startswith('{"event_id"') and line.endswith("}")]
+    stamps = [dt.datetime.fromisoformat(e["event_ts"]) for e in valid]
+    assert any(a > b for a, b in itertools.pairwise(stamps))
+    assert len(valid) > len({json.dumps(e) for e in valid})
+    assert isinstance(valid[0]["properties"]["device"], dict)
+
+
+def test_sample_is_small_and_scale_multiplies_rows(tmp_path: Path) -> None:
+    small = gen.generate(tmp_path / "one")
+    assert sum(p.stat().st_size for p in (tmp_path / "one").rglob("*") if p.is_file()) < 3_000_000
+    big = gen.generate(tmp_path / "twenty", scale=20, tables=["orders", "order_items", "events", "sensors", "customers"])
+    for table in ("orders", "order_items", "events", "sensors", "customers"):
+        assert 19 <= big["valid_rows"][table] / small["valid_rows"][table] <= 21, table
+    assert big["rejects"] and {r["table_name"] for r in big["rejects"]} <= set(big["valid_rows"])
+
+
+def test_dirty_fraction_and_clean(tmp_path: Path) -> None:
+    dirty = gen.generate(tmp_path / "dirty", dirty_fraction=0.05, tables=["orders"])
+    orders = sum(f["rows"] for f in dirty["files"].values())
+    assert 0.04 < (orders - dirty["valid_rows"]["orders"]) / orders < 0.07
+    check = Recheck(tmp_path / "dirty")
+    assert check.files == dirty["files"] and _sort(check.rejects) == _sort(dirty["rejects"])
+    assert check.latest() == dirty["latest"]
+    clean = gen.generate(tmp_path / "clean", clean=True)
+    assert clean["rejects"] == []
+    assert all(f["file_reject"] is None and f["rejected"] == 0 for f in clean["files"].values())
+    assert Recheck(tmp_path / "clean").rejects == []
+    with pytest.raises(ValueError, match="exclude"):
+        gen.generate(tmp_path / "both", clean=True, dirty_fraction=0.1)
+
+
+def test_output_directory_is_replaced_only_when_generated(tmp_path: Path) -> None:
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign/keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="refusing"):
+        gen.generate(tmp_path / "foreign", tables=["stores"])
+    assert (tmp_path / "foreign/keep.txt").read_text() == "mine"
+    gen.generate(tmp_path / "out", tables=["stores", "sensors"])
+    gen.generate(tmp_path / "out", tables=["stores"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_expected.json", "_generated_by.txt", "stores"]
+
+
+def test_append_returns_commit(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    gen.generate(tmp_path, tables=["returns"])
+    summary = gen.append_returns_commit(tmp_path, seed=42, n=20)
+    table = pa.table(DeltaTable(str(tmp_path / "returns")).to_pyarrow_table())
+    assert summary["version"] == 1 and summary["rows"] == 20 and table.num_rows == 120
+    assert len(summary["updated_ids"]) == 10 and set(summary["updated_ids"]) <= set(range(1, 101))
+    assert summary["new_ids"] == list(range(101, 111))
+    assert set(summary["deleted_ids"]) <= set(summary["updated_ids"])
+    assert gen.append_returns_commit(tmp_path, seed=42, n=4)["version"] == 2
+
+
+def test_command_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "raw"), "--tables", "stores,sensors",
+                             "--seed", "3"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "stores" in result.stdout and "expected rejects" in result.stdout
+    assert json.loads((tmp_path / "raw/_expected.json").read_text())["generator"]["seed"] == 3
