@@ -27,9 +27,10 @@ def has_sheets(spec: TableSpec) -> bool:
 
 
 def table_schema(spec: TableSpec) -> pa.Schema:
-    """The loaded schema of a table: its contract, rescued data, then the audit columns."""
+    """The loaded schema of a table: its contract, derived columns, rescued data, then the audit columns."""
     fields = [
         *spec.schema,
+        *(pa.field(d.name, d.type) for d in spec.derived),
         pa.field(RESCUED, pa.string(), metadata={"json": "true"}),
         pa.field(INGESTION_TS, UTC_TS, nullable=False),
         pa.field(SRC_FILENAME, pa.string(), nullable=False),

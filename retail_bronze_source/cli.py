@@ -11,6 +11,7 @@ import dlt
 import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
+from .delta_mirror import compact_tables
 from .registry import RETAIL_TABLES
 from .run import Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
 from .sinks import WAREHOUSE_PIPELINE
@@ -28,6 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     parser.add_argument("--tables", default="", help="comma-separated tables to load (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
+    parser.add_argument("--compact", action="store_true",
+                        help="compact every Delta table under <lake>/bronze/delta now, then exit (no load)")
     parser.add_argument("--pipelines-dir", default=None, help="dlt pipelines dir (default: dlt's own, ~/.dlt)")
     return parser.parse_args(argv)
 
@@ -76,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise CliError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         _check_layout(layout, args.dry_run)
+        if args.compact:
+            for done in compact_tables(layout.delta_root, force=True):
+                print(f"compacted {done.table_name}: {done.files_before} -> {done.files_after} files")
+            return 0
         if args.dry_run:
             ledgers = _existing_ledgers(args.pipelines_dir)
             print("dry run: nothing is written; this is what a run would load and reject")
@@ -95,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_summary(result.summary))
     if result.failed_jobs:
         print(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
-    print(f"delta: {len(result.mirrored)} table load(s) mirrored; rejects CSV: {len(result.rejects_files)} file(s) "
-          f"under {layout.rejects_root}")
+    print(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
+          f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
     return 0
 
 

@@ -23,6 +23,10 @@ from .registry import TableSpec
 from .validate import quote_ident
 
 APP_ID = "retail_bronze_mirror"
+TARGET_FILE_SIZE = 200 * 1024 * 1024
+"""Target size of Delta data files written by the mirror and by compaction."""
+SMALL_FILES_THRESHOLD = 32
+"""A table with at least this many files, averaging under a quarter of the target size, is compacted after a run."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,26 @@ def load_id_version(load_id: str) -> int:
     return int(Decimal(load_id) * 1_000_000)
 
 
-def merge_keys(table_name: str, specs: Sequence[TableSpec]) -> tuple[list[str], str | None] | None:
-    """(key columns, sequence column) of an upserted table, None for append tables."""
+@dataclass(frozen=True)
+class MirrorPlan:
+    """How one table is written to Delta."""
+
+    keys: tuple[str, ...] = ()
+    """Upsert keys; empty for append tables."""
+    sequence_column: str | None = None
+    partition_by: tuple[str, ...] = ()
+
+
+def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
+    """The plan of a table: registry tables follow their entry, the manifest upserts by `src_path`."""
     if table_name == MANIFEST_TABLE:
-        return ["src_path"], "processed_at"
+        return MirrorPlan(keys=("src_path",), sequence_column="processed_at")
     for spec in specs:
-        if spec.name == table_name and spec.write_disposition == "merge":
-            return list(spec.primary_key), spec.sequence_column
-    return None
+        if spec.name == table_name:
+            keys = spec.primary_key if spec.write_disposition == "merge" else ()
+            return MirrorPlan(keys=keys, sequence_column=spec.sequence_column if keys else None,
+                              partition_by=spec.partition_by)
+    return MirrorPlan()
 
 
 def package_files(pipeline: Pipeline, load_id: str) -> dict[str, list[str]]:
@@ -69,14 +85,13 @@ def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableS
               if pipeline.get_load_package_info(lid).state == "loaded"]
     for load_id in sorted(loaded, key=Decimal):
         for table, files in sorted(package_files(pipeline, load_id).items()):
-            result = mirror_table(delta_root / table, files, load_id, merge_keys(table, specs))
+            result = mirror_table(delta_root / table, files, load_id, mirror_plan(table, specs))
             if result is not None:
                 written.append(MirroredTable(load_id, table, *result))
     return written
 
 
-def mirror_table(target: Path, files: list[str], load_id: str,
-                 keys: tuple[list[str], str | None] | None) -> tuple[int, str] | None:
+def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
     """Write one package's files of one table to the Delta table `target`; None if this load id is already there."""
     version = load_id_version(load_id)
     commit = CommitProperties(app_transactions=[Transaction(app_id=APP_ID, version=version)],
@@ -86,18 +101,49 @@ def mirror_table(target: Path, files: list[str], load_id: str,
         return None
     source = ds.dataset(files, format="parquet")
     rows = source.count_rows()
-    if table is None or keys is None:
+    if table is None or not plan.keys:
         write_deltalake(str(target), source.scanner().to_reader(), mode="append", schema_mode="merge",
+                        partition_by=list(plan.partition_by) or None, target_file_size=TARGET_FILE_SIZE,
                         commit_properties=commit)
         return rows, "append"
-    key_cols, sequence = keys
-    predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in key_cols)
-    newer = f"s.{quote_ident(sequence)} >= t.{quote_ident(sequence)}" if sequence else None
+    predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)
+    seq = plan.sequence_column
+    newer = f"s.{quote_ident(seq)} >= t.{quote_ident(seq)}" if seq else None
     (
-        table.merge(source.to_table(), predicate=predicate, source_alias="s", target_alias="t", merge_schema=True,
-                    commit_properties=commit)
+        table.merge(source.scanner().to_reader(), predicate=predicate, source_alias="s", target_alias="t",
+                    merge_schema=True, commit_properties=commit)
         .when_matched_update_all(predicate=newer)
         .when_not_matched_insert_all()
         .execute()
     )
     return rows, "upsert"
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """One table's compaction: files before and after."""
+
+    table_name: str
+    files_before: int
+    files_after: int
+
+
+def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False) -> list[Compaction]:
+    """Rewrite small files of every Delta table under `delta_root` into files of about `TARGET_FILE_SIZE`.
+
+    A table is compacted when it has at least `min_files` files averaging under a quarter of the target size (or
+    always with `force`). Vacuum then removes only files unreferenced for longer than the default retention (7 days),
+    so readers of older versions are never broken.
+    """
+    done = []
+    for target in sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []:
+        table = DeltaTable(str(target))
+        sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
+        small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
+        if not sizes or not (force or small):
+            continue
+        table.optimize.compact(target_size=TARGET_FILE_SIZE)
+        table.vacuum(dry_run=False)
+        after = len(DeltaTable(str(target)).file_uris())
+        done.append(Compaction(target.name, len(sizes), after))
+    return done

@@ -25,6 +25,15 @@ EXTENSION_FORMATS: Mapping[str, FileFormat] = MappingProxyType(
 
 
 @dataclass(frozen=True)
+class DerivedColumn:
+    """A column computed from a row's contract columns (a DuckDB SQL expression), loaded like any other."""
+
+    name: str
+    type: pa.DataType
+    sql: str
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One raw table: where its files are, how to read them, its contract and how it loads."""
 
@@ -42,12 +51,19 @@ class TableSpec:
     """Keyword arguments for the format's reader, e.g. `delimiter` for CSV or `sheets` for XLSX."""
     source_time_zone: str = "UTC"
     """Time zone assumed for timestamps written without an offset."""
+    derived: tuple[DerivedColumn, ...] = ()
+    """Columns computed from the contract columns, e.g. a partition date."""
+    partition_by: tuple[str, ...] = ()
+    """Partition columns of the table's Delta mirror."""
 
     def __post_init__(self) -> None:
-        names = set(self.schema.names)
+        names = set(self.schema.names) | {d.name for d in self.derived}
         missing = [c for c in (*self.primary_key, *([self.sequence_column] if self.sequence_column else [])) if c not in names]
         if missing:
             raise ValueError(f"table {self.name!r}: key or sequence columns {missing} are not in its schema")
+        unknown = [c for c in self.partition_by if c not in names]
+        if unknown:
+            raise ValueError(f"table {self.name!r}: partition columns {unknown} are not in its schema")
         if not self.formats:
             raise ValueError(f"table {self.name!r}: declare at least one format")
 
@@ -62,14 +78,18 @@ RETAIL_TABLES: tuple[TableSpec, ...] = (
     _spec("customers", schemas.CUSTOMERS, "customers/*", ["csv"], ["customer_id"], "merge"),
     _spec("products", schemas.PRODUCTS, "products/*", ["parquet"], ["product_id"], "merge"),
     _spec("stores", schemas.STORES, "stores/*", ["csv"], ["store_id"], "merge"),
-    _spec("orders", schemas.ORDERS, "orders/*", ["csv"], ["order_id"], "merge"),
+    _spec("orders", schemas.ORDERS, "orders/*", ["csv"], ["order_id"], "merge", partition_by=("order_dt",)),
     _spec("order_items", schemas.ORDER_ITEMS, "order_items/*", ["parquet"], ["order_id", "line_no"], "merge"),
     _spec("returns", schemas.RETURNS, "returns", ["delta"], ["return_id"], "merge"),
     _spec("exchange_rates", schemas.EXCHANGE_RATES, "exchange_rates/*", ["xlsx"],
           ["rate_date", "base_currency", "quote_currency"], "merge", sequence_column=None),
-    _spec("events", schemas.EVENTS, "events/*", ["jsonl"], ["event_id"], "append", sequence_column=None),
+    _spec("events", schemas.EVENTS, "events/*", ["jsonl"], ["event_id"], "append", sequence_column=None,
+          derived=(DerivedColumn("event_date", pa.date32(), "CAST(timezone('UTC', event_ts) AS DATE)"),),
+          partition_by=("event_date",)),
     _spec("sensors", schemas.SENSORS, "sensors/*", ["csv", "parquet"], ["sensor_id", "reading_ts"], "append",
-          sequence_column=None),
+          sequence_column=None,
+          derived=(DerivedColumn("reading_month", pa.string(), "strftime(timezone('UTC', reading_ts), '%Y-%m')"),),
+          partition_by=("store_id", "reading_month")),
 )
 """The retail tables that ship with the package."""
 

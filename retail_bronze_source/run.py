@@ -15,7 +15,7 @@ import pyarrow as pa
 from dlt.pipeline.pipeline import Pipeline
 
 from . import retail_source
-from .delta_mirror import MirroredTable, mirror_to_delta
+from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
 from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 from .sinks import (
@@ -52,6 +52,7 @@ class RunResult:
     failed_jobs: list[FailedJob]
     mirrored: list[MirroredTable]
     rejects_files: list[Path]
+    compacted: list[Compaction]
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,11 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     if failed:
         _record_load_failures(warehouse, failed, stamp)
     mirrored = mirror_to_delta(lake, layout.delta_root, specs)
+    compacted = compact_tables(layout.delta_root)
     rejects = _rejects_of_load(layout.warehouse, warehouse_load_id, failed)
     files = write_rejects_csv(rejects, layout.rejects_root, warehouse_load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
     summary = _summary(layout.warehouse, warehouse_load_id, specs)
-    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files)
+    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted)
 
 
 REQUIRED_LOAD_SETTINGS = {"LOAD__RAISE_ON_FAILED_JOBS": "false", "LOAD__DELETE_COMPLETED_JOBS": "false"}

@@ -190,6 +190,7 @@ class Validator:
         self.contract = spec.schema
         self.output_schema = pa.schema([
             *spec.schema,
+            *(pa.field(d.name, d.type) for d in spec.derived),
             pa.field(ROW_NUMBER, pa.int64(), nullable=False),
             pa.field(ROW_HASH, pa.string(), nullable=False),
             pa.field(RESCUED, pa.string()),
@@ -213,7 +214,9 @@ class Validator:
         n = data.num_rows
         positional = [f"c{i}" for i in range(data.num_columns)]
         by_name = dict(zip(data.column_names, positional, strict=True))
-        frame = data.rename_columns(positional).append_column("__rn", chunk.row_numbers.cast(pa.int64()))
+        frame = (data.rename_columns(positional)
+                 .append_column("__rn", chunk.row_numbers.cast(pa.int64()))
+                 .append_column("__pos", _positions(n)))
         if chunk.raw_records is not None:
             frame = frame.append_column("__raw", chunk.raw_records)
 
@@ -253,7 +256,11 @@ class Validator:
         ) + "], x -> x IS NOT NULL)" if checks else "[]"
 
         sql = (f"SELECT {', '.join(selects)}, __rn AS {ROW_NUMBER}, {row_hash} AS {ROW_HASH}, "
-               f"{rescued} AS {RESCUED}, {violations} AS __violations, row_number() OVER () - 1 AS __pos FROM frame")
+               f"{rescued} AS {RESCUED}, {violations} AS __violations, __pos FROM frame")
+        if self.spec.derived:
+            derived = ", ".join(f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}"
+                                for d in self.spec.derived)
+            sql = f"SELECT *, {derived} FROM ({sql})"
         result = self.con.execute(sql).to_arrow_table() if n else None
         parse_rejects = self._parse_rejects(chunk, src_filename)
         if result is None:
@@ -319,6 +326,11 @@ class Validator:
             },
             schema=REJECT_SCHEMA,
         )
+
+
+def _positions(n: int) -> pa.Array:
+    """0, 1, ..., n - 1 as int64."""
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n)), 1)
 
 
 def _constant(value: str | None, n: int) -> pa.Array:

@@ -1,0 +1,117 @@
+"""The Delta mirror: exactly once per load id, upserts that never go back in time, partitions and compaction."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE, delta_table, make_sandbox, query
+from deltalake import DeltaTable
+
+from retail_bronze_source.delta_mirror import (
+    APP_ID,
+    MirrorPlan,
+    compact_tables,
+    load_id_version,
+    mirror_plan,
+    mirror_table,
+    mirror_to_delta,
+)
+from retail_bronze_source.registry import RETAIL_TABLES
+from retail_bronze_source.run import run_bronze
+from retail_bronze_source.sinks import lake_pipeline
+
+
+def _versions(path: Path, rows: list[tuple[int, str, int]]) -> str:
+    """A parquet file of (id, value, version day) rows at `path`; returns its path."""
+    table = pa.table({
+        "id": pa.array([r[0] for r in rows], pa.int64()),
+        "value": pa.array([r[1] for r in rows], pa.string()),
+        "updated_at": pa.array([datetime(2024, 1, r[2], tzinfo=UTC) for r in rows], pa.timestamp("us", tz="UTC")),
+    })
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_upsert_never_replaces_a_newer_version(tmp_path: Path) -> None:
+    target = tmp_path / "delta" / "things"
+    plan = MirrorPlan(keys=("id",), sequence_column="updated_at")
+    assert mirror_table(target, [_versions(tmp_path / "a.parquet", [(1, "v2", 2), (2, "v1", 1)])], "100.1", plan)
+    assert mirror_table(target, [_versions(tmp_path / "b.parquet", [(1, "v1-late", 1), (2, "v3", 3)])], "100.2", plan)
+    rows = sorted(DeltaTable(str(target)).to_pyarrow_table().select(["id", "value"]).to_pylist(), key=str)
+    assert rows == [{"id": 1, "value": "v2"}, {"id": 2, "value": "v3"}]
+
+
+def test_a_load_id_is_mirrored_once_even_when_repeated(tmp_path: Path) -> None:
+    target = tmp_path / "delta" / "log"
+    files = [_versions(tmp_path / "a.parquet", [(1, "x", 1), (2, "y", 1)])]
+    assert mirror_table(target, files, "200.5", MirrorPlan()) == (2, "append")
+    assert mirror_table(target, files, "200.5", MirrorPlan()) is None
+    assert mirror_table(target, files, "199.0", MirrorPlan()) is None
+    table = DeltaTable(str(target))
+    assert table.to_pyarrow_table().num_rows == 2
+    assert table.transaction_version(APP_ID) == load_id_version("200.5")
+
+
+def test_registry_plans_partition_the_big_tables() -> None:
+    plans = {spec.name: mirror_plan(spec.name, RETAIL_TABLES) for spec in RETAIL_TABLES}
+    assert plans["orders"] == MirrorPlan(keys=("order_id",), sequence_column="updated_at", partition_by=("order_dt",))
+    assert plans["events"].partition_by == ("event_date",) and plans["events"].keys == ()
+    assert plans["sensors"].partition_by == ("store_id", "reading_month")
+    assert mirror_plan("manifest_processed_files", RETAIL_TABLES).keys == ("src_path",)
+
+
+def test_run_mirrors_partitioned_tables_and_rerun_of_the_mirror_writes_nothing(tmp_path: Path) -> None:
+    box = make_sandbox(tmp_path, raw=SAMPLE)
+    result = run_bronze(box.layout, table_names=["orders", "events", "sensors"], pipelines_dir=str(box.pipelines_dir))
+    delta_root = box.lake / "bronze" / "delta"
+    for name, columns in (("orders", ["order_dt"]), ("events", ["event_date"]), ("sensors", ["store_id", "reading_month"])):
+        assert DeltaTable(str(delta_root / name)).metadata().partition_columns == columns
+    events = delta_table(box.lake, "events")
+    assert events.column("event_date").to_pylist() == [ts.date() for ts in events.column("event_ts").to_pylist()]
+    versions = {p.name: DeltaTable(str(p)).version() for p in delta_root.iterdir()}
+    lake = lake_pipeline(box.lake, pipelines_dir=str(box.pipelines_dir))
+    assert mirror_to_delta(lake, delta_root, RETAIL_TABLES) == []
+    assert versions == {p.name: DeltaTable(str(p)).version() for p in delta_root.iterdir()}
+    assert {m.load_id for m in result.mirrored} == {result.lake_load_id}
+
+
+def test_mirror_interrupted_half_way_is_completed_exactly_once(tmp_path: Path) -> None:
+    box = make_sandbox(tmp_path, raw=SAMPLE)
+    run_bronze(box.layout, table_names=["customers", "events"], pipelines_dir=str(box.pipelines_dir))
+    delta_root = box.lake / "bronze" / "delta"
+    events_version = DeltaTable(str(delta_root / "events")).version()
+    for name in ("customers", "rejects"):
+        shutil.rmtree(delta_root / name)
+    lake = lake_pipeline(box.lake, pipelines_dir=str(box.pipelines_dir))
+    redone = mirror_to_delta(lake, delta_root, RETAIL_TABLES)
+    assert sorted(m.table_name for m in redone) == ["customers", "rejects"]
+    assert DeltaTable(str(delta_root / "events")).version() == events_version
+    for name in ("customers", "events", "rejects", "manifest_processed_files"):
+        assert delta_table(box.lake, name).num_rows == query(box.warehouse, f"SELECT count(*) FROM bronze.{name}")[0][0]
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["automatic", "forced"])
+def test_compaction_rewrites_small_files_and_keeps_every_row(tmp_path: Path, force: bool) -> None:
+    delta_root = tmp_path / "delta"
+    target = delta_root / "small"
+    files = 40 if not force else 3
+    for i in range(files):
+        path = _versions(tmp_path / f"{i}.parquet", [(i * 10 + j, f"v{i}", 1) for j in range(5)])
+        mirror_table(target, [path], f"{300 + i}.0", MirrorPlan())
+    before = DeltaTable(str(target)).to_pyarrow_table().sort_by("id")
+    done = compact_tables(delta_root, force=force)
+    assert [(c.table_name, c.files_before) for c in done] == [("small", files)]
+    assert done[0].files_after == 1
+    assert DeltaTable(str(target)).to_pyarrow_table().sort_by("id").equals(before)
+
+
+def test_few_small_files_are_left_alone_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "delta" / "few"
+    for i in range(3):
+        mirror_table(target, [_versions(tmp_path / f"{i}.parquet", [(i, "x", 1)])], f"{400 + i}.0", MirrorPlan())
+    assert compact_tables(tmp_path / "delta") == []
