@@ -3,10 +3,7 @@
 Parsing and every check run as one vectorized DuckDB query over the chunk's Arrow data. A row that fails several checks
 gets one reject record per failed check and counts once as rejected.
 
-`src_row_hash` is the SHA-256 hex digest of the record's canonical form: the compact JSON object (as written by
-DuckDB's `json_object`) whose keys are the record's source column names in sorted order and whose values are the
-original values as text (JSON null where missing). Text formats hash the text as read, empty fields included; binary
-formats hash the value cast to text.
+`src_row_hash` is computed by `retail_bronze_source.row_hash` from the record as read.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from .readers.base import FileRejected, RawChunk
 from .readers.csv import format_csv_records
 from .readers.records import records_as_json
 from .registry import TableSpec
+from .row_hash import row_hashes
 
 ROW_NUMBER = "src_row_number"
 ROW_HASH = "src_row_hash"
@@ -216,7 +214,8 @@ class Validator:
         by_name = dict(zip(data.column_names, positional, strict=True))
         frame = (data.rename_columns(positional)
                  .append_column("__rn", chunk.row_numbers.cast(pa.int64()))
-                 .append_column("__pos", _positions(n)))
+                 .append_column("__pos", _positions(n))
+                 .append_column("__hash", row_hashes(data)))
         if chunk.raw_records is not None:
             frame = frame.append_column("__raw", chunk.raw_records)
 
@@ -241,11 +240,6 @@ class Validator:
             selects.append(f"{parsed} AS {quote_ident(field.name)}")
             checks.extend(_checks(field, raw, parsed))
 
-        canonical_keys = sorted(data.column_names)
-        canonical = ", ".join(
-            f"{quote_literal(k)}, {self._as_text(by_name[k], data.schema.field(k).type)}" for k in canonical_keys
-        )
-        row_hash = f"sha256(json_object({canonical}))" if canonical else "sha256('{}')"
         extra = [k for k in data.column_names if k not in self.contract.names]
         rescued = (
             "json_object(" + ", ".join(f"{quote_literal(k)}, {self._as_text(by_name[k], data.schema.field(k).type)}"
@@ -255,7 +249,7 @@ class Validator:
             f"CASE WHEN {cond} THEN {struct} END" for cond, struct in checks
         ) + "], x -> x IS NOT NULL)" if checks else "[]"
 
-        sql = (f"SELECT {', '.join(selects)}, __rn AS {ROW_NUMBER}, {row_hash} AS {ROW_HASH}, "
+        sql = (f"SELECT {', '.join(selects)}, __rn AS {ROW_NUMBER}, __hash AS {ROW_HASH}, "
                f"{rescued} AS {RESCUED}, {violations} AS __violations, __pos FROM frame")
         if self.spec.derived:
             derived = ", ".join(f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}"

@@ -13,6 +13,7 @@ import pytest
 from retail_bronze_source import reasons
 from retail_bronze_source.readers.base import FileRejected, ParseReject, RawChunk
 from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.row_hash import row_hashes
 from retail_bronze_source.validate import Validator
 from schemas.schemas import col
 
@@ -123,8 +124,14 @@ def test_columns_outside_the_contract_are_rescued_not_lost() -> None:
 
 def test_row_hash_is_sha256_of_the_documented_canonical_form() -> None:
     result = Validator(SPEC).validate(text_chunk([GOOD]), "things/a.csv", fmt="csv")
-    canonical = json.dumps({k: GOOD[k] for k in sorted(GOOD)}, separators=(",", ":"), ensure_ascii=False)
+    canonical = "".join(f"{len(k)}:{k}={len(GOOD[k].encode())}:{GOOD[k]};" for k in sorted(GOOD))
     assert result.valid.to_pylist()[0]["src_row_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_row_hash_of_a_known_record_never_changes() -> None:
+    record = {"b": None, "a": "1", "é": "x;y"}
+    data = pa.table({k: pa.array([v], pa.string()) for k, v in record.items()})
+    assert row_hashes(data).to_pylist() == [hashlib.sha256("1:a=1:1;1:b=~;2:é=3:x;y;".encode()).hexdigest()]
 
 
 def test_typed_sources_convert_exactly_or_mismatch() -> None:
