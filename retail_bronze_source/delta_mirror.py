@@ -8,7 +8,6 @@ or was killed half way.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,6 +19,7 @@ from dlt.pipeline.pipeline import Pipeline
 
 from .extract import MANIFEST_TABLE
 from .registry import TableSpec
+from .sinks import loaded_load_ids, package_files
 from .validate import quote_ident
 
 APP_ID = "retail_bronze_mirror"
@@ -66,24 +66,10 @@ def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
     return MirrorPlan()
 
 
-def package_files(pipeline: Pipeline, load_id: str) -> dict[str, list[str]]:
-    """Parquet files of the data tables of one loaded package, by table name."""
-    info = pipeline.get_load_package_info(load_id)
-    by_table: dict[str, list[str]] = defaultdict(list)
-    for job in info.jobs.get("completed_jobs", []):
-        table = job.job_file_info.table_name
-        if table.startswith("_dlt") or not job.file_path.endswith(".parquet"):
-            continue
-        by_table[table].append(job.file_path)
-    return dict(by_table)
-
-
 def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
     """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written."""
     written = []
-    loaded = [lid for lid in pipeline.list_completed_load_packages()
-              if pipeline.get_load_package_info(lid).state == "loaded"]
-    for load_id in sorted(loaded, key=Decimal):
+    for load_id in loaded_load_ids(pipeline):
         for table, files in sorted(package_files(pipeline, load_id).items()):
             result = mirror_table(delta_root / table, files, load_id, mirror_plan(table, specs))
             if result is not None:

@@ -1,4 +1,8 @@
-"""One Bronze run: the source into DuckDB and into the Parquet lake, the Delta mirror, rejects CSVs and a summary."""
+"""One Bronze run: the source into DuckDB, its packages into the Parquet change log and Delta, rejects CSVs, a summary.
+
+Raw files are read and validated once, by the warehouse pipeline; the lake pipeline imports the warehouse's loaded
+packages (`change_log`), and the Delta mirror follows the lake's packages (`delta_mirror`).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,13 @@ import pyarrow as pa
 from dlt.pipeline.pipeline import Pipeline
 
 from . import retail_source
+from .change_log import change_log_resources
 from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
 from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 from .sinks import (
     DATASET,
+    LOADER_FILE_FORMAT,
     FailedJob,
     failed_jobs,
     lake_pipeline,
@@ -83,17 +89,23 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
         options["chunk_size"] = chunk_size
 
     warehouse = warehouse_pipeline(layout.warehouse, pipelines_dir=pipelines_dir)
-    info = warehouse.run(retail_source(**options), loader_file_format="parquet")
+    failed = _finish_pending(warehouse)
+    info = warehouse.run(retail_source(**options), loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = info.loads_ids[0] if info.loads_ids else None
-    failed = failed_jobs(info)
-
-    lake = lake_pipeline(layout.lake, pipelines_dir=pipelines_dir)
-    lake_info = lake.run(retail_source(append_only=True, **options), loader_file_format="parquet")
-    lake_load_id = lake_info.loads_ids[0] if lake_info.loads_ids else None
-    failed += failed_jobs(lake_info)
-
+    failed += failed_jobs(info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
+
+    lake = lake_pipeline(layout.lake, pipelines_dir=pipelines_dir)
+    lake_failed = _finish_pending(lake)
+    imports = change_log_resources(warehouse)
+    lake_info = lake.run(imports, loader_file_format=LOADER_FILE_FORMAT) if imports else None
+    lake_load_id = lake_info.loads_ids[0] if lake_info and lake_info.loads_ids else None
+    lake_failed += failed_jobs(lake_info) if lake_info else []
+    if lake_failed:
+        _record_load_failures(warehouse, lake_failed, stamp)
+    failed += lake_failed
+
     mirrored = mirror_to_delta(lake, layout.delta_root, specs)
     compacted = compact_tables(layout.delta_root)
     rejects = _rejects_of_load(layout.warehouse, warehouse_load_id, failed)
@@ -112,6 +124,14 @@ def _require_load_settings() -> None:
         current = os.environ.setdefault(key, value)
         if current.lower() != value:
             raise ValueError(f"{key}={current} is not supported by a Bronze run: it needs {value}")
+
+
+def _finish_pending(pipeline: Pipeline) -> list[FailedJob]:
+    """Normalize and load packages a killed run left behind, before anything new is extracted."""
+    if not pipeline.has_pending_data:
+        return []
+    pipeline.normalize()
+    return failed_jobs(pipeline.load())
 
 
 def _record_load_failures(warehouse: Pipeline, failed: list[FailedJob], stamp: datetime) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +41,23 @@ def lake_pipeline(lake: Path, *, pipelines_dir: str | None = None, pipeline_name
     return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
                         pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
+
+
+def loaded_load_ids(pipeline: Pipeline) -> list[str]:
+    """Load ids of the pipeline's fully loaded packages still on disk, oldest first."""
+    return sorted((lid for lid in pipeline.list_completed_load_packages()
+                   if pipeline.get_load_package_info(lid).state == "loaded"), key=Decimal)
+
+
+def package_files(pipeline: Pipeline, load_id: str) -> dict[str, list[str]]:
+    """Parquet files of the data tables of one loaded package, by table name (dlt's own tables excluded)."""
+    info = pipeline.get_load_package_info(load_id)
+    by_table: dict[str, list[str]] = {}
+    for job in info.jobs.get("completed_jobs", []):
+        table = job.job_file_info.table_name
+        if not table.startswith("_dlt") and job.file_path.endswith(".parquet"):
+            by_table.setdefault(table, []).append(job.file_path)
+    return {table: sorted(files) for table, files in by_table.items()}
 
 
 @dataclass(frozen=True)

@@ -93,25 +93,26 @@ def _type_label(type_: pa.DataType) -> str:
 
 
 def _parse_text(v: str, type_: pa.DataType) -> str:
-    """SQL parsing the trimmed text `v` into `type_`, NULL where it does not convert exactly."""
-    t = f"trim({v})"
+    """SQL parsing the text `v` (surrounding white space allowed) into `type_`, NULL where it does not convert exactly."""
+    duck = _duck_type(type_)
     if pa.types.is_integer(type_):
-        return f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]+') THEN TRY_CAST({t} AS {_duck_type(type_)}) END"
+        return f"CASE WHEN regexp_full_match({v}, '\\s*[+-]?[0-9]+\\s*') THEN TRY_CAST({v} AS {duck}) END"
     if pa.types.is_decimal(type_):
         int_digits = max(type_.precision - type_.scale, 1)
         frac = f"(\\.[0-9]{{1,{type_.scale}}})?" if type_.scale else ""
-        return (f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,{int_digits}}}{frac}') "
-                f"THEN TRY_CAST({t} AS {_duck_type(type_)}) END")
+        return (f"CASE WHEN regexp_full_match({v}, '\\s*[+-]?[0-9]{{1,{int_digits}}}{frac}\\s*') "
+                f"THEN TRY_CAST({v} AS {duck}) END")
     if pa.types.is_floating(type_):
-        return f"CASE WHEN isfinite(TRY_CAST({t} AS DOUBLE)) THEN TRY_CAST({t} AS DOUBLE) END"
+        return f"CASE WHEN isfinite(TRY_CAST({v} AS DOUBLE)) THEN TRY_CAST({v} AS DOUBLE) END"
     if pa.types.is_boolean(type_):
-        return (f"CASE WHEN lower({t}) IN ('true', 't', '1', 'yes', 'y') THEN true "
-                f"WHEN lower({t}) IN ('false', 'f', '0', 'no', 'n') THEN false END")
+        return (f"CASE WHEN lower(trim({v})) IN ('true', 't', '1', 'yes', 'y') THEN true "
+                f"WHEN lower(trim({v})) IN ('false', 'f', '0', 'no', 'n') THEN false END")
     if pa.types.is_timestamp(type_):
-        return f"TRY_CAST({t} AS {_duck_type(type_)})"
+        return f"TRY_CAST({v} AS {duck})"
     if pa.types.is_date(type_):
-        ts = f"TRY_CAST({t} AS TIMESTAMP)"
-        return f"COALESCE(TRY_CAST({t} AS DATE), CASE WHEN {ts} = date_trunc('day', {ts}) THEN CAST({ts} AS DATE) END)"
+        midnight = "([T ]00:00(:00(\\.0+)?)?)?"
+        return (f"CASE WHEN regexp_full_match({v}, '\\s*[0-9]{{4}}-[0-9]{{1,2}}-[0-9]{{1,2}}{midnight}\\s*') "
+                f"THEN TRY_CAST({v} AS DATE) END")
     return v
 
 
@@ -210,62 +211,81 @@ class Validator:
         self.check_columns(chunk)
         data = chunk.data
         n = data.num_rows
+        parse_rejects = self._parse_rejects(chunk, src_filename)
+        if not n:
+            return Validated(self.output_schema.empty_table(), parse_rejects, len(chunk.rejects), len(chunk.rejects))
         positional = [f"c{i}" for i in range(data.num_columns)]
         by_name = dict(zip(data.column_names, positional, strict=True))
-        frame = (data.rename_columns(positional)
-                 .append_column("__rn", chunk.row_numbers.cast(pa.int64()))
-                 .append_column("__pos", _positions(n))
-                 .append_column("__hash", row_hashes(data)))
-        if chunk.raw_records is not None:
-            frame = frame.append_column("__raw", chunk.raw_records)
+        frame = data.rename_columns(positional)
 
+        passthrough: dict[str, pa.ChunkedArray] = {}
         selects: list[str] = []
         checks: list[tuple[str, str]] = []
         for field in self.contract:
             src = by_name.get(field.name)
-            if src is None:
+            source_type = data.schema.field(field.name).type if src is not None else None
+            if src is None or source_type is None:
                 raw = "CAST(NULL AS VARCHAR)"
                 parsed = f"CAST(NULL AS {_duck_type(field.type)})"
+            elif _is_text(source_type):
+                raw = f"NULLIF({src}, '')"
+                parsed = raw if _is_text(field.type) else _parse_text(raw, field.type)
+                if _is_text(field.type):
+                    passthrough[field.name] = _empty_as_null(data[field.name])
+            elif pa.types.is_nested(source_type) or pa.types.is_binary(source_type):
+                raw = f"CASE WHEN {src} IS NOT NULL THEN '<{source_type}>' END"
+                parsed = f"CAST(NULL AS {_duck_type(field.type)})"
             else:
-                source_type = data.schema.field(field.name).type
-                if _is_text(source_type):
-                    raw = f"NULLIF({src}, '')"
-                    parsed = raw if _is_text(field.type) else _parse_text(raw, field.type)
-                elif pa.types.is_nested(source_type) or pa.types.is_binary(source_type):
-                    raw = f"CASE WHEN {src} IS NOT NULL THEN '<{source_type}>' END"
-                    parsed = f"CAST(NULL AS {_duck_type(field.type)})"
-                else:
-                    raw = src
-                    parsed = _parse_typed(src, source_type, field.type)
-            selects.append(f"{parsed} AS {quote_ident(field.name)}")
+                raw = src
+                parsed = _parse_typed(src, source_type, field.type)
+            if field.name not in passthrough:
+                selects.append(f"{parsed} AS {quote_ident(field.name)}")
             checks.extend(_checks(field, raw, parsed))
+        derived = [f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}" for d in self.spec.derived]
+        any_violation = " OR ".join(f"COALESCE({cond}, false)" for cond, _ in checks) or "false"
+        sql = f"SELECT {', '.join([*selects, f'{any_violation} AS __bad'])} FROM frame"
+        if derived:
+            used = [name for name in passthrough if any(name in d.sql for d in self.spec.derived)]
+            texts = [f"NULLIF({by_name[name]}, '') AS {quote_ident(name)}" for name in used]
+            sql = (f"SELECT * EXCLUDE ({', '.join(quote_ident(u) for u in used) or '__none'}), {', '.join(derived)} "
+                   f"FROM (SELECT {', '.join([*selects, *texts, f'{any_violation} AS __bad'])} FROM frame)"
+                   if used else f"SELECT *, {', '.join(derived)} FROM ({sql})")
+        result = self.con.execute(sql).to_arrow_table()
 
-        extra = [k for k in data.column_names if k not in self.contract.names]
-        rescued = (
-            "json_object(" + ", ".join(f"{quote_literal(k)}, {self._as_text(by_name[k], data.schema.field(k).type)}"
-                                        for k in extra) + ")"
-        ) if extra else "CAST(NULL AS VARCHAR)"
+        hashes = row_hashes(data)
+        columns = {
+            **{name: result[name] for name in result.column_names},
+            **passthrough,
+            ROW_NUMBER: chunk.row_numbers.cast(pa.int64()),
+            ROW_HASH: hashes,
+            RESCUED: self._rescued(data, n),
+        }
+        assembled = pa.table({name: columns[name] for name in self.output_schema.names})
+        bad_mask = result["__bad"]
+        valid = assembled.filter(pc.invert(bad_mask)).cast(self.output_schema)
+        n_bad = n - valid.num_rows
+        if not n_bad:
+            return Validated(valid, parse_rejects, n + len(chunk.rejects), len(chunk.rejects))
         violations = "list_filter([" + ", ".join(
-            f"CASE WHEN {cond} THEN {struct} END" for cond, struct in checks
-        ) + "], x -> x IS NOT NULL)" if checks else "[]"
-
-        sql = (f"SELECT {', '.join(selects)}, __rn AS {ROW_NUMBER}, __hash AS {ROW_HASH}, "
-               f"{rescued} AS {RESCUED}, {violations} AS __violations, __pos FROM frame")
-        if self.spec.derived:
-            derived = ", ".join(f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}"
-                                for d in self.spec.derived)
-            sql = f"SELECT *, {derived} FROM ({sql})"
-        result = self.con.execute(sql).to_arrow_table() if n else None
-        parse_rejects = self._parse_rejects(chunk, src_filename)
-        if result is None:
-            return Validated(self.output_schema.empty_table(), parse_rejects, len(chunk.rejects), len(chunk.rejects))
-
-        bad_mask = pc.greater(pc.list_value_length(result["__violations"]), 0)
-        valid = result.filter(pc.invert(bad_mask)).select(self.output_schema.names).cast(self.output_schema)
-        bad = result.filter(bad_mask)
+            f"CASE WHEN COALESCE({cond}, false) THEN {struct} END" for cond, struct in checks
+        ) + "], x -> x IS NOT NULL)"
+        frame = frame.append_column("__pos", _positions(n)).filter(bad_mask)
+        bad = self.con.execute(f"SELECT __pos, {violations} AS __violations FROM frame").to_arrow_table()
+        bad = (bad.append_column(ROW_NUMBER, columns[ROW_NUMBER].take(bad["__pos"]))
+               .append_column(ROW_HASH, hashes.take(bad["__pos"])))
         contract_rejects = self._contract_rejects(bad, data, chunk, src_filename, fmt)
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
-        return Validated(valid, rejects, n + len(chunk.rejects), bad.num_rows + len(chunk.rejects))
+        return Validated(valid, rejects, n + len(chunk.rejects), n_bad + len(chunk.rejects))
+
+    def _rescued(self, data: pa.Table, n: int) -> pa.Array:
+        """JSON object of the columns outside the contract, per row (null when the file has none)."""
+        extra = [k for k in data.column_names if k not in self.contract.names]
+        if not extra:
+            return pa.nulls(n, pa.string())
+        rescued = data.select(extra).rename_columns([f"e{i}" for i in range(len(extra))])
+        pairs = ", ".join(f"{quote_literal(k)}, {self._as_text(f'e{i}', rescued.schema.field(i).type)}"
+                          for i, k in enumerate(extra))
+        return self.con.execute(f"SELECT json_object({pairs}) AS r FROM rescued").to_arrow_table()["r"]
 
     @staticmethod
     def _as_text(col: str, type_: pa.DataType) -> str:
@@ -320,6 +340,12 @@ class Validator:
             },
             schema=REJECT_SCHEMA,
         )
+
+
+def _empty_as_null(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text values with empty strings read as missing."""
+    text = values if pa.types.is_string(values.type) else values.cast(pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
 def _positions(n: int) -> pa.Array:
