@@ -42,7 +42,8 @@ def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
 
 
 def _write_disposition(merge: bool) -> Any:
-    return {"disposition": "merge", "strategy": "delete-insert"} if merge else "append"
+    """Merge tables use delete-insert on data the extractor already reduced to one version per key."""
+    return {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True} if merge else "append"
 
 
 def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -55,8 +56,6 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     """
     merge = spec.write_disposition == "merge" and not append_only
     columns = dlt_columns(table_schema(spec))
-    if merge and spec.sequence_column:
-        columns[spec.sequence_column]["dedup_sort"] = "desc"
     table_hints = {
         "rows": dlt.mark.make_hints(table_name=spec.name, columns=columns),
         "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append", primary_key=[],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import duckdb
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from . import reasons
@@ -75,7 +76,10 @@ class _StagedFile:
     file_level: tuple[str, str] | None = None
     valid_count: int = 0
     superseded_count: int = 0
-    extra_rejects: list[pa.Table] = field(default_factory=list)
+    conflicts: pa.Table | None = None
+    """Position keys (`__key`) and version counts of rows rejected as `DUPLICATE_KEY`."""
+    superseded: pa.Array | None = None
+    """Position keys of rows replaced by a newer version of their key in this load."""
 
 
 def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
@@ -207,23 +211,32 @@ class TableExtractor:
                 staged.reject_count += result.rows_rejected
                 staged.valid_count += result.valid.num_rows
 
-    def _position_columns(self) -> list[str]:
-        return ["src_filename", *(["src_sheet"] if has_sheets(self.spec) else []), ROW_NUMBER]
+    def _position_key(self, rows: pa.Table) -> pa.Array:
+        """A row's position in its file as one value: the row number, or sheet and row number for sheet tables."""
+        numbers = _as_array(rows[ROW_NUMBER])
+        if not has_sheets(self.spec):
+            return numbers
+        sheets = pc.fill_null(_as_array(rows["src_sheet"]), "")
+        return pc.binary_join_element_wise(sheets, pc.cast(numbers, pa.string()), "\x1f")
 
     def _resolve_keys(self, staged: list[_StagedFile]) -> None:
-        """Reject conflicting versions (`DUPLICATE_KEY`) and, for merge tables, drop superseded versions of a key."""
+        """Find rows of conflicting versions (`DUPLICATE_KEY`) and, for merge tables, superseded versions of a key.
+
+        Only key, sequence, hash and position columns are scanned; the rows themselves are dropped or turned into
+        rejects batch by batch when the file is emitted.
+        """
         pk = list(self.spec.primary_key)
         paths = [str(s.rows_path) for s in staged if s.file_level is None and s.rows_path and s.valid_count]
         if not pk or not paths:
             return
         seq = self.spec.sequence_column
-        pk_sql = ", ".join(quote_ident(k) for k in pk)
-        version_sql = ", ".join(quote_ident(k) for k in [*pk, *([seq] if seq else [])])
-        position = self._position_columns()
-        position_sql = ", ".join(quote_ident(c) for c in position)
+        version = [*pk, *([seq] if seq else [])]
+        position = ["src_filename", *(["src_sheet"] if has_sheets(self.spec) else []), ROW_NUMBER]
+        pk_sql, version_sql, position_sql = (", ".join(quote_ident(c) for c in cols) for cols in (pk, version, position))
+        columns = ", ".join(quote_ident(c) for c in dict.fromkeys([*version, ROW_HASH, *position]))
         self.con.register("staged", ds.dataset(paths, format="ipc"))
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE candidates AS SELECT * FROM staged "
+            f"CREATE OR REPLACE TEMP TABLE candidates AS SELECT {columns} FROM staged "
             f"SEMI JOIN (SELECT {pk_sql} FROM staged GROUP BY {pk_sql} HAVING count(*) > 1) USING ({pk_sql})"
         )
         self.con.unregister("staged")
@@ -240,30 +253,35 @@ class TableExtractor:
         )
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE superseded AS {superseded_sql}")
         for item in staged:
-            if item.file_level is not None or not item.valid_count or item.rows_path is None:
+            if item.file_level is not None or not item.valid_count:
                 continue
             name = quote_literal(item.file.rel_path)
-            dup = self.con.execute(f"SELECT * FROM conflicting WHERE src_filename = {name}").to_arrow_table()
-            dropped = self.con.execute(f"SELECT count(*) FROM superseded WHERE src_filename = {name}").fetchone()
-            n_superseded = int(dropped[0]) if dropped else 0
-            if not dup.num_rows and not n_superseded:
-                continue
-            self.con.register("rows_in", ds.dataset(str(item.rows_path), format="ipc"))
-            keep = self.con.execute(
-                f"SELECT * FROM rows_in ANTI JOIN (SELECT {position_sql} FROM conflicting UNION ALL "
-                f"SELECT {position_sql} FROM superseded) USING ({position_sql}) ORDER BY {position_sql}"
-            ).to_arrow_table().cast(self.schema)
-            self.con.unregister("rows_in")
-            with pa.ipc.new_file(item.rows_path, self.schema) as out:
-                out.write_table(keep)
-            if dup.num_rows:
-                item.extra_rejects.append(self._duplicate_rejects(dup, item.file.rel_path))
-            item.valid_count -= dup.num_rows
-            item.reject_count += dup.num_rows
-            item.superseded_count = n_superseded
+            conflicts = self.con.execute(f"SELECT * FROM conflicting WHERE src_filename = {name}").to_arrow_table()
+            superseded = self.con.execute(f"SELECT * FROM superseded WHERE src_filename = {name}").to_arrow_table()
+            if conflicts.num_rows:
+                item.conflicts = conflicts.append_column("__key", self._position_key(conflicts))
+            if superseded.num_rows:
+                item.superseded = self._position_key(superseded)
+            item.valid_count -= conflicts.num_rows
+            item.reject_count += conflicts.num_rows
+            item.superseded_count = superseded.num_rows
 
-    def _duplicate_rejects(self, dup: pa.Table, src_filename: str) -> pa.Table:
+    def _drop_resolved(self, batch: pa.Table, item: _StagedFile) -> tuple[pa.Table, pa.Table]:
+        """Split a staged batch into the rows to load and the rows of conflicting keys (with their version count)."""
+        key = self._position_key(batch)
+        drop = pc.is_in(key, item.superseded) if item.superseded is not None else pa.repeat(pa.scalar(False), len(key))
+        conflicting = batch.slice(0, 0).append_column("versions", pa.array([], pa.int64()))
+        if item.conflicts is not None:
+            in_conflict = pc.is_in(key, item.conflicts["__key"])
+            drop = pc.or_(drop, in_conflict)
+            found = batch.filter(in_conflict)
+            versions = pc.index_in(self._position_key(found), item.conflicts["__key"])
+            conflicting = found.append_column("versions", item.conflicts["versions"].take(versions))
+        return batch.filter(pc.invert(drop)), conflicting
+
+    def _duplicate_rejects(self, dup: pa.Table, item: _StagedFile) -> pa.Table:
         """Reject records for rows of conflicting keys (per-row formatting: these rows are few by nature)."""
+        src_filename = item.file.rel_path
         keys = [*self.spec.primary_key, *([self.spec.sequence_column] if self.spec.sequence_column else [])]
         detail = [
             f"{dict(zip(keys, map(str, values), strict=True))} has {n} versions with different content in this load"
@@ -292,14 +310,19 @@ class TableExtractor:
             yield "rejects", self._with_run_fields(file_reject(self.spec, rel, code, detail))
             yield "manifest", self._manifest(item, STATUS_FILE_REJECTED)
             return
+        duplicates: list[pa.Table] = []
         if item.rows_path is not None and item.valid_count:
             with pa.memory_map(str(item.rows_path)) as source:
                 reader = pa.ipc.open_file(source)
                 for i in range(reader.num_record_batches):
-                    batch = reader.get_batch(i)
+                    batch = pa.Table.from_batches([reader.get_batch(i)])
+                    if item.conflicts is not None or item.superseded is not None:
+                        batch, conflicting = self._drop_resolved(batch, item)
+                        if conflicting.num_rows:
+                            duplicates.append(self._duplicate_rejects(conflicting, item))
                     if batch.num_rows:
-                        yield "rows", pa.Table.from_batches([batch])
-        rejects = [t for t in self._staged_rejects(item) if t.num_rows] + item.extra_rejects
+                        yield "rows", batch
+        rejects = [t for t in self._staged_rejects(item) if t.num_rows] + duplicates
         if rejects:
             yield "rejects", self._with_run_fields(pa.concat_tables(rejects))
         status = STATUS_EMPTY if item.row_count == 0 else STATUS_WITH_REJECTS if item.reject_count else STATUS_OK
@@ -328,6 +351,10 @@ class TableExtractor:
         if item.file_level is not None:
             row.update(row_count=0, valid_count=0, reject_count=0)
         return pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)
+
+
+def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _reader_errors_as_rejects(chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:
