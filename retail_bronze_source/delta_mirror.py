@@ -8,13 +8,18 @@ or was killed half way.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import unquote
 
+import duckdb
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.transaction import AddAction, RemoveAction
 from dlt.pipeline.pipeline import Pipeline
 
 from .extract import MANIFEST_TABLE
@@ -23,6 +28,10 @@ from .sinks import loaded_load_ids, package_files
 from .validate import quote_ident
 
 APP_ID = "retail_bronze_mirror"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+SORT_BATCH_ROWS = 128 * 1024
+MAX_OPEN_FILES = 32
+MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 TARGET_FILE_SIZE = 200 * 1024 * 1024
 """Target size of Delta data files written by the mirror and by compaction."""
 SMALL_FILES_THRESHOLD = 32
@@ -88,9 +97,11 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
     source = ds.dataset(files, format="parquet")
     rows = source.count_rows()
     if table is None or not plan.keys:
-        write_deltalake(str(target), source.scanner().to_reader(), mode="append", schema_mode="merge",
-                        partition_by=list(plan.partition_by) or None, target_file_size=TARGET_FILE_SIZE,
-                        commit_properties=commit)
+        if plan.partition_by:
+            _append_partitioned(target, table, source, plan.partition_by, version, commit)
+        else:
+            write_deltalake(str(target), source.scanner().to_reader(), mode="append", schema_mode="merge",
+                            target_file_size=TARGET_FILE_SIZE, commit_properties=commit)
         return rows, "append"
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)
     seq = plan.sequence_column
@@ -103,6 +114,43 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
         .execute()
     )
     return rows, "upsert"
+
+
+def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Dataset, partition_by: tuple[str, ...],
+                        version: int, commit: CommitProperties) -> None:
+    """Append to a partitioned table with bounded memory: rows sorted by partition (DuckDB spills to disk), written
+    with a few open files at a time, then committed as one transaction. Files of a killed attempt carry the same names
+    and are overwritten by the next one; unreferenced files never become part of the table."""
+    if table is None:
+        table = DeltaTable.create(str(target), schema=source.schema, partition_by=list(partition_by))
+    written: list[tuple[str, int, int]] = []
+    order = ", ".join(quote_ident(c) for c in partition_by)
+    with duckdb.connect() as con:
+        con.execute("SET memory_limit = '512MB'")
+        con.register("package", source)
+        reader = con.execute(f"SELECT * FROM package ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS)
+        ds.write_dataset(reader, str(target), format="parquet", partitioning=list(partition_by),
+                         partitioning_flavor="hive", basename_template=f"part-{version}-{{i}}.parquet",
+                         existing_data_behavior="overwrite_or_ignore", max_open_files=MAX_OPEN_FILES,
+                         max_rows_per_file=MAX_ROWS_PER_FILE, max_rows_per_group=SORT_BATCH_ROWS,
+                         file_visitor=lambda f: written.append((f.path, f.size, f.metadata.num_rows)))
+    now = int(time.time() * 1000)
+    actions: list[AddAction | RemoveAction] = [
+        AddAction(path=(rel := Path(path).relative_to(target).as_posix()), size=size,
+                  partition_values=_hive_partition_values(rel), modification_time=now, data_change=True,
+                  stats=json.dumps({"numRecords": n}))
+        for path, size, n in written
+    ]
+    table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=list(partition_by),
+                                   commit_properties=commit)
+
+
+def _hive_partition_values(relative_path: str) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for segment in relative_path.split("/")[:-1]:
+        name, _, value = segment.partition("=")
+        values[unquote(name)] = None if value == HIVE_NULL else unquote(value)
+    return values
 
 
 @dataclass(frozen=True)
