@@ -13,7 +13,8 @@ from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from .delta_mirror import compact_tables
 from .registry import RETAIL_TABLES
-from .run import Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
+from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
+from .run_lock import RunLocked
 from .sinks import WAREHOUSE_PIPELINE
 
 
@@ -31,6 +32,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
     parser.add_argument("--compact", action="store_true",
                         help="compact every Delta table under <lake>/bronze/delta now, then exit (no load)")
+    parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
+                        help="seconds to wait for another run on the same warehouse or lake (default 60)")
     parser.add_argument("--pipelines-dir", default=None, help="dlt pipelines dir (default: dlt's own, ~/.dlt)")
     return parser.parse_args(argv)
 
@@ -88,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("dry run: nothing is written; this is what a run would load and reject")
             print(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
             return 0
-        result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir)
-    except CliError as error:
+        result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout)
+    except (CliError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:

@@ -23,6 +23,7 @@ from .change_log import change_log_resources
 from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
 from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
 from .registry import RETAIL_TABLES, TableSpec, select_tables
+from .run_lock import run_lock
 from .sinks import (
     DATASET,
     LOADER_FILE_FORMAT,
@@ -78,9 +79,24 @@ class Layout:
         return self.lake / "_rejects"
 
 
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
-               pipelines_dir: str | None = None, chunk_size: int | None = None) -> RunResult:
-    """Load new and changed raw files into every sink; rejects are outputs, not failures."""
+               pipelines_dir: str | None = None, chunk_size: int | None = None,
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> RunResult:
+    """Load new and changed raw files into every sink; rejects are outputs, not failures.
+
+    The run holds the lock of its warehouse and of its lake for its whole duration: a second run waits up to
+    `lock_timeout` seconds and then raises `RunLocked` naming the holder.
+    """
+    with run_lock(layout.warehouse.with_name(layout.warehouse.name + ".lock"), lock_timeout), \
+            run_lock(layout.lake / ".retail_bronze.lock", lock_timeout):
+        return _run(layout, table_names=table_names, tables=tables, pipelines_dir=pipelines_dir, chunk_size=chunk_size)
+
+
+def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[TableSpec] | None,
+         pipelines_dir: str | None, chunk_size: int | None) -> RunResult:
     _require_load_settings()
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     stamp = datetime.now(UTC)
