@@ -64,6 +64,6 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
     holder = _holder(tmp_path / "x.lock", 60)
     holder.kill()
     holder.wait()
-    with run_lock(tmp_path / "x.lock", 1), pytest.raises(RunLocked, match="another run holds"):
-        with run_lock(tmp_path / "x.lock", 0):
-            pass
+    with run_lock(tmp_path / "x.lock", 1), pytest.raises(RunLocked, match="another run holds"), \
+            run_lock(tmp_path / "x.lock", 0):
+        pytest.fail("a second holder got the lock")
