@@ -41,9 +41,12 @@ def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
     return py_arrow_to_table_schema_columns(schema)
 
 
-def _write_disposition(merge: bool) -> Any:
-    """Merge tables use delete-insert on data the extractor already reduced to one version per key."""
-    return {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True} if merge else "append"
+DELETE_INSERT: Any = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+"""dlt's delete-insert on data the extractor already reduced to one version per key (no second dedup)."""
+APPEND_MERGE_KEY = ["src_filename"]
+"""Append tables replace the rows of a file delivered again under the same name; a retried load never doubles."""
+REJECTS_MERGE_KEY = ["table_name", "src_filename", "load_id", "reason_code"]
+"""A retried load replaces its own reject records; records of other loads and reasons stay."""
 
 
 def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -51,17 +54,26 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
 
     The resource writes three tables, each declared as a dlt table variant so their hints never mix: the table itself
-    (columns from the contract plus audit columns), `rejects` (append) and `manifest_processed_files` (merge on
-    `src_path`; append in the change log).
+    (columns from the contract plus audit columns), `rejects` and `manifest_processed_files` (keyed on `src_path`).
+    Every table loads with delete-insert so that a retried load is idempotent: merge tables on their key, append tables
+    and rejects on the file they came from (`append_only` loads everything as plain append instead).
     """
-    merge = spec.write_disposition == "merge" and not append_only
     columns = dlt_columns(table_schema(spec))
+    if append_only:
+        disposition: Any = "append"
+        primary_key: list[str] = []
+        merge_key: list[str] = []
+    elif spec.write_disposition == "merge":
+        disposition, primary_key, merge_key = DELETE_INSERT, list(spec.primary_key), []
+    else:
+        disposition, primary_key, merge_key = DELETE_INSERT, [], APPEND_MERGE_KEY
     table_hints = {
         "rows": dlt.mark.make_hints(table_name=spec.name, columns=columns),
-        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append", primary_key=[],
+        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append" if append_only else DELETE_INSERT,
+                                       primary_key=[], merge_key=[] if append_only else REJECTS_MERGE_KEY,
                                        columns=dlt_columns(REJECTS_OUTPUT_SCHEMA)),
-        "manifest": dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition=_write_disposition(not append_only),
-                                        primary_key=[] if append_only else ["src_path"],
+        "manifest": dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition="append" if append_only else DELETE_INSERT,
+                                        primary_key=[] if append_only else ["src_path"], merge_key=[],
                                         columns=dlt_columns(MANIFEST_SCHEMA)),
     }
 
@@ -77,8 +89,9 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         rows(),
         name=spec.name,
         table_name=spec.name,
-        write_disposition=_write_disposition(merge),
-        primary_key=list(spec.primary_key),
+        write_disposition=disposition,
+        primary_key=primary_key,
+        merge_key=merge_key,
         schema_contract=SCHEMA_CONTRACT,
     )
 

@@ -31,7 +31,7 @@ def append_columns(warehouse: Pipeline, table: str) -> TTableSchemaColumns:
 def change_log_resources(warehouse: Pipeline) -> list[DltResource]:
     """One append resource per table found in the warehouse pipeline's loaded packages."""
     loads = loaded_load_ids(warehouse)
-    files_by_load = {load_id: package_files(warehouse, load_id) for load_id in loads}
+    files_by_load = {load_id: package_files(warehouse, load_id, loaded_only=True) for load_id in loads}
     tables = sorted({table for files in files_by_load.values() for table in files})
 
     def resource(table: str) -> DltResource:

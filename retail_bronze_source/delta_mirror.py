@@ -79,7 +79,7 @@ def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableS
     """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written."""
     written = []
     for load_id in loaded_load_ids(pipeline):
-        for table, files in sorted(package_files(pipeline, load_id).items()):
+        for table, files in sorted(package_files(pipeline, load_id, loaded_only=True).items()):
             result = mirror_table(delta_root / table, files, load_id, mirror_plan(table, specs))
             if result is not None:
                 written.append(MirroredTable(load_id, table, *result))

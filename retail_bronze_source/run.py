@@ -108,7 +108,7 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     failed = _finish_pending(warehouse)
     info = warehouse.run(retail_source(**options), loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = info.loads_ids[0] if info.loads_ids else None
-    failed += failed_jobs(info)
+    failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
 
@@ -117,7 +117,7 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     imports = change_log_resources(warehouse)
     lake_info = lake.run(imports, loader_file_format=LOADER_FILE_FORMAT) if imports else None
     lake_load_id = lake_info.loads_ids[0] if lake_info and lake_info.loads_ids else None
-    lake_failed += failed_jobs(lake_info) if lake_info else []
+    lake_failed += failed_jobs(lake, lake_info) if lake_info else []
     if lake_failed:
         _record_load_failures(warehouse, lake_failed, stamp)
     failed += lake_failed
@@ -147,7 +147,7 @@ def _finish_pending(pipeline: Pipeline) -> list[FailedJob]:
     if not pipeline.has_pending_data:
         return []
     pipeline.normalize()
-    return failed_jobs(pipeline.load())
+    return failed_jobs(pipeline, pipeline.load())
 
 
 def _record_load_failures(warehouse: Pipeline, failed: list[FailedJob], stamp: datetime) -> None:

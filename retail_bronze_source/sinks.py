@@ -49,40 +49,52 @@ def loaded_load_ids(pipeline: Pipeline) -> list[str]:
                    if pipeline.get_load_package_info(lid).state == "loaded"), key=Decimal)
 
 
-def package_files(pipeline: Pipeline, load_id: str) -> dict[str, list[str]]:
-    """Parquet files of the data tables of one loaded package, by table name (dlt's own tables excluded)."""
+def package_files(pipeline: Pipeline, load_id: str, *, loaded_only: bool = False) -> dict[str, list[str]]:
+    """Parquet files of the data tables of one package, by table name (dlt's own tables excluded).
+
+    With `loaded_only`, tables with a failed job in the package (their rows are `LOAD_FAILED` rejects) are left out.
+    """
     info = pipeline.get_load_package_info(load_id)
+    failed = {job.job_file_info.table_name for job in info.jobs.get("failed_jobs", [])} if loaded_only else set()
     by_table: dict[str, list[str]] = {}
     for job in info.jobs.get("completed_jobs", []):
         table = job.job_file_info.table_name
-        if not table.startswith("_dlt") and job.file_path.endswith(".parquet"):
+        if not table.startswith("_dlt") and table not in failed and job.file_path.endswith(".parquet"):
             by_table.setdefault(table, []).append(job.file_path)
     return {table: sorted(files) for table, files in by_table.items()}
 
 
 @dataclass(frozen=True)
 class FailedJob:
-    """A load job a destination refused, with the rows it carried."""
+    """A load job a destination refused, with the files holding the rows it carried."""
 
     load_id: str
     table_name: str
     file_path: str
     message: str
+    data_files: tuple[str, ...]
+    """The job's own Parquet file, or for a refused merge step (a `.sql` job) the table's files in its package."""
 
 
-def failed_jobs(info: LoadInfo) -> list[FailedJob]:
+def failed_jobs(pipeline: Pipeline, info: LoadInfo) -> list[FailedJob]:
     """Every failed job of the packages in `info`."""
     out = []
     for package in info.load_packages:
         for job in package.jobs.get("failed_jobs", []):
-            out.append(FailedJob(load_id=package.load_id, table_name=job.job_file_info.table_name,
-                                 file_path=job.file_path, message=job.failed_message or "no message from the destination"))
+            table = job.job_file_info.table_name
+            if job.file_path.endswith(".parquet"):
+                data_files: tuple[str, ...] = (job.file_path,)
+            else:
+                data_files = tuple(package_files(pipeline, package.load_id).get(table, []))
+            out.append(FailedJob(load_id=package.load_id, table_name=table, file_path=job.file_path,
+                                 message=job.failed_message or "no message from the destination",
+                                 data_files=data_files))
     return out
 
 
 def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
     """The rows of a failed job as `LOAD_FAILED` reject records; nothing of the job is lost."""
-    data = pq.read_table(job.file_path) if job.file_path.endswith(".parquet") else None
+    data = pa.concat_tables([pq.read_table(f) for f in job.data_files]) if job.data_files else None
     detail = re.sub(r"\s+", " ", job.message).strip()[:2000]
     n = data.num_rows if data is not None else 1
 
@@ -115,9 +127,9 @@ def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
 
 def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
     """Append reject records to the pipeline's `rejects` table."""
-    from . import dlt_columns
+    from . import DELETE_INSERT, REJECTS_MERGE_KEY, dlt_columns
 
-    resource = dlt.resource(rejects, name=REJECTS_TABLE, write_disposition="append",
+    resource = dlt.resource(rejects, name=REJECTS_TABLE, write_disposition=DELETE_INSERT, merge_key=REJECTS_MERGE_KEY,
                             columns=dlt_columns(REJECTS_OUTPUT_SCHEMA))
     return pipeline.run(resource, loader_file_format=LOADER_FILE_FORMAT)
 

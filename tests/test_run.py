@@ -216,6 +216,8 @@ def test_refused_load_job_becomes_load_failed_rejects_and_does_not_block(tmp_pat
     assert failed[0][0] == valid_sensors > 0
     assert "constraint" in failed[0][1].lower()
     assert query(box.warehouse, "SELECT count(*) FROM bronze.sensors")[0][0] == 0
+    assert not (box.lake / "bronze" / "parquet" / "sensors").exists()
+    assert not (box.lake / "bronze" / "delta" / "sensors").exists()
     assert query(box.warehouse, "SELECT count(*) FROM bronze.stores")[0][0] > 0
     csv_text = "".join(p.read_text() for p in (box.lake / "_rejects" / "sensors").glob("*.csv"))
     assert csv_text.count('"LOAD_FAILED"') == valid_sensors

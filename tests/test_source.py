@@ -23,9 +23,14 @@ def test_every_registry_table_has_a_resource_with_its_hints() -> None:
     for spec in RETAIL_TABLES:
         table = source.resources[spec.name].compute_table_schema()
         assert table["name"] == spec.name
-        assert table["write_disposition"] == spec.write_disposition
+        assert table["write_disposition"] == "merge"
         assert table["schema_contract"] == SCHEMA_CONTRACT
-        assert [c for c, h in table["columns"].items() if h.get("primary_key")] == list(spec.primary_key)
+        keys = [c for c, h in table["columns"].items() if h.get("primary_key")]
+        merge_keys = [c for c, h in table["columns"].items() if h.get("merge_key")]
+        if spec.write_disposition == "merge":
+            assert (keys, merge_keys) == (list(spec.primary_key), [])
+        else:
+            assert (keys, merge_keys) == ([], ["src_filename"])
 
 
 def test_change_log_source_is_append_only() -> None:
