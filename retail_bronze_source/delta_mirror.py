@@ -22,6 +22,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.transaction import AddAction, RemoveAction
 from dlt.pipeline.pipeline import Pipeline
 
+from .crash_points import crash_point
 from .extract import MANIFEST_TABLE
 from .registry import TableSpec
 from .sinks import loaded_load_ids, package_files
@@ -83,6 +84,7 @@ def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableS
             result = mirror_table(delta_root / table, files, load_id, mirror_plan(table, specs))
             if result is not None:
                 written.append(MirroredTable(load_id, table, *result))
+                crash_point("delta_table_mirrored")
     return written
 
 

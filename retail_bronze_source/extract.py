@@ -26,6 +26,7 @@ import pyarrow.dataset as ds
 
 from . import reasons
 from .audit import add_audit_columns, has_sheets, table_schema
+from .crash_points import crash_point
 from .readers import read
 from .readers.base import FileRejected, RawChunk, RawFile
 from .readers.delta import delta_version
@@ -186,6 +187,7 @@ class TableExtractor:
                              rejects_path=tmp / f"{index}.rejects.arrow")
         try:
             self._stage(staged, fmt)
+            crash_point("file_staged")
         except FileRejected as rejected:
             for path in (staged.rows_path, staged.rejects_path):
                 if path is not None:

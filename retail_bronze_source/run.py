@@ -20,6 +20,7 @@ from dlt.pipeline.pipeline import Pipeline
 
 from . import retail_source
 from .change_log import change_log_resources
+from .crash_points import crash_point
 from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
 from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
 from .registry import RETAIL_TABLES, TableSpec, select_tables
@@ -111,6 +112,7 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
+    crash_point("warehouse_loaded")
 
     lake = lake_pipeline(layout.lake, pipelines_dir=pipelines_dir)
     lake_failed = _finish_pending(lake)
@@ -121,6 +123,7 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     if lake_failed:
         _record_load_failures(warehouse, lake_failed, stamp)
     failed += lake_failed
+    crash_point("lake_loaded")
 
     mirrored = mirror_to_delta(lake, layout.delta_root, specs)
     compacted = compact_tables(layout.delta_root)

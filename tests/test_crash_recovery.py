@@ -1,0 +1,116 @@
+"""A run killed with SIGKILL at any moment, followed by a normal run, leaves every sink as one clean run would."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, warehouse_table
+
+from retail_bronze_source.crash_points import POINTS
+
+TABLES = ["customers", "order_items", "events", "sensors"]
+OUTPUTS = [*TABLES, "rejects", "manifest_processed_files"]
+RUN_SPECIFIC = {"ingestion_ts", "_dlt_load_id", "load_id", "processed_at"}
+"""Columns that differ between two runs by design; everything else must be identical."""
+
+
+def _start(box: Sandbox, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(box.raw), "--lake",
+         str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir", str(box.pipelines_dir),
+         "--tables", ",".join(TABLES)],
+        cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _run(box: Sandbox, env: dict[str, str] | None = None) -> int:
+    process = _start(box, env)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode in (0, -signal.SIGKILL), err
+    return process.returncode
+
+
+def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    kept = sorted(c for c in table.column_names if c not in RUN_SPECIFIC)
+    return sorted((tuple(r.values()) for r in table.select(kept).to_pylist()), key=repr)
+
+
+def snapshot(box: Sandbox) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+    """Every output in every sink, without the columns that differ between runs."""
+    return {
+        name: {
+            "duckdb": _rows(warehouse_table(box.warehouse, name)),
+            "parquet": _rows(changelog_table(box.lake, name)),
+            "delta": _rows(delta_table(box.lake, name)),
+        }
+        for name in OUTPUTS
+    }
+
+
+def _sandbox(root: Path) -> Sandbox:
+    raw = root / "raw"
+    shutil.copytree(SAMPLE, raw)
+    return make_sandbox(root, raw=raw)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+    box = _sandbox(tmp_path_factory.mktemp("clean"))
+    assert _run(box) == 0
+    state = snapshot(box)
+    assert all(state[name]["duckdb"] for name in OUTPUTS)
+    return state
+
+
+def _assert_sinks_agree_on_run_columns(box: Sandbox) -> None:
+    for name in TABLES:
+        stamps = [set(t["ingestion_ts"].to_pylist()) for t in (warehouse_table(box.warehouse, name),
+                                                              changelog_table(box.lake, name),
+                                                              delta_table(box.lake, name))]
+        assert stamps[0] == stamps[1] == stamps[2], name
+
+
+KILL_POINTS = {"file_staged": 3, "warehouse_loaded": 1, "lake_loaded": 1, "delta_table_mirrored": 3}
+"""Each crash point, and the how-many-th time it is reached when the run is killed."""
+
+
+def test_every_crash_point_is_covered() -> None:
+    assert set(KILL_POINTS) == set(POINTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill_at_a_point_then_a_normal_run_equals_a_clean_run(tmp_path: Path, point: str, clean: dict) -> None:
+    box = _sandbox(tmp_path)
+    crash = {"RETAIL_BRONZE_CRASH_AT": point, "RETAIL_BRONZE_CRASH_AFTER": str(KILL_POINTS[point])}
+    assert _run(box, crash) == -signal.SIGKILL
+    assert _run(box) == 0
+    assert snapshot(box) == clean
+    _assert_sinks_agree_on_run_columns(box)
+
+
+@pytest.mark.slow
+def test_random_kills_over_several_rounds_then_a_normal_run_equals_a_clean_run(tmp_path: Path, clean: dict) -> None:
+    box = _sandbox(tmp_path)
+    rng = random.Random(20261123)
+    killed = 0
+    for _ in range(4):
+        process = _start(box)
+        time.sleep(rng.uniform(0.5, 6.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        process.communicate(timeout=600)
+    assert _run(box) == 0
+    assert killed >= 1
+    assert snapshot(box) == clean
+    _assert_sinks_agree_on_run_columns(box)
