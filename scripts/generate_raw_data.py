@@ -47,9 +47,14 @@ BASE_ROWS: Mapping[str, int] = {
     "customers": 300, "products": 200, "stores": 25, "orders_per_day": 286, "returns": 100, "events": 1500,
     "sensors_csv": 800, "sensors_parquet": 400,
 }
-"""Rows at scale 1; `--scale` multiplies them (exchange rates are a fixed calendar and do not scale)."""
+"""Rows at scale 1; `--scale` multiplies them up to `MAX_ROWS` (exchange rates are a fixed calendar and do not scale)."""
 MIN_ROWS = 30
 """Floor for every scaled count, so the planted rows always have a home."""
+MAX_ROWS: Mapping[str, int] = {"stores": 200}
+"""Ceilings that `--scale` does not lift: a retailer's store fleet does not grow with its transaction volume."""
+SENSORS_PER_STORE = 4
+"""Every store has one sensor per metric; with at most `MAX_ROWS["stores"]` stores the ids fit `SN-[0-9]{5}`."""
+SENSOR_METRICS = ("temperature_c", "humidity_pct", "power_kw", "footfall")
 
 OFFSETS = (("Z", 0), ("+00:00", 0), ("+02:00", 120), ("-05:00", -300))
 """UTC offsets used in text timestamps: the text shows local time, the instant is what the offset says."""
@@ -85,7 +90,8 @@ class Options:
 
     def rows(self, name: str) -> int:
         """Scaled row count of one base count."""
-        return max(MIN_ROWS, round(BASE_ROWS[name] * self.scale))
+        scaled = max(MIN_ROWS, round(BASE_ROWS[name] * self.scale))
+        return min(scaled, MAX_ROWS.get(name, scaled))
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ class Ledger:
             self.keys.setdefault(table, []).append(valid_keys)
 
     def latest(self) -> dict[str, int]:
-        """Distinct keys per merge table after the merge, checking that no valid rows share key and sequence."""
+        """Distinct keys per merge table after the merge, checking that no valid rows of any table share key and sequence."""
         result: dict[str, int] = {}
         for table, parts in sorted(self.keys.items()):
             spec = SPECS[table]
@@ -135,7 +141,8 @@ class Ledger:
             versions = list(spec.primary_key) + ([spec.sequence_column] if spec.sequence_column else [])
             if keys.group_by(versions).aggregate([]).num_rows != keys.num_rows:
                 raise AssertionError(f"{table}: valid rows share key and sequence value")
-            result[table] = keys.group_by(list(spec.primary_key)).aggregate([]).num_rows
+            if spec.write_disposition == "merge":
+                result[table] = keys.group_by(list(spec.primary_key)).aggregate([]).num_rows
         return result
 
     def document(self, opts: Options, tables: Sequence[str]) -> dict[str, Any]:
@@ -840,25 +847,44 @@ def planted_events(rng: Rng) -> dict[int, dict[int, tuple[str, str | None, str |
 
 
 def sensors(out: Path, opts: Options, ledger: Ledger) -> None:
-    """Sensor readings as CSV and Parquet, one CSV without the metric column and an unsupported text file."""
+    """Sensor readings as CSV and Parquet, one CSV without the metric column and an unsupported text file.
+
+    Each store has one sensor per metric, and each sensor reports once per polling round at its own phase within the
+    round, so `(sensor_id, reading_ts)` is unique across all files. The CSV holds the first rounds, the Parquet file
+    the rounds after it, each sorted by time.
+    """
     spec, rng = SPECS["sensors"], Rng(opts.seed, "sensors")
     names = spec.schema.names
+    n_csv, n_parquet = opts.rows("sensors_csv"), opts.rows("sensors_parquet")
+    fleet = SENSORS_PER_STORE * opts.rows("stores")
+    rounds = -(-(n_csv + n_parquet) // fleet)
+    interval = ORDER_DAYS * DAY // rounds
+    if interval < 1:
+        raise ValueError(f"scale {opts.scale:g} needs {rounds} sensor readings per sensor in {ORDER_DAYS} days: "
+                         "more than one per second")
+    phase = rng.integers(fleet, 0, interval)
 
-    def readings(n: int) -> pa.Table:
-        sensor = rng.integers(n, 1, 4 * opts.rows("stores") + 1)
-        metric = rng.integers(n, 0, 4)
+    def readings(n: int, first_slot: int) -> pa.Table:
+        slot = arange(n, first_slot)
+        polling_round = pc.divide(slot, fleet)
+        sensor = pc.subtract(slot, pc.multiply(polling_round, fleet))
+        metric = pc.subtract(sensor, pc.multiply(pc.divide(sensor, SENSORS_PER_STORE), SENSORS_PER_STORE))
         low = pc.take(pa.array([-5.0, 20.0, 0.0, 0.0]), metric)
         span = pc.take(pa.array([40.0, 60.0, 50.0, 500.0]), metric)
-        return pa.table({
-            "sensor_id": pc.binary_join_element_wise("SN-", pc.utf8_lpad(text(sensor), 5, "0"), ""),
-            "store_id": pc.add(pc.divide(pc.subtract(sensor, 1), 4), 1),
-            "reading_ts": rng.integers(n, START, START + ORDER_DAYS * DAY),
-            "metric": pc.take(pa.array(["temperature_c", "humidity_pct", "power_kw", "footfall"]), metric),
+        table = pa.table({
+            "sensor_id": pc.binary_join_element_wise("SN-", pc.utf8_lpad(text(pc.add(sensor, 1)), 5, "0"), ""),
+            "store_id": pc.add(pc.divide(sensor, SENSORS_PER_STORE), 1),
+            "reading_ts": pc.add(pc.add(pc.take(phase, sensor), pc.multiply(polling_round, interval)), START),
+            "metric": pc.take(pa.array(SENSOR_METRICS), metric),
             "value": pc.round(pc.add(low, pc.multiply(rng.uniform(n), span)), 2),
             "battery_pct": with_nulls(pc.cast(rng.integers(n, 5, 101), pa.int32()), rng.mask(n, 0.1)),
         })
+        return table.take(pc.sort_indices(table, [("reading_ts", "ascending"), ("sensor_id", "ascending")]))
 
-    first = readings(opts.rows("sensors_csv"))
+    def with_timestamps(table: pa.Table) -> pa.Table:
+        return table.set_column(2, "reading_ts", utc_us(table["reading_ts"].combine_chunks()))
+
+    first = readings(n_csv, 0)
     cols = {c: text(first[c].combine_chunks()) for c in names}
     cols["reading_ts"] = iso_text(rng, first["reading_ts"].combine_chunks())
     bad = []
@@ -871,7 +897,8 @@ def sensors(out: Path, opts: Options, ledger: Ledger) -> None:
         lines = set_at(lines, {2: lines[2].as_py() + ",42", 6: csv_lines([f[6:7] for f in fields[:4]])[0].as_py()})
         bad += [Bad(3, reasons.TOO_MANY_COLUMNS), Bad(7, reasons.TOO_FEW_COLUMNS)]
     write_csv(out / "sensors/sensors_1.csv", names, lines)
-    ledger.add_file("sensors/sensors_1.csv", "sensors", len(lines), bad)
+    ledger.add_file("sensors/sensors_1.csv", "sensors", len(lines), bad,
+                    valid_keys(spec, with_timestamps(first), [b.row or 0 for b in bad]))
 
     if not opts.clean:
         no_metric = [c for c in names if c != "metric"]
@@ -880,15 +907,15 @@ def sensors(out: Path, opts: Options, ledger: Ledger) -> None:
         (out / "sensors/readings.txt").write_text("SN-00001 2024-03-01T10:00:00Z temperature_c 21.5\n")
         ledger.file_rejected("sensors/readings.txt", "sensors", reasons.UNSUPPORTED_FILE)
 
-    third = readings(opts.rows("sensors_parquet"))
-    third = third.set_column(2, "reading_ts", utc_us(third["reading_ts"]))
+    third = with_timestamps(readings(n_parquet, n_csv))
     bad = []
     if not opts.clean:
         third = third.set_column(0, "sensor_id", set_at(third["sensor_id"].combine_chunks(), {3: "SN-12"}))
         third = third.set_column(5, "battery_pct", set_at(third["battery_pct"].combine_chunks(), {7: 150}))
         bad = [Bad(4, reasons.PATTERN_MISMATCH, "sensor_id"), Bad(8, reasons.OUT_OF_RANGE, "battery_pct")]
     pq.write_table(third.cast(file_schema(spec)), out / "sensors/sensors_3.parquet")
-    ledger.add_file("sensors/sensors_3.parquet", "sensors", third.num_rows, bad)
+    ledger.add_file("sensors/sensors_3.parquet", "sensors", third.num_rows, bad,
+                    valid_keys(spec, third, [b.row or 0 for b in bad]))
 
 
 GENERATORS = {

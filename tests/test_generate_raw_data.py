@@ -72,15 +72,19 @@ def _convert(type_: pa.DataType, raw: Any) -> Any:
     return json.dumps(raw) if isinstance(raw, dict | list) else str(raw)
 
 
-def _check(field: pa.Field, raw: Any) -> tuple[str | None, Any]:
-    """The reason code a raw value violates (or None) and its converted value."""
+def _checks(field: pa.Field) -> dict[str, str]:
+    """The checks a contract field carries in its metadata."""
+    return {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+
+
+def _check(field: pa.Field, meta: dict[str, str], raw: Any) -> tuple[str | None, Any]:
+    """The reason code a raw value violates (or None) and its converted value, given the field's `_checks`."""
     if raw is None or raw == "":
         return (None if field.nullable else reasons.NOT_NULL), None
     try:
         value = _convert(field.type, raw)
     except (ValueError, TypeError, KeyError, ArithmeticError):
         return reasons.TYPE_MISMATCH, None
-    meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
     if "accepted_values" in meta and value not in json.loads(meta["accepted_values"]):
         return reasons.ACCEPTED_VALUES, value
     if ("min" in meta and value < _convert(field.type, meta["min"])) or (
@@ -121,16 +125,17 @@ class Recheck:
         except _FileReject as exc:
             return self._file_reject(spec, rel, exc.code)
         rejected = 0
+        fields = [(f, _checks(f)) for f in spec.schema]
         for sheet, row, record in records:
+            checked = {} if isinstance(record, str) else {f.name: _check(f, meta, record.get(f.name)) for f, meta in fields}
             problems = [(record, None)] if isinstance(record, str) else [
-                (code, f.name) for f in spec.schema if (code := _check(f, record.get(f.name))[0])]
+                (code, name) for name, (code, _) in checked.items() if code]
             for code, column in problems:
                 self._reject(spec, rel, row, code, column, sheet)
             if problems:
                 rejected += 1
             else:
-                self.valid[spec.name].append((rel, row, sheet, {f.name: _check(f, record.get(f.name))[1]
-                                                               for f in spec.schema}))
+                self.valid[spec.name].append((rel, row, sheet, {name: value for name, (_, value) in checked.items()}))
         self.files[rel] = {"table": spec.name, "rows": len(records), "valid": len(records) - rejected,
                            "rejected": rejected, "file_reject": None}
 
@@ -209,8 +214,6 @@ class Recheck:
     def _duplicates(self) -> None:
         for name, rows in self.valid.items():
             spec = SPECS[name]
-            if spec.write_disposition != "merge":
-                continue
             groups = defaultdict(list)
             for entry in rows:
                 values = entry[3]
@@ -344,6 +347,35 @@ def test_dirty_fraction_and_clean(tmp_path: Path) -> None:
     assert Recheck(tmp_path / "clean").rejects == []
     with pytest.raises(ValueError, match="exclude"):
         gen.generate(tmp_path / "both", clean=True, dirty_fraction=0.1)
+
+
+def test_clean_sensors_at_scale_have_no_rejects(tmp_path: Path) -> None:
+    expected = gen.generate(tmp_path, scale=300, tables=["stores", "sensors"], clean=True)
+    check = Recheck(tmp_path)
+    assert check.rejects == [] and expected["rejects"] == []
+    assert check.files == expected["files"]
+    assert check.valid_rows() == expected["valid_rows"] == {"sensors": 360_000, "stores": 200}
+    readings = [values for *_, values in check.valid["sensors"]]
+    assert len({(r["sensor_id"], r["reading_ts"]) for r in readings}) == 360_000
+    assert len({r["sensor_id"] for r in readings}) == 800
+    assert {r["store_id"] for r in readings} == {values["store_id"] for *_, values in check.valid["stores"]}
+
+
+def test_store_fleet_stays_bounded_and_sensor_keys_unique_at_scale_1000(tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.csv as pv
+
+    expected = gen.generate(tmp_path, scale=1000, tables=["stores", "sensors"], clean=True)
+    assert expected["rejects"] == [] and expected["valid_rows"] == {"sensors": 1_200_000, "stores": 200}
+    csv_file = pv.read_csv(tmp_path / "sensors/sensors_1.csv", convert_options=pv.ConvertOptions(
+        column_types={"sensor_id": pa.string(), "reading_ts": pa.timestamp("us", tz="UTC")}))
+    readings = pa.concat_tables([t.select(["sensor_id", "store_id", "reading_ts"]) for t in
+                                 (csv_file, pq.read_table(tmp_path / "sensors/sensors_3.parquet"))])
+    assert readings.num_rows == 1_200_000
+    assert readings.group_by(["sensor_id", "reading_ts"]).aggregate([]).num_rows == 1_200_000
+    assert pc.all(pc.match_substring_regex(readings["sensor_id"], r"^SN-[0-9]{5}$")).as_py()
+    assert pc.min_max(readings["store_id"]).as_py() == {"min": 1, "max": 200}
+    assert pc.max(gen.order_base(gen.Options(scale=1000))["store_id"]).as_py() <= 200
 
 
 def test_output_directory_is_replaced_only_when_generated(tmp_path: Path) -> None:
