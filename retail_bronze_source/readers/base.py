@@ -8,6 +8,8 @@ from typing import IO, Any
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
+from .. import reasons
+
 
 @dataclass(frozen=True)
 class RawFile:
@@ -56,6 +58,16 @@ class RawChunk:
     columns_per_record: bool = False
     """Records carry their own keys: a column absent from the chunk means the value is missing, not that the file lacks
     the column."""
+
+
+def open_for_read(file: RawFile, chunk_size: int) -> IO[bytes]:
+    """Check `chunk_size` and open `file` for a reader; a file that cannot be opened is `FILE_UNREADABLE`."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    try:
+        return file.open()
+    except OSError as exc:
+        raise FileRejected(reasons.FILE_UNREADABLE, f"cannot open {file.rel_path}: {exc}") from exc
 
 
 class FileRejected(Exception):

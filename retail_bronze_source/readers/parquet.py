@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..reasons import FILE_UNREADABLE, UNSUPPORTED_FILE
-from .base import FileRejected, RawChunk, RawFile
+from .base import FileRejected, RawChunk, RawFile, open_for_read
 from .records import row_number_array
 
 
@@ -20,13 +20,7 @@ def read_parquet(file: RawFile, chunk_size: int) -> Iterator[RawChunk]:
     corruption found in a later batch raises after earlier chunks were yielded, so callers discard a file's partial
     output on `FileRejected`. Decoded rows must add up to the row count the footer declares.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    try:
-        handle = file.open()
-    except OSError as exc:
-        raise FileRejected(FILE_UNREADABLE, f"cannot open {file.rel_path}: {exc}") from exc
-    with handle:
+    with open_for_read(file, chunk_size) as handle:
         read = 0
         try:
             parquet_file = pq.ParquetFile(handle)

@@ -13,7 +13,7 @@ import orjson
 import pyarrow as pa
 
 from ..reasons import FILE_UNREADABLE, TOO_MANY_COLUMNS, UNSUPPORTED_FILE
-from .base import FileRejected, ParseReject, RawChunk, RawFile
+from .base import FileRejected, ParseReject, RawChunk, RawFile, open_for_read
 
 _DECODE_ERRORS = (BadZipFile, zlib.error, OSError, EOFError, ValueError, LookupError, TypeError, AttributeError,
                   NotImplementedError, SyntaxError)
@@ -44,13 +44,7 @@ def read_xlsx(file: RawFile, chunk_size: int, *, sheets: str | Sequence[str] = "
 
     The per-cell conversion loop runs in Python because openpyxl hands cells over one by one.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    try:
-        handle = file.open()
-    except OSError as exc:
-        raise FileRejected(FILE_UNREADABLE, f"cannot open {file.rel_path}: {exc}") from exc
-    with handle:
+    with open_for_read(file, chunk_size) as handle:
         workbook = _load_workbook(handle, file)
         try:
             for worksheet in _select_sheets(workbook, sheets, file):
