@@ -15,7 +15,7 @@ from typing import Any
 import dlt
 import pyarrow as pa
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
-from dlt.common.schema.typing import TSchemaContractDict, TTableSchemaColumns
+from dlt.common.schema.typing import TDeleteInsertStrategyDict, TSchemaContractDict, TTableSchemaColumns
 from dlt.extract.resource import DltResource
 
 from . import reasons
@@ -41,7 +41,7 @@ def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
     return py_arrow_to_table_schema_columns(schema)
 
 
-DELETE_INSERT: Any = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+DELETE_INSERT: TDeleteInsertStrategyDict = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 """dlt's delete-insert on data the extractor already reduced to one version per key (no second dedup)."""
 APPEND_MERGE_KEY = ["src_filename"]
 """Append tables replace the rows of a file delivered again under the same name; a retried load never doubles."""
@@ -59,6 +59,8 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     and rejects on the file they came from (`append_only` loads everything as plain append instead).
     """
     columns = dlt_columns(table_schema(spec))
+    if spec.hard_delete and spec.delete_marker and not append_only:
+        columns[spec.delete_marker]["hard_delete"] = True
     if append_only:
         disposition: Any = "append"
         primary_key: list[str] = []

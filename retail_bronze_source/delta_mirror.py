@@ -62,6 +62,8 @@ class MirrorPlan:
     """Upsert keys; empty for append tables."""
     sequence_column: str | None = None
     partition_by: tuple[str, ...] = ()
+    hard_delete_marker: str | None = None
+    """A boolean column whose true rows delete their key instead of being upserted."""
 
 
 def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
@@ -72,7 +74,8 @@ def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
         if spec.name == table_name:
             keys = spec.primary_key if spec.write_disposition == "merge" else ()
             return MirrorPlan(keys=keys, sequence_column=spec.sequence_column if keys else None,
-                              partition_by=spec.partition_by)
+                              partition_by=spec.partition_by,
+                              hard_delete_marker=spec.delete_marker if spec.hard_delete else None)
     return MirrorPlan()
 
 
@@ -98,6 +101,8 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
         return None
     source = ds.dataset(files, format="parquet")
     rows = source.count_rows()
+    if table is None and plan.hard_delete_marker:
+        source = ds.dataset(source.to_table(filter=~ds.field(plan.hard_delete_marker)))
     if table is None or not plan.keys:
         if plan.partition_by:
             _append_partitioned(target, table, source, plan.partition_by, version, commit)
@@ -108,13 +113,17 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)
     seq = plan.sequence_column
     newer = f"s.{quote_ident(seq)} >= t.{quote_ident(seq)}" if seq else None
-    (
-        table.merge(source.scanner().to_reader(), predicate=predicate, source_alias="s", target_alias="t",
-                    merge_schema=True, commit_properties=commit)
-        .when_matched_update_all(predicate=newer)
-        .when_not_matched_insert_all()
-        .execute()
-    )
+    merger = table.merge(source.scanner().to_reader(), predicate=predicate, source_alias="s", target_alias="t",
+                         merge_schema=True, commit_properties=commit)
+    if plan.hard_delete_marker:
+        marker = f"s.{quote_ident(plan.hard_delete_marker)}"
+        deleting = f"{marker} AND ({newer})" if newer else marker
+        merger = (merger.when_matched_delete(predicate=deleting)
+                  .when_matched_update_all(predicate=f"NOT {marker} AND ({newer})" if newer else f"NOT {marker}")
+                  .when_not_matched_insert_all(predicate=f"NOT {marker}"))
+    else:
+        merger = merger.when_matched_update_all(predicate=newer).when_not_matched_insert_all()
+    merger.execute()
     return rows, "upsert"
 
 

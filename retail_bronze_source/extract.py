@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +64,8 @@ STATUS_FILE_REJECTED = "file_rejected"
 STATUS_EMPTY = "empty"
 
 _HASH_BLOCK = 8 << 20
+DELTA_VERSION = "delta-version:"
+"""Fingerprint prefix of a Delta input; a later version is read as the increment since the recorded one."""
 
 
 @dataclass
@@ -127,7 +129,7 @@ def file_format(spec: TableSpec, file: RawFile) -> str:
 def fingerprint(file: RawFile, fmt: str) -> str:
     """A content fingerprint: SHA-256 of the file's bytes, or the version of a Delta table."""
     if fmt == "delta":
-        return f"delta-version:{delta_version(file)}"
+        return f"{DELTA_VERSION}{delta_version(file)}"
     digest = hashlib.sha256()
     with file.open() as handle:
         while block := handle.read(_HASH_BLOCK):
@@ -185,8 +187,11 @@ class TableExtractor:
             return self._file_rejected(file, print_, unsupported or FileRejected(reasons.UNSUPPORTED_FILE, "unknown"))
         staged = _StagedFile(file=file, fingerprint=print_, rows_path=tmp / f"{index}.rows.arrow",
                              rejects_path=tmp / f"{index}.rejects.arrow")
+        options = dict(self.spec.reader_options)
+        if fmt == "delta" and seen and str(seen.get("fingerprint", "")).startswith(DELTA_VERSION):
+            options["starting_version"] = int(str(seen["fingerprint"])[len(DELTA_VERSION):])
         try:
-            self._stage(staged, fmt)
+            self._stage(staged, fmt, options)
             crash_point("file_staged")
         except FileRejected as rejected:
             for path in (staged.rows_path, staged.rejects_path):
@@ -198,11 +203,11 @@ class TableExtractor:
     def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected) -> _StagedFile:
         return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, rejected.reason_detail))
 
-    def _stage(self, staged: _StagedFile, fmt: str) -> None:
+    def _stage(self, staged: _StagedFile, fmt: str, options: Mapping[str, Any]) -> None:
         assert staged.rows_path is not None and staged.rejects_path is not None
         with pa.ipc.new_file(staged.rows_path, self.schema) as rows_out, \
                 pa.ipc.new_file(staged.rejects_path, REJECT_SCHEMA) as rejects_out:
-            for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, self.spec.reader_options)):
+            for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, options)):
                 result = self.validator.validate(chunk, staged.file.rel_path, fmt=fmt)
                 if result.valid.num_rows:
                     rows_out.write_table(add_audit_columns(result.valid, self.spec, ingestion_ts=self.ingestion_ts,

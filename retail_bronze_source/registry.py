@@ -55,12 +55,20 @@ class TableSpec:
     """Columns computed from the contract columns, e.g. a partition date."""
     partition_by: tuple[str, ...] = ()
     """Partition columns of the table's Delta mirror."""
+    delete_marker: str | None = None
+    """A boolean column marking tombstones: the row is a deletion of its key."""
+    hard_delete: bool = False
+    """Tombstones remove their key from DuckDB and Delta; by default they are kept as soft deletes (marker true)."""
 
     def __post_init__(self) -> None:
         names = set(self.schema.names) | {d.name for d in self.derived}
         missing = [c for c in (*self.primary_key, *([self.sequence_column] if self.sequence_column else [])) if c not in names]
         if missing:
             raise ValueError(f"table {self.name!r}: key or sequence columns {missing} are not in its schema")
+        if self.delete_marker is not None and self.delete_marker not in names:
+            raise ValueError(f"table {self.name!r}: delete marker {self.delete_marker!r} is not in its schema")
+        if self.hard_delete and (self.delete_marker is None or self.write_disposition != "merge"):
+            raise ValueError(f"table {self.name!r}: hard deletes need a delete marker on a merge table")
         unknown = [c for c in self.partition_by if c not in names]
         if unknown:
             raise ValueError(f"table {self.name!r}: partition columns {unknown} are not in its schema")
@@ -80,7 +88,9 @@ RETAIL_TABLES: tuple[TableSpec, ...] = (
     _spec("stores", schemas.STORES, "stores/*", ["csv"], ["store_id"], "merge"),
     _spec("orders", schemas.ORDERS, "orders/*", ["csv"], ["order_id"], "merge", partition_by=("order_dt",)),
     _spec("order_items", schemas.ORDER_ITEMS, "order_items/*", ["parquet"], ["order_id", "line_no"], "merge"),
-    _spec("returns", schemas.RETURNS, "returns", ["delta"], ["return_id"], "merge"),
+    _spec("returns", schemas.RETURNS, "returns", ["delta"], ["return_id"], "merge", delete_marker="is_deleted",
+          derived=(DerivedColumn("deleted_at", pa.timestamp("us", tz="UTC"),
+                                 "CASE WHEN is_deleted THEN updated_at END"),)),
     _spec("exchange_rates", schemas.EXCHANGE_RATES, "exchange_rates/*", ["xlsx"],
           ["rate_date", "base_currency", "quote_currency"], "merge", sequence_column=None),
     _spec("events", schemas.EVENTS, "events/*", ["jsonl"], ["event_id"], "append", sequence_column=None,

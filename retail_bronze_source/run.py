@@ -16,9 +16,11 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from dlt.common.schema.typing import TDeleteInsertStrategyDict
+from dlt.extract.source import DltSource
 from dlt.pipeline.pipeline import Pipeline
 
-from . import retail_source
+from . import DELETE_INSERT, retail_source
 from .change_log import change_log_resources
 from .crash_points import crash_point
 from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
@@ -36,6 +38,7 @@ from .sinks import (
     warehouse_pipeline,
     write_rejects_csv,
 )
+from .validate import quote_ident
 
 
 @dataclass
@@ -107,7 +110,9 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
 
     warehouse = warehouse_pipeline(layout.warehouse, pipelines_dir=pipelines_dir)
     failed = _finish_pending(warehouse)
-    info = warehouse.run(retail_source(**options), loader_file_format=LOADER_FILE_FORMAT)
+    source = retail_source(**options)
+    guard_late_versions(source, specs, DATASET)
+    info = warehouse.run(source, loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = info.loads_ids[0] if info.loads_ids else None
     failed += failed_jobs(warehouse, info)
     if failed:
@@ -143,6 +148,25 @@ def _require_load_settings() -> None:
         current = os.environ.setdefault(key, value)
         if current.lower() != value:
             raise ValueError(f"{key}={current} is not supported by a Bronze run: it needs {value}")
+
+
+def guard_late_versions(source: DltSource, specs: Sequence[TableSpec], dataset: str) -> None:
+    """Keep DuckDB merges from replacing a newer version of a key with an older one that arrives late.
+
+    Staged rows whose key already holds a higher sequence value in `dataset` are left out of the merge (dlt's
+    `source_filter`); they still land in the change log, and the Delta upsert applies the same rule.
+    """
+    for spec in specs:
+        if spec.write_disposition != "merge" or not spec.sequence_column:
+            continue
+        version = [quote_ident(c) for c in (*spec.primary_key, spec.sequence_column)]
+        seq = quote_ident(spec.sequence_column)
+        on = " AND ".join([*(f"g.{quote_ident(k)} = x.{quote_ident(k)}" for k in spec.primary_key), f"g.{seq} > x.{seq}"])
+        staged = f"{quote_ident(dataset + '_staging')}.{quote_ident(spec.name)}"
+        loaded = f"{quote_ident(dataset)}.{quote_ident(spec.name)}"
+        stale = f"SELECT {', '.join('x.' + c for c in version)} FROM {staged} AS x JOIN {loaded} AS g ON {on}"
+        guarded: TDeleteInsertStrategyDict = {**DELETE_INSERT, "source_filter": f"({', '.join(version)}) NOT IN ({stale})"}
+        source.resources[spec.name].apply_hints(write_disposition=guarded)
 
 
 def _finish_pending(pipeline: Pipeline) -> list[FailedJob]:
