@@ -45,6 +45,8 @@ DELETE_INSERT: TDeleteInsertStrategyDict = {"disposition": "merge", "strategy": 
 """dlt's delete-insert on data the extractor already reduced to one version per key (no second dedup)."""
 APPEND_MERGE_KEY = ["src_filename"]
 """Append tables replace the rows of a file delivered again under the same name; a retried load never doubles."""
+MANIFEST_KEY = ("src_path", "file_fingerprint")
+"""One manifest row per version of a file."""
 REJECTS_MERGE_KEY = ["table_name", "src_filename", "load_id", "reason_code"]
 """A retried load replaces its own reject records; records of other loads and reasons stay."""
 
@@ -75,7 +77,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
                                        primary_key=[], merge_key=[] if append_only else REJECTS_MERGE_KEY,
                                        columns=dlt_columns(REJECTS_OUTPUT_SCHEMA)),
         "manifest": dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition="append" if append_only else DELETE_INSERT,
-                                        primary_key=[] if append_only else ["src_path"], merge_key=[],
+                                        primary_key=[] if append_only else list(MANIFEST_KEY), merge_key=[],
                                         columns=dlt_columns(MANIFEST_SCHEMA)),
     }
 

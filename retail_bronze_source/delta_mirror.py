@@ -8,6 +8,7 @@ or was killed half way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import duckdb
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.transaction import AddAction, RemoveAction
@@ -26,7 +28,7 @@ from .crash_points import crash_point
 from .extract import MANIFEST_TABLE
 from .registry import TableSpec
 from .sinks import loaded_load_ids, package_files
-from .validate import quote_ident
+from .validate import quote_ident, quote_literal
 
 APP_ID = "retail_bronze_mirror"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -64,12 +66,15 @@ class MirrorPlan:
     partition_by: tuple[str, ...] = ()
     hard_delete_marker: str | None = None
     """A boolean column whose true rows delete their key instead of being upserted."""
+    replaced_files: tuple[str, ...] = ()
+    """Append tables: source files delivered again with changed content; where this package holds rows of such a
+    file, the file's earlier rows are deleted first, as DuckDB's delete-insert on `src_filename` does."""
 
 
 def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
     """The plan of a table: registry tables follow their entry, the manifest upserts by `src_path`."""
     if table_name == MANIFEST_TABLE:
-        return MirrorPlan(keys=("src_path",), sequence_column="processed_at")
+        return MirrorPlan(keys=("src_path", "file_fingerprint"), sequence_column="processed_at")
     for spec in specs:
         if spec.name == table_name:
             keys = spec.primary_key if spec.write_disposition == "merge" else ()
@@ -83,8 +88,13 @@ def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableS
     """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written."""
     written = []
     for load_id in loaded_load_ids(pipeline):
-        for table, files in sorted(package_files(pipeline, load_id, loaded_only=True).items()):
-            result = mirror_table(delta_root / table, files, load_id, mirror_plan(table, specs))
+        files_by_table = package_files(pipeline, load_id, loaded_only=True)
+        redelivered = _redelivered_files(files_by_table.get(MANIFEST_TABLE, []))
+        for table, files in sorted(files_by_table.items()):
+            plan = mirror_plan(table, specs)
+            if not plan.keys and table in {s.name for s in specs}:
+                plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(table, ()))))
+            result = mirror_table(delta_root / table, files, load_id, plan)
             if result is not None:
                 written.append(MirroredTable(load_id, table, *result))
                 crash_point("delta_table_mirrored")
@@ -103,6 +113,11 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
     rows = source.count_rows()
     if table is None and plan.hard_delete_marker:
         source = ds.dataset(source.to_table(filter=~ds.field(plan.hard_delete_marker)))
+    if table is not None and plan.replaced_files:
+        delivered = set(pc.unique(source.to_table(columns=["src_filename"])["src_filename"]).to_pylist())
+        replaced = sorted(delivered & set(plan.replaced_files))
+        if replaced:
+            table.delete(predicate=f"src_filename IN ({', '.join(quote_literal(f) for f in replaced)})")
     if table is None or not plan.keys:
         if plan.partition_by:
             _append_partitioned(target, table, source, plan.partition_by, version, commit)
@@ -154,6 +169,19 @@ def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Datas
     ]
     table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=list(partition_by),
                                    commit_properties=commit)
+
+
+def _redelivered_files(manifest_files: list[str]) -> dict[str, set[str]]:
+    """Source files of each table that this package loads again with changed content."""
+    if not manifest_files:
+        return {}
+    manifest = ds.dataset(manifest_files, format="parquet").to_table(
+        columns=["table_name", "src_path", "replaced_fingerprint", "status"])
+    out: dict[str, set[str]] = {}
+    for row in manifest.to_pylist():
+        if row["replaced_fingerprint"] is not None and row["status"] != "changed_skipped":
+            out.setdefault(row["table_name"], set()).add(row["src_path"])
+    return out
 
 
 def _hive_partition_values(relative_path: str) -> dict[str, str | None]:

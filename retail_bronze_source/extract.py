@@ -54,6 +54,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("reject_count", pa.int64(), nullable=False),
         pa.field("superseded_count", pa.int64(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
+        pa.field("replaced_fingerprint", pa.string()),
         pa.field("load_id", pa.string()),
     ]
 )
@@ -62,6 +63,11 @@ STATUS_OK = "ok"
 STATUS_WITH_REJECTS = "with_rejects"
 STATUS_FILE_REJECTED = "file_rejected"
 STATUS_EMPTY = "empty"
+STATUS_CHANGED_SKIPPED = "changed_skipped"
+
+
+class ChangedFileError(Exception):
+    """A file already loaded changed, and its table is declared with `changed_files="fail"`."""
 
 _HASH_BLOCK = 8 << 20
 DELTA_VERSION = "delta-version:"
@@ -79,6 +85,10 @@ class _StagedFile:
     file_level: tuple[str, str] | None = None
     valid_count: int = 0
     superseded_count: int = 0
+    replaced_fingerprint: str | None = None
+    """Fingerprint of the version of this path loaded before (a re-delivery or a Delta increment)."""
+    skipped: bool = False
+    """A changed file of a table declared with `changed_files="skip"`: recorded, not loaded."""
     conflicts: pa.Table | None = None
     """Position keys (`__key`) and version counts of rows rejected as `DUPLICATE_KEY`."""
     superseded: pa.Array | None = None
@@ -183,10 +193,17 @@ class TableExtractor:
         if seen and seen.get("fingerprint") == print_:
             seen.update(size=file.size, mtime=file.mtime)
             return None
+        replaced = str(seen["fingerprint"]) if seen else None
+        if replaced is not None and not is_delta and self.spec.changed_files != "reload":
+            if self.spec.changed_files == "fail":
+                raise ChangedFileError(f"{file.rel_path} changed after it was loaded ({replaced} -> {print_}) and "
+                                       f"table {self.spec.name} is declared with changed_files='fail'")
+            return _StagedFile(file=file, fingerprint=print_, replaced_fingerprint=replaced, skipped=True)
         if unsupported is not None or fmt is None:
-            return self._file_rejected(file, print_, unsupported or FileRejected(reasons.UNSUPPORTED_FILE, "unknown"))
+            return self._file_rejected(file, print_, unsupported or FileRejected(reasons.UNSUPPORTED_FILE, "unknown"),
+                                       replaced)
         staged = _StagedFile(file=file, fingerprint=print_, rows_path=tmp / f"{index}.rows.arrow",
-                             rejects_path=tmp / f"{index}.rejects.arrow")
+                             rejects_path=tmp / f"{index}.rejects.arrow", replaced_fingerprint=replaced)
         options = dict(self.spec.reader_options)
         if fmt == "delta" and seen and str(seen.get("fingerprint", "")).startswith(DELTA_VERSION):
             options["starting_version"] = int(str(seen["fingerprint"])[len(DELTA_VERSION):])
@@ -197,11 +214,13 @@ class TableExtractor:
             for path in (staged.rows_path, staged.rejects_path):
                 if path is not None:
                     path.unlink(missing_ok=True)
-            return self._file_rejected(file, print_, rejected)
+            return self._file_rejected(file, print_, rejected, replaced)
         return staged
 
-    def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected) -> _StagedFile:
-        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, rejected.reason_detail))
+    def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected,
+                       replaced: str | None = None) -> _StagedFile:
+        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, rejected.reason_detail),
+                           replaced_fingerprint=replaced)
 
     def _stage(self, staged: _StagedFile, fmt: str, options: Mapping[str, Any]) -> None:
         assert staged.rows_path is not None and staged.rejects_path is not None
@@ -312,6 +331,9 @@ class TableExtractor:
 
     def _emit(self, item: _StagedFile) -> Iterator[tuple[OutputKind, pa.Table]]:
         rel = item.file.rel_path
+        if item.skipped:
+            yield "manifest", self._manifest(item, STATUS_CHANGED_SKIPPED)
+            return
         if item.file_level is not None:
             code, detail = item.file_level
             yield "rejects", self._with_run_fields(file_reject(self.spec, rel, code, detail))
@@ -353,6 +375,7 @@ class TableExtractor:
             "file_fingerprint": item.fingerprint, "file_size": item.file.size, "row_count": item.row_count,
             "valid_count": item.valid_count, "reject_count": item.reject_count,
             "superseded_count": item.superseded_count, "status": status,
+            "replaced_fingerprint": item.replaced_fingerprint,
             "load_id": self.load_id,
         }
         if item.file_level is not None:

@@ -55,6 +55,9 @@ class TableSpec:
     """Columns computed from the contract columns, e.g. a partition date."""
     partition_by: tuple[str, ...] = ()
     """Partition columns of the table's Delta mirror."""
+    changed_files: Literal["reload", "skip", "fail"] = "reload"
+    """What a file already loaded whose content changed does: load again (append tables: its new rows replace its
+    earlier ones), be recorded in the manifest and ignored, or fail the run."""
     delete_marker: str | None = None
     """A boolean column marking tombstones: the row is a deletion of its key."""
     hard_delete: bool = False

@@ -62,7 +62,7 @@ def test_registry_plans_partition_the_big_tables() -> None:
     assert plans["orders"] == MirrorPlan(keys=("order_id",), sequence_column="updated_at", partition_by=("order_dt",))
     assert plans["events"].partition_by == ("event_date",) and plans["events"].keys == ()
     assert plans["sensors"].partition_by == ("store_id", "reading_month")
-    assert mirror_plan("manifest_processed_files", RETAIL_TABLES).keys == ("src_path",)
+    assert mirror_plan("manifest_processed_files", RETAIL_TABLES).keys == ("src_path", "file_fingerprint")
 
 
 def test_run_mirrors_partitioned_tables_and_rerun_of_the_mirror_writes_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""The file ledger: unchanged files skipped, late copies loaded, changed files reloaded (or skipped, or failing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE, changelog_table, delta_table, make_sandbox, query, warehouse_table
+
+from retail_bronze_source.registry import RETAIL_TABLES
+from retail_bronze_source.run import run_bronze
+
+EVENTS = next(s for s in RETAIL_TABLES if s.name == "events")
+LINE = ('{{"event_id": "{id}", "event_ts": "2024-03-0{day}T10:00:00Z", "event_type": "search", "channel": "web", '
+        '"customer_id": 1, "session_id": "s", "properties": {{"q": "{q}"}}}}\n')
+
+
+def _event(n: int, q: str = "x") -> str:
+    return LINE.format(id=f"00000000-0000-0000-0000-{n:012d}", day=1 + n % 5, q=q)
+
+
+def _events_box(tmp_path: Path) -> tuple:
+    box = make_sandbox(tmp_path)
+    (box.raw / "events").mkdir()
+    return box, box.raw / "events"
+
+
+def _sinks(box) -> dict[str, list]:
+    return {
+        "duckdb": sorted(warehouse_table(box.warehouse, "events")["event_id"].to_pylist()),
+        "delta": sorted(delta_table(box.lake, "events")["event_id"].to_pylist()),
+    }
+
+
+def test_changed_file_replaces_its_rows_and_an_old_mtime_file_still_loads(tmp_path: Path) -> None:
+    box, folder = _events_box(tmp_path)
+    (folder / "a.jsonl").write_text(_event(1) + _event(2))
+    run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+
+    (folder / "a.jsonl").write_text(_event(1, "changed") + _event(3))
+    late = folder / "b.jsonl"
+    late.write_text(_event(4))
+    os.utime(late, (946684800, 946684800))
+    run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+
+    expected = sorted(f"00000000-0000-0000-0000-{n:012d}" for n in (1, 3, 4))
+    assert _sinks(box) == {"duckdb": expected, "delta": expected}
+    props = {r["event_id"][-1]: r["properties"] for r in warehouse_table(box.warehouse, "events").to_pylist()}
+    assert "changed" in props["1"]
+    assert changelog_table(box.lake, "events").num_rows == 5
+    manifest = query(box.warehouse, "SELECT src_path, replaced_fingerprint IS NOT NULL FROM "
+                                    "bronze.manifest_processed_files ORDER BY processed_at, src_path")
+    assert manifest == [("events/a.jsonl", False), ("events/a.jsonl", True), ("events/b.jsonl", False)]
+
+
+def test_unchanged_files_and_touched_files_load_nothing(tmp_path: Path) -> None:
+    box, folder = _events_box(tmp_path)
+    (folder / "a.jsonl").write_text(_event(1))
+    run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    os.utime(folder / "a.jsonl")
+    again = run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    assert again.summary["events"].files == 0
+    assert query(box.warehouse, "SELECT count(*) FROM bronze.manifest_processed_files")[0][0] == 1
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_changed_file_policies(tmp_path: Path, policy: str) -> None:
+    box, folder = _events_box(tmp_path)
+    table = dataclasses.replace(EVENTS, changed_files=policy)
+    (folder / "a.jsonl").write_text(_event(1))
+    run_bronze(box.layout, tables=[table], pipelines_dir=str(box.pipelines_dir))
+    (folder / "a.jsonl").write_text(_event(2))
+    if policy == "fail":
+        with pytest.raises(Exception, match="changed after it was loaded"):
+            run_bronze(box.layout, tables=[table], pipelines_dir=str(box.pipelines_dir))
+    else:
+        run_bronze(box.layout, tables=[table], pipelines_dir=str(box.pipelines_dir))
+        statuses = query(box.warehouse, "SELECT status FROM bronze.manifest_processed_files ORDER BY processed_at")
+        assert statuses == [("ok",), ("changed_skipped",)]
+    assert _sinks(box)["duckdb"] == ["00000000-0000-0000-0000-000000000001"]
+
+
+def test_ledger_survives_a_wiped_pipelines_dir(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(SAMPLE / "stores", raw / "stores")
+    shutil.copytree(SAMPLE / "customers", raw / "customers")
+    box = make_sandbox(tmp_path, raw=raw)
+    run_bronze(box.layout, table_names=["stores", "customers"], pipelines_dir=str(box.pipelines_dir))
+    counts = query(box.warehouse, "SELECT (SELECT count(*) FROM bronze.customers), (SELECT count(*) FROM bronze.rejects)")
+    shutil.rmtree(box.pipelines_dir)
+    again = run_bronze(box.layout, table_names=["stores", "customers"], pipelines_dir=str(box.pipelines_dir))
+    assert all(s.files == 0 for s in again.summary.values())
+    assert query(box.warehouse, "SELECT (SELECT count(*) FROM bronze.customers), (SELECT count(*) FROM bronze.rejects)") == counts
