@@ -1,10 +1,11 @@
 """`src_row_hash`: SHA-256 hex of each record's canonical form, computed column-wise in DataFusion.
 
-Canonical form of a record: for each source column, in code-point order of the column names, the field
-`<name length>:<name>=<value length>:<value>;`, or `<name length>:<name>=~;` when the value is missing; lengths are
-UTF-8 byte counts in decimal. Values are the original text for text formats (empty strings included) and, for binary
-formats, the stored value cast to text by Arrow (nested and binary values as JSON). Example: `{"b": null, "a": "1"}` -> `1:a=1:1;1:b=~;`. The form needs no
-escaping, so any language rebuilds it in a few lines, and the column order of a file does not change the hash.
+Canonical form of a record: for each source column with a value, in code-point order of the column names, the field
+`<name length>:<name>=<value length>:<value>;`; lengths are UTF-8 byte counts in decimal and missing values (null, or
+a JSON Lines key that is absent) are left out. Values are the original text for text formats (empty strings included)
+and, for binary formats, the stored value cast to text by Arrow (nested and binary values as JSON). Example:
+`{"b": null, "a": "1"}` -> `1:a=1:1;`. The form needs no escaping, so any language rebuilds it in a few lines, and
+neither the column order of a file nor the other keys of neighbouring JSON lines change the hash.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def canonical_sql(columns: dict[str, str]) -> str:
     parts = []
     for name in sorted(columns):
         ref = columns[name]
-        value = f"CASE WHEN {ref} IS NULL THEN '~' ELSE concat(CAST(octet_length({ref}) AS VARCHAR), ':', {ref}) END"
-        parts.append(f"{_literal(f'{len(name.encode())}:{name}=')}, {value}, ';'")
+        prefix = _literal(f"{len(name.encode())}:{name}=")
+        parts.append(f"CASE WHEN {ref} IS NULL THEN '' ELSE concat({prefix}, CAST(octet_length({ref}) AS VARCHAR), "
+                     f"':', {ref}, ';') END")
     return "concat(" + ", ".join(parts) + ")" if parts else "''"
 
 
@@ -47,12 +49,17 @@ def _json_values(values: pa.Array) -> pa.Array:
 
 
 def row_hashes(table: pa.Table) -> pa.Array:
-    """`src_row_hash` of every row of `table` (its columns as read from the source)."""
+    """`src_row_hash` of every row of `table` (its columns as read from the source), in row order.
+
+    DataFusion hashes the batches in parallel and may return them in any order; a row index puts them back.
+    """
     if table.num_rows == 0:
         return pa.array([], pa.string())
     positional = {name: f"c{i}" for i, name in enumerate(table.column_names)}
     text = pa.table([_as_text(table.column(i)) for i in range(table.num_columns)], names=list(positional.values()))
+    text = text.append_column("__i", pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), len(text))), 1))
     context = SessionContext()
     context.register_record_batches("record", [text.to_batches()])
-    result = context.sql(f"SELECT encode(sha256({canonical_sql(positional)}), 'hex') AS h FROM record")
-    return result.to_arrow_table().column("h").combine_chunks().cast(pa.string())
+    result = context.sql(f"SELECT __i, encode(sha256({canonical_sql(positional)}), 'hex') AS h FROM record")
+    hashed = result.to_arrow_table()
+    return hashed.column("h").take(pc.sort_indices(hashed.column("__i"))).combine_chunks().cast(pa.string())
