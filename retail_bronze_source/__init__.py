@@ -33,6 +33,8 @@ from .registry import RETAIL_TABLES, TableSpec, select_tables
 SECTION = "retail_bronze"
 SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
 """dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
+EVOLVE_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "evolve", "data_type": "freeze"}
+"""With `evolve_schema`, columns outside the contract are added (with their types) instead of rescued."""
 DEFAULT_CHUNK_SIZE = 200_000
 
 
@@ -52,7 +54,7 @@ REJECTS_MERGE_KEY = ["table_name", "src_filename", "load_id", "reason_code"]
 
 
 def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   append_only: bool = False) -> DltResource:
+                   append_only: bool = False, evolve_schema: bool = False) -> DltResource:
     """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
 
     The resource writes three tables, each declared as a dlt table variant so their hints never mix: the table itself
@@ -85,7 +87,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         ledger = dlt.current.resource_state().setdefault("files", {})
         load_id = dlt.current.load_package_state()["load_id"]
         extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
-                                   ledger=ledger)
+                                   ledger=ledger, evolve_schema=evolve_schema)
         for kind, table in extractor.run(discover_files(spec, raw_url)):
             yield dlt.mark.with_hints(table, table_hints[kind], create_table_variant=True)
 
@@ -96,7 +98,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         write_disposition=disposition,
         primary_key=primary_key,
         merge_key=merge_key,
-        schema_contract=SCHEMA_CONTRACT,
+        schema_contract=EVOLVE_CONTRACT if evolve_schema else SCHEMA_CONTRACT,
     )
 
 
@@ -107,18 +109,20 @@ def retail_source(
     ingestion_ts: datetime | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     append_only: bool = False,
+    evolve_schema: bool = False,
     tables: Sequence[TableSpec] | None = None,
 ) -> list[DltResource]:
     """One resource per registry table reading the raw files under `raw_url` (local path or fsspec URL).
 
     `tables` replaces the shipped registry with your own entries; `table_names` selects some of them. `ingestion_ts`
     (UTC, default now) stamps every row: pass the same value to every pipeline of one run. `append_only` loads every
-    table as append, the change-log form used for the Parquet lake.
+    table as append, the change-log form. `evolve_schema` adds columns outside the contract to the tables, with
+    their types, instead of keeping them in `_rescued_data`.
     """
     stamp = (ingestion_ts or datetime.now(UTC)).astimezone(UTC)
     selected = select_tables(tables or RETAIL_TABLES, table_names)
-    return [table_resource(spec, raw_url, ingestion_ts=stamp, chunk_size=chunk_size, append_only=append_only)
-            for spec in selected]
+    return [table_resource(spec, raw_url, ingestion_ts=stamp, chunk_size=chunk_size, append_only=append_only,
+                           evolve_schema=evolve_schema) for spec in selected]
 
 
 __all__ = ["RETAIL_TABLES", "TableSpec", "reasons", "retail_source", "table_resource"]

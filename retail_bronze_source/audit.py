@@ -44,7 +44,8 @@ def table_schema(spec: TableSpec) -> pa.Schema:
 
 def add_audit_columns(valid: pa.Table, spec: TableSpec, *, ingestion_ts: datetime, src_filename: str,
                       sheet: str | None) -> pa.Table:
-    """Return `valid` (validator output) with the audit columns, in `table_schema(spec)` order and types."""
+    """Return `valid` (validator output) with the audit columns, in `table_schema(spec)` order and types; columns
+    outside the contract that a schema-evolving run keeps come last."""
     n = valid.num_rows
     columns = {
         INGESTION_TS: pa.repeat(pa.scalar(ingestion_ts, UTC_TS), n),
@@ -52,5 +53,6 @@ def add_audit_columns(valid: pa.Table, spec: TableSpec, *, ingestion_ts: datetim
         SRC_SHEET: pa.repeat(pa.scalar(sheet, pa.string()), n),
     }
     schema = table_schema(spec)
+    evolved = [valid.schema.field(name) for name in valid.column_names if name not in schema.names]
     arrays = [valid[name] if name in valid.column_names else columns[name] for name in schema.names]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays([*arrays, *(valid[f.name] for f in evolved)], schema=pa.schema([*schema, *evolved]))

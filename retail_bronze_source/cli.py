@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     parser.add_argument("--tables", default="", help="comma-separated tables to load (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
+    parser.add_argument("--evolve-schema", action="store_true",
+                        help="add columns outside the contract to the tables (with their types) instead of keeping "
+                             "them in _rescued_data; each addition is recorded in bronze.schema_history")
     parser.add_argument("--compact", action="store_true",
                         help="compact every Delta table under <lake>/bronze/delta now, then exit (no load)")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
@@ -91,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("dry run: nothing is written; this is what a run would load and reject")
             print(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
             return 0
-        result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout)
+        result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
+                            evolve_schema=args.evolve_schema)
     except (CliError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -103,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
           f"lake load {result.lake_load_id or '-'}")
     print(format_summary(result.summary))
+    for change in result.schema_changes:
+        print(f"schema: added {change['table_name']}.{change['column_name']} ({change['data_type']})")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     if result.failed_jobs:
         print(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
     print(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "

@@ -21,6 +21,7 @@ import duckdb
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
 from dlt.pipeline.pipeline import Pipeline
 
@@ -149,6 +150,10 @@ def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Datas
     and are overwritten by the next one; unreferenced files never become part of the table."""
     if table is None:
         table = DeltaTable.create(str(target), schema=source.schema, partition_by=list(partition_by))
+    known = set(table.schema().to_arrow().names)
+    added = [f for f in DeltaSchema.from_arrow(source.schema).fields if f.name not in known]
+    if added:
+        table.alter.add_columns(added)
     written: list[tuple[str, int, int]] = []
     order = ", ".join(quote_ident(c) for c in partition_by)
     with duckdb.connect() as con:

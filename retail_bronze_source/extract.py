@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +55,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("superseded_count", pa.int64(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("replaced_fingerprint", pa.string()),
+        pa.field("extra_columns", pa.string()),
         pa.field("load_id", pa.string()),
     ]
 )
@@ -78,7 +79,10 @@ DELTA_VERSION = "delta-version:"
 class _StagedFile:
     file: RawFile
     fingerprint: str
-    rows_path: Path | None = None
+    rows_paths: list[Path] = field(default_factory=list)
+    """Staged valid rows: one Arrow IPC file per run of chunks with the same columns."""
+    stage_dir: Path | None = None
+    extra_columns: set[str] = field(default_factory=set)
     rejects_path: Path | None = None
     row_count: int = 0
     reject_count: int = 0
@@ -151,7 +155,7 @@ class TableExtractor:
     """Reads, validates and stages the files of one table, then emits its output."""
 
     def __init__(self, spec: TableSpec, *, ingestion_ts: datetime, load_id: str | None, chunk_size: int,
-                 ledger: MutableMapping[str, Any]) -> None:
+                 ledger: MutableMapping[str, Any], evolve_schema: bool = False) -> None:
         self.spec = spec
         self.ingestion_ts = ingestion_ts
         self.load_id = load_id
@@ -160,7 +164,7 @@ class TableExtractor:
         self.schema = table_schema(spec)
         self.con = duckdb.connect()
         self.con.execute("SET memory_limit = '512MB'")
-        self.validator = Validator(spec, self.con)
+        self.validator = Validator(spec, self.con, evolve=evolve_schema)
 
     def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
         """Yield ("rows" | "rejects" | "manifest", table) for every new or changed file of `files`."""
@@ -202,7 +206,7 @@ class TableExtractor:
         if unsupported is not None or fmt is None:
             return self._file_rejected(file, print_, unsupported or FileRejected(reasons.UNSUPPORTED_FILE, "unknown"),
                                        replaced)
-        staged = _StagedFile(file=file, fingerprint=print_, rows_path=tmp / f"{index}.rows.arrow",
+        staged = _StagedFile(file=file, fingerprint=print_, stage_dir=tmp / str(index),
                              rejects_path=tmp / f"{index}.rejects.arrow", replaced_fingerprint=replaced)
         options = dict(self.spec.reader_options)
         if fmt == "delta" and seen and str(seen.get("fingerprint", "")).startswith(DELTA_VERSION):
@@ -211,7 +215,7 @@ class TableExtractor:
             self._stage(staged, fmt, options)
             crash_point("file_staged")
         except FileRejected as rejected:
-            for path in (staged.rows_path, staged.rejects_path):
+            for path in [*staged.rows_paths, staged.rejects_path]:
                 if path is not None:
                     path.unlink(missing_ok=True)
             return self._file_rejected(file, print_, rejected, replaced)
@@ -223,19 +227,34 @@ class TableExtractor:
                            replaced_fingerprint=replaced)
 
     def _stage(self, staged: _StagedFile, fmt: str, options: Mapping[str, Any]) -> None:
-        assert staged.rows_path is not None and staged.rejects_path is not None
-        with pa.ipc.new_file(staged.rows_path, self.schema) as rows_out, \
-                pa.ipc.new_file(staged.rejects_path, REJECT_SCHEMA) as rejects_out:
-            for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, options)):
-                result = self.validator.validate(chunk, staged.file.rel_path, fmt=fmt)
-                if result.valid.num_rows:
-                    rows_out.write_table(add_audit_columns(result.valid, self.spec, ingestion_ts=self.ingestion_ts,
-                                                           src_filename=staged.file.rel_path, sheet=chunk.sheet))
-                if result.rejects.num_rows:
-                    rejects_out.write_table(result.rejects)
-                staged.row_count += result.rows_read
-                staged.reject_count += result.rows_rejected
-                staged.valid_count += result.valid.num_rows
+        assert staged.stage_dir is not None and staged.rejects_path is not None
+        staged.stage_dir.mkdir()
+        rows_out: pa.ipc.RecordBatchFileWriter | None = None
+        rows_schema: pa.Schema | None = None
+        try:
+            with pa.ipc.new_file(staged.rejects_path, REJECT_SCHEMA) as rejects_out:
+                for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, options)):
+                    result = self.validator.validate(chunk, staged.file.rel_path, fmt=fmt)
+                    staged.extra_columns.update(self.validator.extra_columns(chunk.data))
+                    if result.valid.num_rows:
+                        audited = add_audit_columns(result.valid, self.spec, ingestion_ts=self.ingestion_ts,
+                                                    src_filename=staged.file.rel_path, sheet=chunk.sheet)
+                        if rows_out is None or rows_schema is None or not rows_schema.equals(audited.schema):
+                            if rows_out is not None:
+                                rows_out.close()
+                            path = staged.stage_dir / f"{len(staged.rows_paths)}.arrow"
+                            staged.rows_paths.append(path)
+                            rows_schema = audited.schema
+                            rows_out = pa.ipc.new_file(path, rows_schema)
+                        rows_out.write_table(audited)
+                    if result.rejects.num_rows:
+                        rejects_out.write_table(result.rejects)
+                    staged.row_count += result.rows_read
+                    staged.reject_count += result.rows_rejected
+                    staged.valid_count += result.valid.num_rows
+        finally:
+            if rows_out is not None:
+                rows_out.close()
 
     def _position_key(self, rows: pa.Table) -> pa.Array:
         """A row's position in its file as one value: the row number, or sheet and row number for sheet tables."""
@@ -252,7 +271,7 @@ class TableExtractor:
         rejects batch by batch when the file is emitted.
         """
         pk = list(self.spec.primary_key)
-        paths = [str(s.rows_path) for s in staged if s.file_level is None and s.rows_path and s.valid_count]
+        paths = [str(p) for s in staged if s.file_level is None and s.valid_count for p in s.rows_paths]
         if not pk or not paths:
             return
         seq = self.spec.sequence_column
@@ -260,7 +279,7 @@ class TableExtractor:
         position = ["src_filename", *(["src_sheet"] if has_sheets(self.spec) else []), ROW_NUMBER]
         pk_sql, version_sql, position_sql = (", ".join(quote_ident(c) for c in cols) for cols in (pk, version, position))
         columns = ", ".join(quote_ident(c) for c in dict.fromkeys([*version, ROW_HASH, *position]))
-        self.con.register("staged", ds.dataset(paths, format="ipc"))
+        self.con.register("staged", ds.dataset(paths, format="ipc", schema=self.schema))
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE candidates AS SELECT {columns} FROM staged "
             f"SEMI JOIN (SELECT {pk_sql} FROM staged GROUP BY {pk_sql} HAVING count(*) > 1) USING ({pk_sql})"
@@ -340,8 +359,8 @@ class TableExtractor:
             yield "manifest", self._manifest(item, STATUS_FILE_REJECTED)
             return
         duplicates: list[pa.Table] = []
-        if item.rows_path is not None and item.valid_count:
-            with pa.memory_map(str(item.rows_path)) as source:
+        for path in item.rows_paths if item.valid_count else []:
+            with pa.memory_map(str(path)) as source:
                 reader = pa.ipc.open_file(source)
                 for i in range(reader.num_record_batches):
                     batch = pa.Table.from_batches([reader.get_batch(i)])
@@ -376,6 +395,7 @@ class TableExtractor:
             "valid_count": item.valid_count, "reject_count": item.reject_count,
             "superseded_count": item.superseded_count, "status": status,
             "replaced_fingerprint": item.replaced_fingerprint,
+            "extra_columns": ",".join(sorted(item.extra_columns)) or None,
             "load_id": self.load_id,
         }
         if item.file_level is not None:

@@ -33,6 +33,7 @@ from .sinks import (
     FailedJob,
     failed_jobs,
     lake_pipeline,
+    load_arrow,
     load_failed_rejects,
     load_rejects,
     warehouse_pipeline,
@@ -64,6 +65,9 @@ class RunResult:
     mirrored: list[MirroredTable]
     rejects_files: list[Path]
     compacted: list[Compaction]
+    schema_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Columns this run added to existing tables (`--evolve-schema`), as recorded in `bronze.schema_history`."""
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None,
-               lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> RunResult:
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool = False) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
     The run holds the lock of its warehouse and of its lake for its whole duration: a second run waits up to
@@ -96,15 +100,17 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     """
     with run_lock(layout.warehouse.with_name(layout.warehouse.name + ".lock"), lock_timeout), \
             run_lock(layout.lake / ".retail_bronze.lock", lock_timeout):
-        return _run(layout, table_names=table_names, tables=tables, pipelines_dir=pipelines_dir, chunk_size=chunk_size)
+        return _run(layout, table_names=table_names, tables=tables, pipelines_dir=pipelines_dir, chunk_size=chunk_size,
+                    evolve_schema=evolve_schema)
 
 
 def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[TableSpec] | None,
-         pipelines_dir: str | None, chunk_size: int | None) -> RunResult:
+         pipelines_dir: str | None, chunk_size: int | None, evolve_schema: bool) -> RunResult:
     _require_load_settings()
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     stamp = datetime.now(UTC)
-    options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp}
+    options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp,
+                               "evolve_schema": evolve_schema}
     if chunk_size:
         options["chunk_size"] = chunk_size
 
@@ -112,8 +118,13 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     failed = _finish_pending(warehouse)
     source = retail_source(**options)
     guard_late_versions(source, specs, DATASET)
+    columns_before = _data_columns(warehouse)
     info = warehouse.run(source, loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = info.loads_ids[0] if info.loads_ids else None
+    changes = _schema_changes(columns_before, _data_columns(warehouse), warehouse_load_id, stamp)
+    if changes:
+        load_arrow(warehouse, pa.Table.from_pylist(changes, schema=SCHEMA_HISTORY_SCHEMA), SCHEMA_HISTORY_TABLE,
+                   ["table_name", "column_name"])
     failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
@@ -135,7 +146,53 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     rejects = _rejects_of_load(layout.warehouse, warehouse_load_id, failed)
     files = write_rejects_csv(rejects, layout.rejects_root, warehouse_load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
     summary = _summary(layout.warehouse, warehouse_load_id, specs)
-    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted)
+    warnings = [] if evolve_schema else _rescue_warnings(layout.warehouse, warehouse_load_id)
+    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
+                     warnings)
+
+
+SCHEMA_HISTORY_TABLE = "schema_history"
+SCHEMA_HISTORY_SCHEMA = pa.schema([
+    pa.field("table_name", pa.string(), nullable=False),
+    pa.field("column_name", pa.string(), nullable=False),
+    pa.field("data_type", pa.string(), nullable=False),
+    pa.field("load_id", pa.string()),
+    pa.field("changed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+def _data_columns(pipeline: Pipeline) -> dict[str, dict[str, str]]:
+    """Column name -> dlt data type of every data table in the pipeline's schema."""
+    if not pipeline.default_schema_name:
+        return {}
+    schema = pipeline.default_schema
+    return {
+        table["name"]: {name: str(column.get("data_type")) for name, column in table.get("columns", {}).items()}
+        for table in schema.data_tables()
+    }
+
+
+def _schema_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]], load_id: str | None,
+                    stamp: datetime) -> list[dict[str, Any]]:
+    """Columns added to tables that existed before the run."""
+    return [
+        {"table_name": table, "column_name": name, "data_type": data_type, "load_id": load_id, "changed_at": stamp}
+        for table, columns in sorted(after.items()) if table in before and table != SCHEMA_HISTORY_TABLE
+        for name, data_type in columns.items() if name not in before[table]
+    ]
+
+
+def _rescue_warnings(warehouse: Path, load_id: str | None) -> list[str]:
+    """One warning per table whose files of this load had columns outside the contract."""
+    if load_id is None:
+        return []
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        if not _has_table(con, MANIFEST_TABLE):
+            return []
+        found = con.execute(f"SELECT table_name, string_agg(DISTINCT extra_columns, ',') FROM {DATASET}.{MANIFEST_TABLE} "
+                            f"WHERE load_id = ? AND extra_columns IS NOT NULL GROUP BY 1 ORDER BY 1", [load_id]).fetchall()
+    return [f"{table}: column(s) {', '.join(sorted(set(columns.split(','))))} are not in the contract and were kept in "
+            f"_rescued_data; declare them in schemas/schemas.py or run with --evolve-schema" for table, columns in found]
 
 
 REQUIRED_LOAD_SETTINGS = {"LOAD__RAISE_ON_FAILED_JOBS": "false", "LOAD__DELETE_COMPLETED_JOBS": "false"}

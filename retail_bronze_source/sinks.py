@@ -125,13 +125,20 @@ def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
             .append_column(RUN_FIELDS[1], pa.repeat(pa.scalar(job.load_id), n)))
 
 
-def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
-    """Append reject records to the pipeline's `rejects` table."""
-    from . import DELETE_INSERT, REJECTS_MERGE_KEY, dlt_columns
+def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[str]) -> LoadInfo:
+    """Load an Arrow table into `table` with delete-insert on `merge_key` (a retried load replaces itself)."""
+    from . import DELETE_INSERT, dlt_columns
 
-    resource = dlt.resource(rejects, name=REJECTS_TABLE, write_disposition=DELETE_INSERT, merge_key=REJECTS_MERGE_KEY,
-                            columns=dlt_columns(REJECTS_OUTPUT_SCHEMA))
+    resource = dlt.resource(rows, name=table, write_disposition=DELETE_INSERT, merge_key=merge_key,
+                            columns=dlt_columns(rows.schema))
     return pipeline.run(resource, loader_file_format=LOADER_FILE_FORMAT)
+
+
+def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
+    """Add reject records to the pipeline's `rejects` table."""
+    from . import REJECTS_MERGE_KEY
+
+    return load_arrow(pipeline, rejects.cast(REJECTS_OUTPUT_SCHEMA), REJECTS_TABLE, REJECTS_MERGE_KEY)
 
 
 def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:

@@ -25,6 +25,9 @@ from .row_hash import row_hashes
 ROW_NUMBER = "src_row_number"
 ROW_HASH = "src_row_hash"
 RESCUED = "_rescued_data"
+RESERVED_NAMES = frozenset({ROW_NUMBER, ROW_HASH, RESCUED, "ingestion_ts", "src_filename", "src_sheet", "_dlt_load_id",
+                            "_dlt_id"})
+"""Output and audit column names: a source column with one of these names is always kept in `_rescued_data`."""
 
 REJECT_FIELDS = (
     pa.field("table_name", pa.string(), nullable=False),
@@ -182,8 +185,10 @@ def _checks(field: pa.Field, raw: str, parsed: str) -> list[tuple[str, str]]:
 class Validator:
     """Validates the chunks of one table against its contract."""
 
-    def __init__(self, spec: TableSpec, con: duckdb.DuckDBPyConnection | None = None) -> None:
+    def __init__(self, spec: TableSpec, con: duckdb.DuckDBPyConnection | None = None, *,
+                 evolve: bool = False) -> None:
         self.spec = spec
+        self.evolve = evolve
         self.con = con or duckdb.connect()
         self.con.execute(f"SET TimeZone = {quote_literal(spec.source_time_zone)}")
         self.contract = spec.schema
@@ -253,16 +258,20 @@ class Validator:
         result = self.con.execute(sql).to_arrow_table()
 
         hashes = row_hashes(data)
+        evolved = self.extra_columns(data) if self.evolve else []
+        rescued = [k for k in data.column_names if k not in self.contract.names and k not in evolved]
         columns = {
             **{name: result[name] for name in result.column_names},
             **passthrough,
             ROW_NUMBER: chunk.row_numbers.cast(pa.int64()),
             ROW_HASH: hashes,
-            RESCUED: self._rescued(data, n),
+            RESCUED: self._rescued(data, rescued, n),
+            **{name: _empty_as_null(data[name]) if _is_text(data[name].type) else data[name] for name in evolved},
         }
-        assembled = pa.table({name: columns[name] for name in self.output_schema.names})
+        schema = pa.schema([*self.output_schema, *(pa.field(name, columns[name].type) for name in evolved)])
+        assembled = pa.table({name: columns[name] for name in schema.names})
         bad_mask = result["__bad"]
-        valid = assembled.filter(pc.invert(bad_mask)).cast(self.output_schema)
+        valid = assembled.filter(pc.invert(bad_mask)).cast(schema)
         n_bad = n - valid.num_rows
         if not n_bad:
             return Validated(valid, parse_rejects, n + len(chunk.rejects), len(chunk.rejects))
@@ -277,9 +286,12 @@ class Validator:
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
         return Validated(valid, rejects, n + len(chunk.rejects), n_bad + len(chunk.rejects))
 
-    def _rescued(self, data: pa.Table, n: int) -> pa.Array:
-        """JSON object of the columns outside the contract, per row (null when the file has none)."""
-        extra = [k for k in data.column_names if k not in self.contract.names]
+    def extra_columns(self, data: pa.Table) -> list[str]:
+        """Source columns outside the contract (never one named like an output or audit column)."""
+        return [k for k in data.column_names if k not in self.contract.names and k not in RESERVED_NAMES]
+
+    def _rescued(self, data: pa.Table, extra: list[str], n: int) -> pa.Array:
+        """JSON object of the `extra` columns, per row (null when there are none)."""
         if not extra:
             return pa.nulls(n, pa.string())
         rescued = data.select(extra).rename_columns([f"e{i}" for i in range(len(extra))])

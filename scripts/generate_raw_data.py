@@ -677,8 +677,11 @@ def returns(out: Path, opts: Options, ledger: Ledger) -> None:
     ledger.add_file("returns", "returns", n, bad, valid_keys(spec, table, [b.row or 0 for b in bad]))
 
 
-def append_returns_commit(out: str | Path, seed: int, n: int, scale: float = 1.0) -> dict[str, Any]:
+def append_returns_commit(out: str | Path, seed: int, n: int, scale: float = 1.0,
+                          with_reason_code: bool = False) -> dict[str, Any]:
     """Append one commit of `n` return rows to `<out>/returns`: half new keys, half newer versions (some deletes).
+
+    `with_reason_code` adds the upstream column `return_reason_code` (`R01`..`R05`), evolving the table's schema.
 
     Returns the new table version and the return ids it adds, updates and marks deleted. `_expected.json` describes
     the first commit only and is not changed.
@@ -697,7 +700,10 @@ def append_returns_commit(out: str | Path, seed: int, n: int, scale: float = 1.0
                          START + (ORDER_DAYS + version) * DAY)
     deleted = pc.and_(positions_mask(len(table), range(len(updated))), rng.mask(len(table), 0.2))
     table = table.set_column(7, "is_deleted", deleted)
-    write_deltalake(path, table, mode="append")
+    if with_reason_code:
+        codes = pc.binary_join_element_wise("R0", text(rng.integers(len(table), 1, 6)), "")
+        table = table.append_column("return_reason_code", codes)
+    write_deltalake(path, table, mode="append", schema_mode="merge" if with_reason_code else None)
     return {"version": version, "rows": len(table), "new_ids": new_ids.to_pylist(), "updated_ids": updated.to_pylist(),
             "deleted_ids": pc.filter(table["return_id"], deleted).to_pylist()}
 
