@@ -35,6 +35,9 @@ APP_ID = "retail_bronze_mirror"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 SORT_BATCH_ROWS = 128 * 1024
 MAX_OPEN_FILES = 32
+FEW_PARTITIONS = 64
+"""Up to this many partitions in one package, delta-rs writes them directly (a writer per partition); beyond, the
+package is sorted and written a few partitions at a time."""
 MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 TARGET_FILE_SIZE = 200 * 1024 * 1024
 """Target size of Delta data files written by the mirror and by compaction."""
@@ -120,11 +123,12 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
         if replaced:
             table.delete(predicate=f"src_filename IN ({', '.join(quote_literal(f) for f in replaced)})")
     if table is None or not plan.keys:
-        if plan.partition_by:
+        if plan.partition_by and _partition_count(source, plan.partition_by) > FEW_PARTITIONS:
             _append_partitioned(target, table, source, plan.partition_by, version, commit)
         else:
             write_deltalake(str(target), source.scanner().to_reader(), mode="append", schema_mode="merge",
-                            target_file_size=TARGET_FILE_SIZE, commit_properties=commit)
+                            partition_by=list(plan.partition_by) or None, target_file_size=TARGET_FILE_SIZE,
+                            commit_properties=commit)
         return rows, "append"
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)
     seq = plan.sequence_column
@@ -141,6 +145,15 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
         merger = merger.when_matched_update_all(predicate=newer).when_not_matched_insert_all()
     merger.execute()
     return rows, "upsert"
+
+
+def _partition_count(source: ds.Dataset, partition_by: tuple[str, ...]) -> int:
+    """Distinct partition values in a package (only the partition columns are read)."""
+    with duckdb.connect() as con:
+        con.register("package", source)
+        found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(quote_ident(c) for c in partition_by)} "
+                            f"FROM package)").fetchone()
+    return int(found[0]) if found else 0
 
 
 def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Dataset, partition_by: tuple[str, ...],

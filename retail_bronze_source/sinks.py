@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.pipeline import Pipeline
 
 from . import reasons
@@ -24,13 +25,16 @@ WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
 DATASET = "bronze"
 LOADER_FILE_FORMAT: Final = "parquet"
+WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "1GB", "preserve_insertion_order": False}
+"""DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it); row order is not kept."""
 
 
 def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
                        pipeline_name: str = WAREHOUSE_PIPELINE) -> Pipeline:
     """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
-    return dlt.pipeline(pipeline_name=pipeline_name, destination=dlt.destinations.duckdb(str(warehouse)),
+    credentials = DuckDbCredentials(str(warehouse), global_config=WAREHOUSE_DUCKDB_CONFIG)
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=dlt.destinations.duckdb(credentials),
                         dataset_name=DATASET, pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
 
