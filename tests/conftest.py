@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import duckdb
@@ -49,6 +51,22 @@ def make_sandbox(root: Path, raw: Path | None = None) -> Sandbox:
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:
     return make_sandbox(tmp_path)
+
+
+def load_generator() -> ModuleType:
+    """The raw data generator script as a module (loaded once), for its helpers such as `append_returns_commit`."""
+    if "generate_raw_data" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("generate_raw_data", GENERATOR)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["generate_raw_data"]
+
+
+@pytest.fixture(scope="session")
+def generator() -> ModuleType:
+    return load_generator()
 
 
 def generate(out: Path, *args: str) -> dict[str, Any]:

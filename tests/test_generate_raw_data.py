@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import importlib.util
 import io
 import itertools
 import json
@@ -14,12 +13,12 @@ import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_generator
 
 from retail_bronze_source import reasons
 from retail_bronze_source.registry import EXTENSION_FORMATS, RETAIL_TABLES, TableSpec
@@ -29,16 +28,7 @@ SCRIPT = ROOT / "scripts" / "generate_raw_data.py"
 SPECS = {spec.name: spec for spec in RETAIL_TABLES}
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_raw_data", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_generator()
 
 
 def _convert(type_: pa.DataType, raw: Any) -> Any:

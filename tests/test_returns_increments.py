@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -12,8 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
-from conftest import GENERATOR, Sandbox, delta_table, generate, make_sandbox, query, warehouse_table
+from conftest import Sandbox, delta_table, generate, make_sandbox, query, warehouse_table
 from deltalake import DeltaTable, write_deltalake
 
 from retail_bronze_source.registry import RETAIL_TABLES
@@ -22,14 +19,6 @@ from retail_bronze_source.run import run_bronze
 RETURNS = next(s for s in RETAIL_TABLES if s.name == "returns")
 
 
-@pytest.fixture(scope="module")
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_raw_data", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _returns_box(tmp_path: Path) -> Sandbox:

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pyarrow.compute as pc
-import pytest
-from conftest import GENERATOR, changelog_table, delta_table, generate, make_sandbox, query, warehouse_table
+from conftest import changelog_table, delta_table, generate, make_sandbox, query, warehouse_table
 
 from retail_bronze_source.run import run_bronze
-
-
-@pytest.fixture(scope="module")
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_raw_data_evolution", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _box_with_new_upstream_column(tmp_path: Path, generator: ModuleType, evolve: bool):

@@ -208,7 +208,7 @@ def _numbers_as_written(objects: pa.Array, rows: list[int], keys: list[str], col
         try:
             parsed = json.loads(line, parse_float=_RawNumber, parse_int=_RawNumber, object_pairs_hook=_first_wins)
         except (ValueError, RecursionError):
-            continue
+            continue  # the line is valid JSON (checked above) but too deep for `json`: it keeps DuckDB's number text
         for key, value in parsed.items():
             if isinstance(value, _RawNumber):
                 target = updates.setdefault(position[key], ([], []))
