@@ -94,3 +94,29 @@ def test_ledger_survives_a_wiped_pipelines_dir(tmp_path: Path) -> None:
     again = run_bronze(box.layout, table_names=["stores", "customers"], pipelines_dir=str(box.pipelines_dir))
     assert all(s.files == 0 for s in again.summary.values())
     assert query(box.warehouse, "SELECT (SELECT count(*) FROM bronze.customers), (SELECT count(*) FROM bronze.rejects)") == counts
+
+
+def test_a_new_warehouse_and_lake_get_everything_despite_old_local_state(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(SAMPLE / "stores", raw / "stores")
+    first = make_sandbox(tmp_path / "a", raw=raw)
+    run_bronze(first.layout, table_names=["stores"], pipelines_dir=str(tmp_path / "shared_pipelines"))
+    second = make_sandbox(tmp_path / "b", raw=raw)
+    result = run_bronze(second.layout, table_names=["stores"], pipelines_dir=str(tmp_path / "shared_pipelines"))
+    assert result.summary["stores"].files == 2
+    assert warehouse_table(second.warehouse, "stores").num_rows == warehouse_table(first.warehouse, "stores").num_rows
+    assert delta_table(second.lake, "stores").num_rows == warehouse_table(first.warehouse, "stores").num_rows
+
+
+def test_deleted_outputs_are_rebuilt_from_the_raw_files(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(SAMPLE / "stores", raw / "stores")
+    box = make_sandbox(tmp_path, raw=raw)
+    run_bronze(box.layout, table_names=["stores"], pipelines_dir=str(box.pipelines_dir))
+    rows = warehouse_table(box.warehouse, "stores").num_rows
+    shutil.rmtree(box.warehouse.parent)
+    shutil.rmtree(box.lake)
+    result = run_bronze(box.layout, table_names=["stores"], pipelines_dir=str(box.pipelines_dir))
+    assert result.summary["stores"].files == 2
+    assert warehouse_table(box.warehouse, "stores").num_rows == rows
+    assert delta_table(box.lake, "stores").num_rows == rows
