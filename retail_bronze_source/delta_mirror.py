@@ -35,9 +35,6 @@ APP_ID = "retail_bronze_mirror"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 SORT_BATCH_ROWS = 128 * 1024
 MAX_OPEN_FILES = 32
-FEW_PARTITIONS = 64
-"""Up to this many partitions in one package, delta-rs writes them directly (a writer per partition); beyond, the
-package is sorted and written a few partitions at a time."""
 MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 TARGET_FILE_SIZE = 200 * 1024 * 1024
 """Target size of Delta data files written by the mirror and by compaction."""
@@ -123,7 +120,7 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
         if replaced:
             table.delete(predicate=f"src_filename IN ({', '.join(quote_literal(f) for f in replaced)})")
     if table is None or not plan.keys:
-        if plan.partition_by and _partition_count(source, plan.partition_by) > FEW_PARTITIONS:
+        if plan.partition_by:
             _append_partitioned(target, table, source, plan.partition_by, version, commit)
         else:
             write_deltalake(str(target), source.scanner().to_reader(), mode="append", schema_mode="merge",
@@ -158,9 +155,12 @@ def _partition_count(source: ds.Dataset, partition_by: tuple[str, ...]) -> int:
 
 def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Dataset, partition_by: tuple[str, ...],
                         version: int, commit: CommitProperties) -> None:
-    """Append to a partitioned table with bounded memory: rows sorted by partition (DuckDB spills to disk), written
-    with a few open files at a time, then committed as one transaction. Files of a killed attempt carry the same names
-    and are overwritten by the next one; unreferenced files never become part of the table."""
+    """Append to a partitioned table with bounded memory, then commit all files as one transaction.
+
+    pyarrow streams the package to Parquet files, a row group at a time, with at most `MAX_OPEN_FILES` files open;
+    a package with more partitions than that is first sorted by partition (DuckDB spills to disk) so that each
+    partition is written once. Files of a killed attempt carry the same names and are overwritten by the next one;
+    unreferenced files never become part of the table."""
     if table is None:
         table = DeltaTable.create(str(target), schema=source.schema, partition_by=list(partition_by))
     known = set(table.schema().to_arrow().names)
@@ -172,11 +172,14 @@ def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Datas
     with duckdb.connect() as con:
         con.execute("SET memory_limit = '512MB'")
         con.register("package", source)
-        reader = con.execute(f"SELECT * FROM package ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS)
+        sort = _partition_count(source, partition_by) > MAX_OPEN_FILES
+        reader = (con.execute(f"SELECT * FROM package ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS) if sort
+                  else source.scanner(batch_size=SORT_BATCH_ROWS, batch_readahead=2, fragment_readahead=1).to_reader())
         ds.write_dataset(reader, str(target), format="parquet", partitioning=list(partition_by),
                          partitioning_flavor="hive", basename_template=f"part-{version}-{{i}}.parquet",
                          existing_data_behavior="overwrite_or_ignore", max_open_files=MAX_OPEN_FILES,
-                         max_rows_per_file=MAX_ROWS_PER_FILE, max_rows_per_group=SORT_BATCH_ROWS,
+                         max_rows_per_file=MAX_ROWS_PER_FILE, min_rows_per_group=SORT_BATCH_ROWS // 2,
+                         max_rows_per_group=SORT_BATCH_ROWS,
                          file_visitor=lambda f: written.append((f.path, f.size, f.metadata.num_rows)))
     now = int(time.time() * 1000)
     actions: list[AddAction | RemoveAction] = [

@@ -163,7 +163,7 @@ class TableExtractor:
         self.ledger = ledger
         self.schema = table_schema(spec)
         self.con = duckdb.connect()
-        self.con.execute("SET memory_limit = '512MB'")
+        self.con.execute("SET memory_limit = '256MB'")
         self.validator = Validator(spec, self.con, evolve=evolve_schema)
 
     def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
