@@ -359,7 +359,7 @@ class TableExtractor:
             yield "manifest", self._manifest(item, STATUS_FILE_REJECTED)
             return
         duplicates: list[pa.Table] = []
-        for path in item.rows_paths if item.valid_count else []:
+        for path in item.rows_paths:
             with pa.memory_map(str(path)) as source:
                 reader = pa.ipc.open_file(source)
                 for i in range(reader.num_record_batches):

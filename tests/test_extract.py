@@ -1,0 +1,44 @@
+"""The table extractor: per-file conservation when key resolution rejects or supersedes rows across files."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from retail_bronze_source import reasons
+from retail_bronze_source.extract import TableExtractor, discover_files
+from retail_bronze_source.registry import TableSpec
+from schemas.schemas import col
+
+SPEC = TableSpec(
+    name="things",
+    schema=pa.schema([col("id", pa.int64(), required=True), col("value", pa.string()),
+                      col("updated_at", pa.timestamp("us", tz="UTC"), required=True)]),
+    files="things/*.csv", formats=("csv",), primary_key=("id",), write_disposition="merge",
+    sequence_column="updated_at",
+)
+
+
+def _run(raw: Path) -> dict[str, list[pa.Table]]:
+    out: dict[str, list[pa.Table]] = {"rows": [], "rejects": [], "manifest": []}
+    extractor = TableExtractor(SPEC, ingestion_ts=datetime.now(UTC), load_id="1", chunk_size=1000, ledger={})
+    for kind, table in extractor.run(discover_files(SPEC, str(raw))):
+        out[kind].append(table)
+    return out
+
+
+def test_a_file_whose_rows_all_conflict_still_emits_every_reject(tmp_path: Path) -> None:
+    (tmp_path / "things").mkdir()
+    (tmp_path / "things" / "a.csv").write_text("id,value,updated_at\n1,x,2024-01-01T00:00:00Z\n")
+    (tmp_path / "things" / "b.csv").write_text("id,value,updated_at\n1,y,2024-01-01T00:00:00Z\n2,z,2024-01-01T00:00:00Z\n")
+    out = _run(tmp_path)
+    manifest = {r["src_path"]: r for t in out["manifest"] for r in t.to_pylist()}
+    rejects = [r for t in out["rejects"] for r in t.to_pylist()]
+    assert [(r["src_filename"], r["src_row_number"], r["reason_code"]) for r in rejects] == [
+        ("things/a.csv", 1, reasons.DUPLICATE_KEY), ("things/b.csv", 1, reasons.DUPLICATE_KEY)]
+    assert sum(t.num_rows for t in out["rows"]) == 1
+    for path, row in manifest.items():
+        assert row["row_count"] == row["valid_count"] + row["reject_count"], path
+        assert row["reject_count"] == sum(1 for r in rejects if r["src_filename"] == path), path
