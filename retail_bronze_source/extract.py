@@ -32,7 +32,7 @@ from .readers.base import FileRejected, RawChunk, RawFile
 from .readers.delta import delta_version
 from .readers.records import records_as_json
 from .registry import EXTENSION_FORMATS, TableSpec
-from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, file_reject, quote_ident, quote_literal
+from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
 OutputKind = Literal["rows", "rejects", "manifest"]
 
@@ -258,10 +258,10 @@ class TableExtractor:
 
     def _position_key(self, rows: pa.Table) -> pa.Array:
         """A row's position in its file as one value: the row number, or sheet and row number for sheet tables."""
-        numbers = _as_array(rows[ROW_NUMBER])
+        numbers = as_array(rows[ROW_NUMBER])
         if not has_sheets(self.spec):
             return numbers
-        sheets = pc.fill_null(_as_array(rows["src_sheet"]), "")
+        sheets = pc.fill_null(as_array(rows["src_sheet"]), "")
         return pc.binary_join_element_wise(sheets, pc.cast(numbers, pa.string()), "\x1f")
 
     def _resolve_keys(self, staged: list[_StagedFile]) -> None:
@@ -401,10 +401,6 @@ class TableExtractor:
         if item.file_level is not None:
             row.update(row_count=0, valid_count=0, reject_count=0)
         return pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)
-
-
-def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _reader_errors_as_rejects(chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datafusion import SessionContext
 
-from .readers.records import records_as_json
+from .readers.records import records_as_json, row_number_array
 
 
 def _literal(text: str) -> str:
@@ -57,7 +57,7 @@ def row_hashes(table: pa.Table) -> pa.Array:
         return pa.array([], pa.string())
     positional = {name: f"c{i}" for i, name in enumerate(table.column_names)}
     text = pa.table([_as_text(table.column(i)) for i in range(table.num_columns)], names=list(positional.values()))
-    text = text.append_column("__i", pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), len(text))), 1))
+    text = text.append_column("__i", row_number_array(0, len(text)))
     context = SessionContext()
     context.register_record_batches("record", [text.to_batches()])
     result = context.sql(f"SELECT __i, encode(sha256({canonical_sql(positional)}), 'hex') AS h FROM record")

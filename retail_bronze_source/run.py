@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.schema.typing import TDeleteInsertStrategyDict
 from dlt.extract.source import DltSource
 from dlt.pipeline.pipeline import Pipeline
@@ -298,7 +299,8 @@ def dry_run(layout: Layout, *, table_names: Sequence[str] | None = None, tables:
                 item.valid += row["valid_count"]
                 item.rejected += row["reject_count"]
             elif kind == "rejects":
-                item.reasons.update(table["reason_code"].to_pylist())
+                for count in pc.value_counts(table["reason_code"]).to_pylist():
+                    item.reasons[count["values"]] += count["counts"]
     return dict(summary)
 
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from . import reasons
 from .readers.base import FileRejected, RawChunk
 from .readers.csv import format_csv_records
-from .readers.records import records_as_json
+from .readers.records import records_as_json, row_number_array
 from .registry import TableSpec
 from .row_hash import row_hashes
 
@@ -278,7 +278,7 @@ class Validator:
         violations = "list_filter([" + ", ".join(
             f"CASE WHEN COALESCE({cond}, false) THEN {struct} END" for cond, struct in checks
         ) + "], x -> x IS NOT NULL)"
-        frame = frame.append_column("__pos", _positions(n)).filter(bad_mask)
+        frame = frame.append_column("__pos", row_number_array(0, n)).filter(bad_mask)
         bad = self.con.execute(f"SELECT __pos, {violations} AS __violations FROM frame").to_arrow_table()
         bad = (bad.append_column(ROW_NUMBER, columns[ROW_NUMBER].take(bad["__pos"]))
                .append_column(ROW_HASH, hashes.take(bad["__pos"])))
@@ -347,7 +347,7 @@ class Validator:
                 "reason_code": flat.field("reason_code"),
                 "column_name": flat.field("column_name"),
                 "reason_detail": flat.field("reason_detail"),
-                "raw_record": _as_array(raw).take(parents),
+                "raw_record": as_array(raw).take(parents),
                 "src_row_hash": bad[ROW_HASH].take(parents),
             },
             schema=REJECT_SCHEMA,
@@ -360,16 +360,12 @@ def _empty_as_null(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
-def _positions(n: int) -> pa.Array:
-    """0, 1, ..., n - 1 as int64."""
-    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n)), 1)
-
-
 def _constant(value: str | None, n: int) -> pa.Array:
     return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
-def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`values` as one contiguous array."""
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
