@@ -33,7 +33,7 @@ def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
                        pipeline_name: str = WAREHOUSE_PIPELINE) -> Pipeline:
     """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
-    credentials = DuckDbCredentials(str(warehouse), global_config=WAREHOUSE_DUCKDB_CONFIG)
+    credentials = DuckDbCredentials(str(warehouse.resolve()), global_config=WAREHOUSE_DUCKDB_CONFIG)
     return dlt.pipeline(pipeline_name=pipeline_name, destination=dlt.destinations.duckdb(credentials),
                         dataset_name=DATASET, pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 

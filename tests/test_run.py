@@ -282,3 +282,14 @@ def test_cli_locked_warehouse_fails_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "lock" in lines[0].lower()
+
+
+def test_relative_paths_follow_the_working_directory_of_each_run(tmp_path: Path) -> None:
+    pipelines = tmp_path / "shared_pipelines"
+    for name in ("first", "second"):
+        work = tmp_path / name
+        work.mkdir()
+        done = _cli("--raw", str(SAMPLE), "--lake", "lake", "--warehouse", "duckdb/warehouse.duckdb",
+                    "--pipelines-dir", str(pipelines), "--tables", "stores", cwd=work)
+        assert done.returncode == 0, done.stderr
+        assert query(work / "duckdb" / "warehouse.duckdb", "SELECT count(*) FROM bronze.stores")[0][0] > 0
