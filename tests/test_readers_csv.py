@@ -119,6 +119,14 @@ def test_header_names_are_made_unique_and_non_empty() -> None:
     assert unique_column_names([" ", "a", "a", "a", "column_1"]) == ["column_1", "a", "a__2", "a__3", "column_1__2"]
 
 
+def test_a_header_longer_than_the_header_probe_is_read_whole(tmp_path: Path) -> None:
+    long_name = "x" * 100_000
+    path = write(tmp_path, "long_header.csv", f'id,"{long_name}\nwith a line break"\n1,a\n2,b\n'.encode())
+    chunks = read(path, chunk_size=10_000)
+    assert chunks[0].data.column_names == ["id", f"{long_name}\nwith a line break"]
+    assert [row["id"] for row in rows_of(chunks)] == ["1", "2"]
+
+
 def test_bom_semicolon_and_crlf(tmp_path: Path) -> None:
     chunks = read(CASES / "bom_semicolon_crlf.csv", delimiter=";")
     assert chunks[0].data.column_names == ["id", "name"]

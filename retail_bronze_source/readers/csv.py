@@ -125,14 +125,28 @@ def _parse_options(delimiter: str, handler: Any) -> pacsv.ParseOptions:
     )
 
 
+_HEADER_PROBE_BYTES = 1 << 16
+
+
 def _header_names(head: bytes, delimiter: str) -> list[str]:
-    """Header field names as pyarrow parses them from the first block."""
-    probe = pacsv.open_csv(
-        io.BytesIO(head),
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=len(head) + 1),
-        parse_options=_parse_options(delimiter, lambda _row: "skip"),
-    )
-    return list(probe.schema.names)
+    """Header field names as pyarrow parses them from the first block.
+
+    Only the first 64 KiB are parsed (pyarrow infers a type for every column of what it parses); a header record
+    longer than that is parsed from the whole block.
+    """
+    for size in dict.fromkeys([min(len(head), _HEADER_PROBE_BYTES), len(head)]):
+        try:
+            probe = pacsv.open_csv(
+                io.BytesIO(head),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=size + 1),
+                parse_options=_parse_options(delimiter, lambda _row: "skip"),
+            )
+        except pa.ArrowException:
+            if size == len(head):
+                raise
+            continue
+        return list(probe.schema.names)
+    raise AssertionError("unreachable: the last probe covers the whole block")
 
 
 def _unreadable(error: pa.ArrowException, block_size: int) -> str:
