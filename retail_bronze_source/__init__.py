@@ -54,13 +54,16 @@ REJECTS_MERGE_KEY = ["table_name", "src_filename", "load_id", "reason_code"]
 
 
 def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   append_only: bool = False, evolve_schema: bool = False) -> DltResource:
+                   append_only: bool = False, evolve_schema: bool = False,
+                   append_new_rows: bool = False) -> DltResource:
     """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
 
     The resource writes three tables, each declared as a dlt table variant so their hints never mix: the table itself
     (columns from the contract plus audit columns), `rejects` and `manifest_processed_files` (keyed on `src_path`).
     Every table loads with delete-insert so that a retried load is idempotent: merge tables on their key, append tables
-    and rejects on the file they came from (`append_only` loads everything as plain append instead).
+    and rejects on the file they came from (`append_only` loads everything as plain append instead). With
+    `append_new_rows`, rows that cannot replace loaded rows (the first load of a merge table, new files of an append
+    table) load as plain append, without dlt's staging copy; see `retail_source`.
     """
     columns = dlt_columns(table_schema(spec))
     if spec.hard_delete and spec.delete_marker and not append_only:
@@ -83,13 +86,17 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
                                         columns=dlt_columns(MANIFEST_SCHEMA)),
     }
 
+    plain_rows = dlt.mark.make_hints(table_name=spec.name, columns=columns, write_disposition="append")
+    may_append = append_new_rows and not append_only and not (spec.hard_delete and spec.delete_marker)
+
     def rows() -> Iterator[Any]:
         ledger = dlt.current.resource_state().setdefault("files", {})
         load_id = dlt.current.load_package_state()["load_id"]
         extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
                                    ledger=ledger, evolve_schema=evolve_schema)
         for kind, table in extractor.run(discover_files(spec, raw_url)):
-            yield dlt.mark.with_hints(table, table_hints[kind], create_table_variant=True)
+            plain = kind == "rows" and may_append and not extractor.replaces_loaded_rows
+            yield dlt.mark.with_hints(table, plain_rows if plain else table_hints[kind], create_table_variant=True)
 
     return dlt.resource(
         rows(),
@@ -111,6 +118,7 @@ def retail_source(
     append_only: bool = False,
     evolve_schema: bool = False,
     tables: Sequence[TableSpec] | None = None,
+    append_new_rows: bool = False,
 ) -> list[DltResource]:
     """One resource per registry table reading the raw files under `raw_url` (local path or fsspec URL).
 
@@ -118,11 +126,17 @@ def retail_source(
     (UTC, default now) stamps every row: pass the same value to every pipeline of one run. `append_only` loads every
     table as append, the change-log form. `evolve_schema` adds columns outside the contract to the tables, with
     their types, instead of keeping them in `_rescued_data`.
+
+    `append_new_rows` loads rows that cannot replace loaded rows (the first load of a merge table, new files of an
+    append table; never tables with hard deletes) with plain append instead of delete-insert, which skips dlt's
+    staging copy and halves the destination's work. A plain append is not idempotent if the process dies after the
+    destination committed a job and before dlt recorded it: use it only where interrupted jobs are undone before
+    they are retried, as `run_bronze` does for DuckDB (`sinks.undo_interrupted_jobs`).
     """
     stamp = (ingestion_ts or datetime.now(UTC)).astimezone(UTC)
     selected = select_tables(tables or RETAIL_TABLES, table_names)
     return [table_resource(spec, raw_url, ingestion_ts=stamp, chunk_size=chunk_size, append_only=append_only,
-                           evolve_schema=evolve_schema) for spec in selected]
+                           evolve_schema=evolve_schema, append_new_rows=append_new_rows) for spec in selected]
 
 
 __all__ = ["RETAIL_TABLES", "TableSpec", "reasons", "retail_source", "table_resource"]

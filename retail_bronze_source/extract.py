@@ -11,8 +11,11 @@ of the table is staged, rows of one key that share a sequence value but differ i
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,6 +74,8 @@ class ChangedFileError(Exception):
     """A file already loaded changed, and its table is declared with `changed_files="fail"`."""
 
 _HASH_BLOCK = 8 << 20
+STAGING_THREADS = min(2, os.cpu_count() or 1)
+"""Files read and validated at once: every stage releases the GIL, so two files keep two cores busy."""
 DELTA_VERSION = "delta-version:"
 """Fingerprint prefix of a Delta input; a later version is read as the increment since the recorded one."""
 
@@ -161,16 +166,42 @@ class TableExtractor:
         self.load_id = load_id
         self.chunk_size = chunk_size
         self.ledger = ledger
+        self._loaded_before = bool(ledger)
+        self._replaces_loaded_rows: bool | None = None
         self.schema = table_schema(spec)
+        self.evolve_schema = evolve_schema
         self.con = duckdb.connect()
         self.con.execute("SET memory_limit = '256MB'")
-        self.validator = Validator(spec, self.con, evolve=evolve_schema)
+        self._local = threading.local()
+
+    @property
+    def replaces_loaded_rows(self) -> bool:
+        """Whether this load's rows may replace rows loaded before: any load of a merge table after its first, or a
+        file of an append table delivered again. Known once `run` has yielded its first output."""
+        if self._replaces_loaded_rows is None:
+            raise RuntimeError("replaces_loaded_rows is known only after the files are staged")
+        return self._replaces_loaded_rows
+
+    @property
+    def validator(self) -> Validator:
+        """The calling thread's validator (each stages files on its own DuckDB connection)."""
+        validator: Validator | None = getattr(self._local, "validator", None)
+        if validator is None:
+            validator = self._local.validator = Validator(self.spec, self.con.cursor(), evolve=self.evolve_schema)
+        return validator
 
     def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
-        """Yield ("rows" | "rejects" | "manifest", table) for every new or changed file of `files`."""
+        """Yield ("rows" | "rejects" | "manifest", table) for every new or changed file of `files`.
+
+        Files are staged by `STAGING_THREADS` threads at a time and emitted in the order of `files`.
+        """
         with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{self.spec.name}_") as tmp:
             self.con.execute(f"SET temp_directory = '{tmp}/duckdb'")
-            staged = [s for i, f in enumerate(files) if (s := self._stage_if_new(f, Path(tmp), i)) is not None]
+            with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage") as pool:
+                found = list(pool.map(lambda i: self._stage_if_new(files[i], Path(tmp), i), range(len(files))))
+            staged = [s for s in found if s is not None]
+            self._replaces_loaded_rows = self._loaded_before if self.spec.write_disposition == "merge" else any(
+                s.replaced_fingerprint is not None and not s.skipped and s.file_level is None for s in staged)
             self._resolve_keys(staged)
             for item in staged:
                 yield from self._emit(item)

@@ -38,6 +38,7 @@ from .sinks import (
     load_failed_rejects,
     load_rejects,
     warehouse_pipeline,
+    undo_interrupted_jobs,
     write_rejects_csv,
 )
 from .validate import quote_ident
@@ -111,12 +112,12 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     stamp = datetime.now(UTC)
     options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp,
-                               "evolve_schema": evolve_schema}
+                               "evolve_schema": evolve_schema, "append_new_rows": True}
     if chunk_size:
         options["chunk_size"] = chunk_size
 
     warehouse = warehouse_pipeline(layout.warehouse, pipelines_dir=pipelines_dir)
-    failed = _finish_pending(warehouse)
+    failed = _finish_pending(warehouse, undo_interrupted=True)
     source = retail_source(**options)
     guard_late_versions(source, specs, DATASET)
     columns_before = _data_columns(warehouse)
@@ -196,9 +197,10 @@ def _rescue_warnings(warehouse: Path, load_id: str | None) -> list[str]:
             f"_rescued_data; declare them in schemas/schemas.py or run with --evolve-schema" for table, columns in found]
 
 
-REQUIRED_LOAD_SETTINGS = {"LOAD__RAISE_ON_FAILED_JOBS": "false", "LOAD__DELETE_COMPLETED_JOBS": "false"}
-"""dlt settings a run depends on: refused jobs become LOAD_FAILED rejects instead of blocking the package, and loaded
-packages stay on disk for the Delta mirror."""
+REQUIRED_LOAD_SETTINGS = {"LOAD__RAISE_ON_FAILED_JOBS": "false", "LOAD__DELETE_COMPLETED_JOBS": "false",
+                          "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true"}
+"""dlt settings a run depends on: refused jobs become LOAD_FAILED rejects instead of blocking the package, loaded
+packages stay on disk for the Delta mirror, and every row carries its load id (interrupted appends are undone by it)."""
 
 
 def _require_load_settings() -> None:
@@ -227,11 +229,17 @@ def guard_late_versions(source: DltSource, specs: Sequence[TableSpec], dataset: 
         source.resources[spec.name].apply_hints(write_disposition=guarded)
 
 
-def _finish_pending(pipeline: Pipeline) -> list[FailedJob]:
-    """Normalize and load packages a killed run left behind, before anything new is extracted."""
+def _finish_pending(pipeline: Pipeline, *, undo_interrupted: bool = False) -> list[FailedJob]:
+    """Normalize and load packages a killed run left behind, before anything new is extracted.
+
+    With `undo_interrupted` (the DuckDB warehouse), what interrupted jobs may have committed is removed before dlt
+    runs those jobs again (`undo_interrupted_jobs`).
+    """
     if not pipeline.has_pending_data:
         return []
     pipeline.normalize()
+    if undo_interrupted:
+        undo_interrupted_jobs(pipeline)
     return failed_jobs(pipeline, pipeline.load())
 
 

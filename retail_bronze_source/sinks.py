@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
+from dlt.common.storages.load_package import PackageStorage
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.pipeline import Pipeline
 
@@ -66,6 +68,69 @@ def package_files(pipeline: Pipeline, load_id: str, *, loaded_only: bool = False
         if not table.startswith("_dlt") and table not in failed and job.file_path.endswith(".parquet"):
             by_table.setdefault(table, []).append(job.file_path)
     return {table: sorted(files) for table, files in by_table.items()}
+
+
+POSITION_COLUMNS = ("_dlt_load_id", "src_filename", "src_row_number")
+"""Columns that identify a data row of one load: the load, the source file and the row's position in it."""
+
+
+def undo_interrupted_jobs(pipeline: Pipeline) -> int:
+    """Remove what interrupted load jobs of pending DuckDB packages may have committed; return the jobs undone.
+
+    dlt runs a started job again unless it wrote the job's completion marker, and the process can die between the
+    destination's commit and that marker. Undoing first makes the retry exact:
+    - a plain append job: its rows are deleted from the table, found by load id and source position (file, sheet,
+      row number);
+    - a job loading dlt's staging dataset (merge tables): the staging table is rebuilt from the package's completed
+      jobs of that table (dlt truncates staging once per package, not when it resumes one).
+    """
+    undone = 0
+    for load_id in pipeline.list_normalized_load_packages():
+        info = pipeline.get_load_package_info(load_id)
+        package = Path(info.package_path)
+        markers = package / PackageStorage.PENDING_TRANSITIONS_FOLDER
+        tables = json.loads((package / PackageStorage.SCHEMA_FILE_NAME).read_text())["tables"]
+        completed = package_files(pipeline, load_id)
+        for job in info.jobs.get("started_jobs", []):
+            path = Path(job.file_path)
+            table = job.job_file_info.table_name
+            if path.suffix != ".parquet" or table.startswith("_dlt") or (markers / path.name).exists():
+                continue
+            if tables[table].get("write_disposition") == "merge":
+                _rebuild_staging_table(pipeline, table, completed.get(table, []))
+            else:
+                _delete_job_rows(pipeline, table, path, load_id)
+            undone += 1
+    return undone
+
+
+def _table_exists(client: Any, table: str) -> bool:
+    found = client.execute_sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
+                               "AND table_name = %s", client.dataset_name, table)
+    return bool(found and found[0][0])
+
+
+def _delete_job_rows(pipeline: Pipeline, table: str, job_file: Path, load_id: str) -> None:
+    columns = set(pq.read_schema(job_file).names)
+    if not set(POSITION_COLUMNS) <= columns:
+        raise RuntimeError(f"cannot undo the interrupted append job {job_file}: it lacks {', '.join(POSITION_COLUMNS)}")
+    same_row = " AND ".join(["j.src_filename = t.src_filename", "j.src_row_number = t.src_row_number",
+                             *(["j.src_sheet IS NOT DISTINCT FROM t.src_sheet"] if "src_sheet" in columns else [])])
+    with pipeline.sql_client() as client:
+        if _table_exists(client, table):
+            client.execute_sql(
+                f"DELETE FROM {client.make_qualified_table_name(table)} AS t WHERE t._dlt_load_id = %s AND EXISTS "
+                f"(SELECT 1 FROM read_parquet(%s) AS j WHERE {same_row})", load_id, str(job_file))
+
+
+def _rebuild_staging_table(pipeline: Pipeline, table: str, completed_files: list[str]) -> None:
+    with pipeline.sql_client() as client, client.with_staging_dataset():
+        if not _table_exists(client, table):
+            return
+        name = client.make_qualified_table_name(table)
+        client.execute_sql(f"DELETE FROM {name}")
+        if completed_files:
+            client.execute_sql(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(%s)", completed_files)
 
 
 @dataclass(frozen=True)

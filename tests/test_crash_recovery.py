@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, warehouse_table
+from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, query, warehouse_table
 
 from retail_bronze_source.crash_points import POINTS
 
@@ -112,5 +112,50 @@ def test_random_kills_over_several_rounds_then_a_normal_run_equals_a_clean_run(t
         process.communicate(timeout=600)
     assert _run(box) == 0
     assert killed >= 1
+    assert snapshot(box) == clean
+    _assert_sinks_agree_on_run_columns(box)
+
+
+KILL_AROUND_JOB_COMMIT = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+from dlt.common.storages.load_package import PackageStorage
+from retail_bronze_source.cli import main
+
+table, moment = sys.argv[1], sys.argv[2]
+record = PackageStorage.save_pending_transition
+
+def save_pending_transition(self, load_id, file_name, state, failed_message=None):
+    ours = file_name.startswith(table + ".") and file_name.endswith(".parquet") and state == "completed"
+    if ours and moment == "before_marker":
+        os.kill(os.getpid(), signal.SIGKILL)
+    record(self, load_id, file_name, state, failed_message)
+    if ours and moment == "after_marker":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+PackageStorage.save_pending_transition = save_pending_transition
+sys.exit(main(sys.argv[3:]))
+"""
+"""Kills the CLI right after DuckDB committed a load job of one table: before dlt wrote the job's completion marker
+(dlt runs the job again) or just after it (dlt only records it)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["before_marker", "after_marker"])
+@pytest.mark.parametrize(("table", "loaded_into"), [
+    ("events", "bronze"),  # an append table: new files load as plain append
+    ("customers", "bronze"),  # a merge table's first load: plain append too
+    ("rejects", "bronze_staging"),  # delete-insert: the job loads dlt's staging dataset
+])
+def test_kill_after_a_job_committed_then_a_normal_run_equals_a_clean_run(tmp_path: Path, table: str, loaded_into: str,
+                                                                       moment: str, clean: dict) -> None:
+    box = _sandbox(tmp_path)
+    args = ["--raw", str(box.raw), "--lake", str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir",
+            str(box.pipelines_dir), "--tables", ",".join(TABLES)]
+    killed = subprocess.run([sys.executable, "-c", KILL_AROUND_JOB_COMMIT, table, moment, *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert query(box.warehouse, f"SELECT count(*) FROM {loaded_into}.{table}")[0][0] > 0
+    assert _run(box) == 0
     assert snapshot(box) == clean
     _assert_sinks_agree_on_run_columns(box)
