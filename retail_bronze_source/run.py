@@ -37,8 +37,8 @@ from .sinks import (
     load_arrow,
     load_failed_rejects,
     load_rejects,
-    warehouse_pipeline,
     undo_interrupted_jobs,
+    warehouse_pipeline,
     write_rejects_csv,
 )
 from .validate import quote_ident
