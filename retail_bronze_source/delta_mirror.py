@@ -9,17 +9,23 @@ or was killed half way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
@@ -35,6 +41,10 @@ APP_ID = "retail_bronze_mirror"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 SORT_BATCH_ROWS = 128 * 1024
 MAX_OPEN_FILES = 32
+WRITER_THREADS = 2
+"""Threads encoding Parquet row groups of a partitioned append (the main thread reads and splits the package)."""
+MAX_PENDING_ROWS = 4 * SORT_BATCH_ROWS
+"""Rows held across all partitions before they are written out as row groups (bounds the append's memory)."""
 MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 TARGET_FILE_SIZE = 200 * 1024 * 1024
 """Target size of Delta data files written by the mirror and by compaction."""
@@ -110,27 +120,27 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
     table = DeltaTable(str(target)) if DeltaTable.is_deltatable(str(target)) else None
     if table is not None and (table.transaction_version(APP_ID) or -1) >= version:
         return None
-    source = ds.dataset(files, format="parquet")
-    rows = source.count_rows()
-    if table is None and plan.hard_delete_marker:
-        source = ds.dataset(source.to_table(filter=~ds.field(plan.hard_delete_marker)))
+    source = PackageRows.of(files)
+    rows = source.count()
+    # A new table gets no rows marked for hard delete: there is nothing for them to delete.
+    deleted = plan.hard_delete_marker if table is None else None
     if table is not None and plan.replaced_files:
-        delivered = set(pc.unique(source.to_table(columns=["src_filename"])["src_filename"]).to_pylist())
+        delivered = {name for batch in source.batches(columns=["src_filename"])
+                     for name in pc.unique(batch.column(0)).to_pylist()}
         replaced = sorted(delivered & set(plan.replaced_files))
         if replaced:
             table.delete(predicate=f"src_filename IN ({', '.join(quote_literal(f) for f in replaced)})")
     if table is None or not plan.keys:
         if plan.partition_by:
-            _append_partitioned(target, table, source, plan.partition_by, version, commit)
+            _append_partitioned(target, table, source, plan.partition_by, version, commit, deleted)
         else:
-            write_deltalake(str(target), source.scanner().to_reader(), mode="append", schema_mode="merge",
-                            partition_by=list(plan.partition_by) or None, target_file_size=TARGET_FILE_SIZE,
-                            commit_properties=commit)
+            write_deltalake(str(target), source.reader(kept=_kept(deleted)), mode="append", schema_mode="merge",
+                            target_file_size=TARGET_FILE_SIZE, commit_properties=commit)
         return rows, "append"
     predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)
     seq = plan.sequence_column
     newer = f"s.{quote_ident(seq)} >= t.{quote_ident(seq)}" if seq else None
-    merger = table.merge(source.scanner().to_reader(), predicate=predicate, source_alias="s", target_alias="t",
+    merger = table.merge(source.reader(), predicate=predicate, source_alias="s", target_alias="t",
                          merge_schema=True, commit_properties=commit)
     if plan.hard_delete_marker:
         marker = f"s.{quote_ident(plan.hard_delete_marker)}"
@@ -144,52 +154,196 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
     return rows, "upsert"
 
 
-def _partition_count(source: ds.Dataset, partition_by: tuple[str, ...]) -> int:
-    """Distinct partition values in a package (only the partition columns are read)."""
-    with duckdb.connect() as con:
-        con.register("package", source)
-        found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(quote_ident(c) for c in partition_by)} "
-                            f"FROM package)").fetchone()
-    return int(found[0]) if found else 0
+def _kept(deleted: str | None) -> pc.Expression | None:
+    """Rows not marked for hard delete by the column `deleted` (a null marker keeps the row)."""
+    return ~pc.field(deleted) | pc.field(deleted).is_null() if deleted else None
 
 
-def _append_partitioned(target: Path, table: DeltaTable | None, source: ds.Dataset, partition_by: tuple[str, ...],
-                        version: int, commit: CommitProperties) -> None:
+@dataclass(frozen=True)
+class PackageRows:
+    """One table's Parquet files of a package, read a batch at a time in one schema (the union of the files')."""
+
+    files: tuple[str, ...]
+    schema: pa.Schema
+
+    @classmethod
+    def of(cls, files: Sequence[str]) -> PackageRows:
+        return cls(tuple(files), pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive"))
+
+    def count(self) -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
+    def batches(self, columns: Sequence[str] | None = None, kept: pc.Expression | None = None,
+                batch_size: int = SORT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """The rows (only `columns`, only rows where `kept` holds), each batch cast to the union schema.
+
+        Files are read without pyarrow's pre-buffering, which would hold whole row groups of every column at once.
+        """
+        schema = pa.schema([self.schema.field(c) for c in columns]) if columns is not None else self.schema
+        for path in self.files:
+            file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            present = [c for c in schema.names if c in file.schema_arrow.names]
+            for batch in file.iter_batches(batch_size=batch_size, columns=present):
+                n = batch.num_rows
+                aligned = pa.record_batch([batch.column(c).cast(f.type) if c in present else pa.nulls(n, f.type)
+                                           for c, f in zip(schema.names, schema, strict=True)], schema=schema)
+                yield aligned.filter(kept) if kept is not None else aligned
+
+    def reader(self, kept: pc.Expression | None = None) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(self.schema, self.batches(kept=kept))
+
+    def duckdb_relation(self) -> str:
+        """DuckDB table function reading the files by column name."""
+        return f"read_parquet([{', '.join(quote_literal(f) for f in self.files)}], union_by_name = true)"
+
+
+def _append_partitioned(target: Path, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
+                        version: int, commit: CommitProperties, deleted: str | None) -> None:
     """Append to a partitioned table with bounded memory, then commit all files as one transaction.
 
-    pyarrow streams the package to Parquet files, a row group at a time, with at most `MAX_OPEN_FILES` files open;
-    a package with more partitions than that is first sorted by partition (DuckDB spills to disk) so that each
+    The package is read a batch at a time and split by partition into Parquet files (`_PartitionFiles`); a package
+    with more partitions than `MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
     partition is written once. Files of a killed attempt carry the same names and are overwritten by the next one;
-    unreferenced files never become part of the table."""
+    unreferenced files never become part of the table. Rows whose `deleted` column is true are left out."""
     if table is None:
         table = DeltaTable.create(str(target), schema=source.schema, partition_by=list(partition_by))
     known = set(table.schema().to_arrow().names)
     added = [f for f in DeltaSchema.from_arrow(source.schema).fields if f.name not in known]
     if added:
         table.alter.add_columns(added)
-    written: list[tuple[str, int, int]] = []
     order = ", ".join(quote_ident(c) for c in partition_by)
+    files = _PartitionFiles(target, source.schema, partition_by, f"part-{version}")
     with duckdb.connect() as con:
         con.execute("SET memory_limit = '512MB'")
-        con.register("package", source)
-        sort = _partition_count(source, partition_by) > MAX_OPEN_FILES
-        reader = (con.execute(f"SELECT * FROM package ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS) if sort
-                  else source.scanner(batch_size=SORT_BATCH_ROWS, batch_readahead=2, fragment_readahead=1).to_reader())
-        ds.write_dataset(reader, str(target), format="parquet", partitioning=list(partition_by),
-                         partitioning_flavor="hive", basename_template=f"part-{version}-{{i}}.parquet",
-                         existing_data_behavior="overwrite_or_ignore", max_open_files=MAX_OPEN_FILES,
-                         max_rows_per_file=MAX_ROWS_PER_FILE, min_rows_per_group=SORT_BATCH_ROWS // 2,
-                         max_rows_per_group=SORT_BATCH_ROWS,
-                         file_visitor=lambda f: written.append((f.path, f.size, f.metadata.num_rows)))
+        found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})").fetchone()
+        if found and found[0] > MAX_OPEN_FILES:
+            where = f"WHERE {quote_ident(deleted)} IS NOT TRUE" if deleted else ""
+            batches: Iterable[pa.RecordBatch] = con.execute(
+                f"SELECT * FROM {source.duckdb_relation()} {where} ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS)
+        else:
+            batches = source.batches(kept=_kept(deleted))
+        for batch in batches:
+            files.write(batch)
+        written = files.close()
     now = int(time.time() * 1000)
     actions: list[AddAction | RemoveAction] = [
-        AddAction(path=(rel := Path(path).relative_to(target).as_posix()), size=size,
+        AddAction(path=(rel := Path(path).relative_to(target).as_posix()), size=Path(path).stat().st_size,
                   partition_values=_hive_partition_values(rel), modification_time=now, data_change=True,
                   stats=json.dumps({"numRecords": n}))
-        for path, size, n in written
+        for path, n in written
     ]
     table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=list(partition_by),
                                    commit_properties=commit)
+
+
+Partition = tuple[str | None, ...]
+"""One partition's values, as text (None for a null value)."""
+
+
+@dataclass
+class _OpenFile:
+    writer: pq.ParquetWriter
+    path: str
+    rows: int = 0
+    writes: list[Future[None]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _PartitionFiles:
+    """Parquet data files of one append, under hive-style partition directories (`col=value/`).
+
+    Rows wait per partition until a partition has `SORT_BATCH_ROWS` of them (one row group) or all partitions hold
+    `MAX_PENDING_ROWS` together. Row groups are encoded by `WRITER_THREADS` threads while the next batches are read,
+    with at most `WRITER_THREADS` * 2 row groups in flight; at most `MAX_OPEN_FILES` files are open, and a file holds
+    at most `MAX_ROWS_PER_FILE` rows. Partition columns are not stored in the files (Delta keeps them in the log)."""
+
+    def __init__(self, target: Path, schema: pa.Schema, partition_by: tuple[str, ...], prefix: str) -> None:
+        self.target = target
+        self.partition_by = list(partition_by)
+        self.data_schema = pa.schema([f for f in schema if f.name not in partition_by])
+        self.prefix = prefix
+        self.pending: dict[Partition, list[pa.Table]] = {}
+        self.pending_rows = 0
+        self.open: OrderedDict[Partition, _OpenFile] = OrderedDict()
+        self.in_flight: deque[Future[None]] = deque()
+        self.written: list[tuple[str, int]] = []
+        self.files = 0
+        self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="delta-write")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        rows = pa.Table.from_batches([batch])
+        labels = [pc.cast(rows[c], pa.string()) for c in self.partition_by]
+        distinct = pa.table(labels, names=self.partition_by).group_by(self.partition_by).aggregate([])
+        for key in zip(*(distinct[c].to_pylist() for c in self.partition_by), strict=True):
+            mask = functools.reduce(pc.and_kleene, [
+                pc.is_null(label) if value is None else pc.fill_null(pc.equal(label, value), False)
+                for label, value in zip(labels, key, strict=True)
+            ])
+            part = rows.filter(mask).select(self.data_schema.names)
+            self.pending.setdefault(key, []).append(part)
+            self.pending_rows += part.num_rows
+            if sum(t.num_rows for t in self.pending[key]) >= SORT_BATCH_ROWS:
+                self._flush(key)
+        if self.pending_rows >= MAX_PENDING_ROWS:
+            for key in list(self.pending):
+                self._flush(key)
+
+    def close(self) -> list[tuple[str, int]]:
+        """Write what is pending and close every file; return (path, rows) of each file written."""
+        try:
+            for key in list(self.pending):
+                self._flush(key)
+            for key in list(self.open):
+                self._close(key)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return self.written
+
+    def _flush(self, key: Partition) -> None:
+        rows = pa.concat_tables(self.pending.pop(key)).cast(self.data_schema)
+        self.pending_rows -= rows.num_rows
+        offset = 0
+        while offset < rows.num_rows:
+            file = self._file(key)
+            take = min(rows.num_rows - offset, MAX_ROWS_PER_FILE - file.rows)
+            self._submit(file, rows.slice(offset, take))
+            file.rows += take
+            offset += take
+            if file.rows >= MAX_ROWS_PER_FILE:
+                self._close(key)
+
+    def _submit(self, file: _OpenFile, rows: pa.Table) -> None:
+        while len(self.in_flight) >= 2 * WRITER_THREADS:
+            self.in_flight.popleft().result()
+
+        def write() -> None:
+            with file.lock:
+                file.writer.write_table(rows, row_group_size=SORT_BATCH_ROWS)
+
+        future = self.pool.submit(write)
+        file.writes.append(future)
+        self.in_flight.append(future)
+
+    def _file(self, key: Partition) -> _OpenFile:
+        if key in self.open:
+            self.open.move_to_end(key)
+            return self.open[key]
+        if len(self.open) >= MAX_OPEN_FILES:
+            self._close(next(iter(self.open)))
+        folder = self.target.joinpath(*(f"{quote(c, safe='')}={HIVE_NULL if v is None else quote(v, safe='')}"
+                                        for c, v in zip(self.partition_by, key, strict=True)))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = str(folder / f"{self.prefix}-{self.files}.parquet")
+        self.files += 1
+        self.open[key] = _OpenFile(pq.ParquetWriter(path, self.data_schema), path)
+        return self.open[key]
+
+    def _close(self, key: Partition) -> None:
+        file = self.open.pop(key)
+        for future in file.writes:
+            future.result()
+        file.writer.close()
+        self.written.append((file.path, file.rows))
 
 
 def _redelivered_files(manifest_files: list[str]) -> dict[str, set[str]]:

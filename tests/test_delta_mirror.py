@@ -12,6 +12,7 @@ import pytest
 from conftest import SAMPLE, delta_table, make_sandbox, query
 from deltalake import DeltaTable
 
+from retail_bronze_source import delta_mirror
 from retail_bronze_source.delta_mirror import (
     APP_ID,
     MirrorPlan,
@@ -55,6 +56,36 @@ def test_a_load_id_is_mirrored_once_even_when_repeated(tmp_path: Path) -> None:
     table = DeltaTable(str(target))
     assert table.to_pyarrow_table().num_rows == 2
     assert table.transaction_version(APP_ID) == load_id_version("200.5")
+
+
+@pytest.mark.parametrize("max_open_files", [32, 2], ids=["streamed", "sorted-first"])
+def test_partitioned_append_keeps_every_row_in_its_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             max_open_files: int) -> None:
+    monkeypatch.setattr(delta_mirror, "MAX_OPEN_FILES", max_open_files)
+    monkeypatch.setattr(delta_mirror, "MAX_ROWS_PER_FILE", 7)
+    monkeypatch.setattr(delta_mirror, "SORT_BATCH_ROWS", 4)
+    monkeypatch.setattr(delta_mirror, "MAX_PENDING_ROWS", 10)
+    regions = ["north", "a/b c", None, "zürich=1"]
+    first = pa.table({"id": pa.array(range(40), pa.int64()),
+                      "region": pa.array([regions[i % 4] for i in range(40)], pa.string()),
+                      "deleted": pa.array([i % 10 == 3 if i % 7 else None for i in range(40)], pa.bool_())})
+    second = pa.table({"id": pa.array(range(40, 50), pa.int64()), "region": pa.array(["north"] * 10, pa.string()),
+                       "deleted": pa.array([False] * 10), "note": pa.array([f"n{i}" for i in range(10)])})
+    files = []
+    for name, table in (("a", first), ("b", second)):
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=6)
+        files.append(str(tmp_path / f"{name}.parquet"))
+    target = tmp_path / "delta" / "regional"
+    plan = MirrorPlan(partition_by=("region",), hard_delete_marker="deleted")
+    assert mirror_table(target, files, "300.1", plan) == (50, "append")
+    table = DeltaTable(str(target))
+    assert table.metadata().partition_columns == ["region"]
+    sizes = table.get_add_actions(flatten=True).column("num_records").to_pylist()
+    assert max(sizes) <= 7 and sum(sizes) == 46
+    loaded = sorted(table.to_pyarrow_table().to_pylist(), key=lambda r: r["id"])
+    expected = [r | {"note": None} for r in first.to_pylist() if r["deleted"] is not True]
+    expected += [r for r in second.to_pylist()]
+    assert loaded == sorted(expected, key=lambda r: r["id"])
 
 
 def test_registry_plans_partition_the_big_tables() -> None:
