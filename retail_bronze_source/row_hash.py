@@ -21,15 +21,18 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def canonical_sql(columns: dict[str, str]) -> str:
-    """DataFusion SQL of the canonical form; `columns` maps each source column name to its (string) SQL column."""
-    parts = []
+def canonical_sql(columns: dict[str, str], nullable: set[str]) -> str:
+    """DataFusion SQL of the canonical form; `columns` maps each source column name to its (string) SQL column, and
+    `nullable` names the columns that hold nulls (only those need a test)."""
+    args = []
     for name in sorted(columns):
         ref = columns[name]
-        prefix = _literal(f"{len(name.encode())}:{name}=")
-        parts.append(f"CASE WHEN {ref} IS NULL THEN '' ELSE concat({prefix}, CAST(octet_length({ref}) AS VARCHAR), "
-                     f"':', {ref}, ';') END")
-    return "concat(" + ", ".join(parts) + ")" if parts else "''"
+        field = [_literal(f"{len(name.encode())}:{name}="), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref, "';'"]
+        if name in nullable:
+            args.append(f"CASE WHEN {ref} IS NULL THEN '' ELSE concat({', '.join(field)}) END")
+        else:
+            args.extend(field)
+    return f"concat({', '.join(args)})" if args else "''"
 
 
 def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -60,6 +63,7 @@ def row_hashes(table: pa.Table) -> pa.Array:
     text = text.append_column("__i", row_number_array(0, len(text)))
     context = SessionContext()
     context.register_record_batches("record", [text.to_batches()])
-    result = context.sql(f"SELECT __i, encode(sha256({canonical_sql(positional)}), 'hex') AS h FROM record")
+    nullable = {name for i, name in enumerate(table.column_names) if text.column(i).null_count}
+    result = context.sql(f"SELECT __i, encode(sha256({canonical_sql(positional, nullable)}), 'hex') AS h FROM record")
     hashed = result.to_arrow_table()
     return hashed.column("h").take(pc.sort_indices(hashed.column("__i"))).combine_chunks().cast(pa.string())

@@ -226,7 +226,8 @@ class Validator:
         passthrough: dict[str, pa.ChunkedArray] = {}
         selects: list[str] = []
         checks: list[tuple[str, str]] = []
-        for field in self.contract:
+        parsing: list[str] = []
+        for i, field in enumerate(self.contract):
             src = by_name.get(field.name)
             source_type = data.schema.field(field.name).type if src is not None else None
             if src is None or source_type is None:
@@ -243,17 +244,20 @@ class Validator:
             else:
                 raw = src
                 parsed = _parse_typed(src, source_type, field.type)
+            # Each value is parsed once, in an inner query; the checks refer to its results by name.
+            parsing += [f"{raw} AS __r{i}", f"{parsed} AS __p{i}"]
             if field.name not in passthrough:
-                selects.append(f"{parsed} AS {quote_ident(field.name)}")
-            checks.extend(_checks(field, raw, parsed))
+                selects.append(f"__p{i} AS {quote_ident(field.name)}")
+            checks.extend(_checks(field, f"__r{i}", f"__p{i}"))
+        parsed_frame = f"(SELECT *, {', '.join(parsing)} FROM frame)" if parsing else "frame"
         derived = [f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}" for d in self.spec.derived]
         any_violation = " OR ".join(f"COALESCE({cond}, false)" for cond, _ in checks) or "false"
-        sql = f"SELECT {', '.join([*selects, f'{any_violation} AS __bad'])} FROM frame"
+        sql = f"SELECT {', '.join([*selects, f'{any_violation} AS __bad'])} FROM {parsed_frame}"
         if derived:
             used = [name for name in passthrough if any(name in d.sql for d in self.spec.derived)]
             texts = [f"NULLIF({by_name[name]}, '') AS {quote_ident(name)}" for name in used]
             sql = (f"SELECT * EXCLUDE ({', '.join(quote_ident(u) for u in used) or '__none'}), {', '.join(derived)} "
-                   f"FROM (SELECT {', '.join([*selects, *texts, f'{any_violation} AS __bad'])} FROM frame)"
+                   f"FROM (SELECT {', '.join([*selects, *texts, f'{any_violation} AS __bad'])} FROM {parsed_frame})"
                    if used else f"SELECT *, {', '.join(derived)} FROM ({sql})")
         result = self.con.execute(sql).to_arrow_table()
 
@@ -279,7 +283,7 @@ class Validator:
             f"CASE WHEN COALESCE({cond}, false) THEN {struct} END" for cond, struct in checks
         ) + "], x -> x IS NOT NULL)"
         frame = frame.append_column("__pos", row_number_array(0, n)).filter(bad_mask)
-        bad = self.con.execute(f"SELECT __pos, {violations} AS __violations FROM frame").to_arrow_table()
+        bad = self.con.execute(f"SELECT __pos, {violations} AS __violations FROM {parsed_frame}").to_arrow_table()
         bad = (bad.append_column(ROW_NUMBER, columns[ROW_NUMBER].take(bad["__pos"]))
                .append_column(ROW_HASH, hashes.take(bad["__pos"])))
         contract_rejects = self._contract_rejects(bad, data, chunk, src_filename, fmt)

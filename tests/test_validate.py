@@ -134,6 +134,12 @@ def test_row_hash_of_a_known_record_never_changes() -> None:
     assert row_hashes(data).to_pylist() == [hashlib.sha256("1:a=1:1;2:é=3:x;y;".encode()).hexdigest()]
 
 
+def test_row_hash_leaves_out_missing_values_row_by_row() -> None:
+    data = pa.table({"a": pa.array(["1", None, "x"]), "b": pa.array([None, "", "y"])})
+    canonical = ["1:a=1:1;", "1:b=0:;", "1:a=1:x;1:b=1:y;"]
+    assert row_hashes(data).to_pylist() == [hashlib.sha256(c.encode()).hexdigest() for c in canonical]
+
+
 def test_typed_sources_convert_exactly_or_mismatch() -> None:
     data = pa.table({
         "id": pa.array([1, 2, 3], pa.int32()),
