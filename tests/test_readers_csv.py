@@ -161,6 +161,17 @@ def test_invalid_utf8_split_across_reads_is_found(tmp_path: Path) -> None:
     assert sum(chunk.data.num_rows for chunk in chunks) < 200_000
 
 
+@pytest.mark.parametrize("shift", [0, 1, 2, 3])
+def test_multibyte_characters_split_between_reads_are_valid(tmp_path: Path, shift: int) -> None:
+    value = "é€𝄞" * 5  # 2-, 3- and 4-byte characters: every read boundary falls inside some of them
+    rows = [f"{i},{value}" for i in range(60_000)]
+    path = write(tmp_path, "multibyte.csv", ("x" * shift + "id,name\n" + "\n".join(rows) + "\n").encode())
+    chunks = read(path, chunk_size=1_000)
+    assert len(chunks) > 1
+    assert [row[f"{'x' * shift}id"] for row in rows_of(chunks)] == [str(i) for i in range(60_000)]
+    assert {row["name"] for row in rows_of(chunks)} == {value}
+
+
 def test_truncated_utf8_at_end_of_file(tmp_path: Path) -> None:
     with pytest.raises(FileRejected) as caught:
         read(write(tmp_path, "truncated.csv", b"id\n1\n\xe2\x82"))

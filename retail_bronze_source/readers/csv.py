@@ -267,7 +267,8 @@ class _CheckedStream(io.RawIOBase):
         super().__init__()
         self._raw = raw
         self._rel_path = rel_path
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._carry = b""
+        """Bytes of a character that the last read split; they are checked with the next read."""
         self._offset = 0
         self._lines = 0
         self._pushed = b""
@@ -314,26 +315,53 @@ class _CheckedStream(io.RawIOBase):
             self._recent.pop(0)
 
     def _check(self, data: bytes) -> None:
-        try:
-            self._decoder.decode(data)
-        except UnicodeDecodeError as error:
-            self._encoding_error(data, error)
+        complete = _complete_utf8_prefix(data)
+        checked = self._carry + data[:complete] if self._carry else memoryview(data)[:complete]
+        if not _is_utf8(checked):
+            self._locate_encoding_error(data)
+        self._carry = data[complete:]
         self._offset += len(data)
         self._lines += data.count(b"\n")
 
     def _finish(self) -> None:
         self._at_eof = True
-        try:
-            self._decoder.decode(b"", final=True)
-        except UnicodeDecodeError as error:
-            self._encoding_error(b"", error)
+        if self._carry:
+            self._locate_encoding_error(b"", final=True)
 
-    def _encoding_error(self, data: bytes, error: UnicodeDecodeError) -> None:
-        pending = len(error.object) - len(data)
-        offset = self._offset - pending + error.start
-        line = self._lines + data.count(b"\n", 0, max(error.start - pending, 0)) + 1
-        raise FileRejected(
-            reasons.FILE_ENCODING,
-            f"invalid UTF-8 at byte offset {offset} (line {line}): {error.reason}",
-            rel_path=self._rel_path,
-        )
+    def _locate_encoding_error(self, data: bytes, final: bool = False) -> None:
+        """Raise FILE_ENCODING with the byte offset and line of the first invalid byte in the carry and `data`."""
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        pending = len(self._carry)
+        try:
+            decoder.decode(self._carry + data, final=final)
+        except UnicodeDecodeError as error:
+            offset = self._offset - pending + error.start
+            line = self._lines + data.count(b"\n", 0, max(error.start - pending, 0)) + 1
+            raise FileRejected(
+                reasons.FILE_ENCODING,
+                f"invalid UTF-8 at byte offset {offset} (line {line}): {error.reason}",
+                rel_path=self._rel_path,
+            ) from error
+        raise AssertionError("pyarrow and Python disagree on UTF-8 validity")
+
+
+def _complete_utf8_prefix(data: bytes) -> int:
+    """Length of `data` without a trailing multi-byte character that the next read completes."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue
+        need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+        return len(data) - back if need > back else len(data)
+    return len(data)
+
+
+def _is_utf8(data: bytes | memoryview) -> bool:
+    """Whether `data` is valid UTF-8, checked by Arrow (without holding the GIL) instead of decoded in Python."""
+    buffer = pa.py_buffer(data)
+    offsets = pa.py_buffer(pa.array([0, len(data)], pa.int32()).buffers()[1])
+    try:
+        pa.Array.from_buffers(pa.binary(), 1, [None, offsets, buffer]).cast(pa.string())
+    except pa.ArrowInvalid:
+        return False
+    return True
