@@ -168,7 +168,10 @@ class PackageRows:
 
     @classmethod
     def of(cls, files: Sequence[str]) -> PackageRows:
-        return cls(tuple(files), pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive"))
+        """The rows of `files`; dictionary-encoded columns (dlt writes `_dlt_load_id` so) are read as their values."""
+        schemas = [pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                              for f in pq.read_schema(path)]) for path in files]
+        return cls(tuple(files), pa.unify_schemas(schemas, promote_options="permissive"))
 
     def count(self) -> int:
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
