@@ -87,14 +87,21 @@ class Settings:
     work: Path
 
 
-def measure(settings: Settings, section: str, contender: str, raw: Path, table: str, scale: float) -> Measurement:
-    """Run one contender in a fresh child process on a fresh target directory and collect its numbers."""
+def measure(settings: Settings, section: str, contender: str, raw: Path, table: str, scale: float, *,
+            target: Path | None = None) -> Measurement:
+    """Run one contender in a fresh child process and collect its numbers.
+
+    Without `target` it loads into a fresh directory, removed afterwards; a given `target` is used as it is (a first
+    load kept for a later incremental one) and kept.
+    """
     name = f"{section}-{contender}-{table}-{scale:g}".replace(" ", "_")
     runs = settings.work / "runs"
-    target = runs / name
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    keep = target is not None
+    if target is None:
+        target = runs / name
+        if target.exists():
+            shutil.rmtree(target)
+    target.mkdir(parents=True, exist_ok=True)
     result, log = runs / f"{name}.json", runs / f"{name}.log"
     result.unlink(missing_ok=True)
     command = [sys.executable, str(CONTENDERS), contender, "--raw", str(raw), "--target", str(target),
@@ -117,7 +124,8 @@ def measure(settings: Settings, section: str, contender: str, raw: Path, table: 
             notes = [f"{m.extra['rejected']:,} rejected"] if m.extra.get("rejected") else []
             notes += [f"{m.extra['failed_jobs']} failed load job(s)"] if m.extra.get("failed_jobs") else []
             m.note = ", ".join(notes)
-    shutil.rmtree(target)
+    if not keep:
+        shutil.rmtree(target)
     print(_cell(m.wall_s, "{:.1f} s") if m.status == "ok" else m.status, flush=True)
     return m
 
@@ -169,11 +177,39 @@ def scaling(settings: Settings) -> list[Measurement]:
     if settings.scaling:
         big = settings.scale * SCALING_FACTOR
         raw = generate(settings, f"orders-{big:g}", big, ["orders"], "--clean")
-        found.append(measure(settings, "scaling", "package", raw, "orders", big))
+        loaded = settings.work / "runs" / f"scaling-loaded-{big:g}"
+        shutil.rmtree(loaded, ignore_errors=True)
+        found.append(measure(settings, "scaling", "package", raw, "orders", big, target=loaded))
+        update = write_update(raw, UPDATE_FRACTION)
+        try:
+            found.append(measure(settings, "update", "package", raw, "orders", big, target=loaded))
+        finally:
+            update.unlink()
+            shutil.rmtree(loaded)
     raw = generate(settings, f"orders-dirty-{settings.scale:g}", settings.scale, ["orders"],
                    "--dirty-fraction", str(DIRTY_FRACTION))
     found.append(measure(settings, "dirty", "package", raw, "orders", settings.scale))
     return found
+
+
+UPDATE_FRACTION = 0.01
+
+
+def write_update(raw: Path, fraction: float) -> Path:
+    """A new orders file changing `fraction` of the orders in `raw` (a later `updated_at`, new amount and note)."""
+    import duckdb
+
+    target = raw / "orders" / "orders_zz_update.csv"
+    every = round(1 / fraction)
+    with duckdb.connect() as con:
+        con.execute(
+            f"COPY (SELECT * REPLACE (CAST(CAST(total_amount AS DECIMAL(12, 2)) + 1 AS VARCHAR) AS total_amount, "
+            f"'updated by the benchmark' AS note, '2030-01-01T00:00:00+00:00' AS updated_at) "
+            f"FROM read_csv('{raw.as_posix()}/orders/*.csv', header = true, all_varchar = true) "
+            f"WHERE CAST(order_id AS BIGINT) % {every} = 0 "
+            f"QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY updated_at DESC) = 1) "
+            f"TO '{target.as_posix()}' (HEADER, DELIMITER ',')")
+    return target
 
 
 def find(found: Sequence[Measurement], section: str, contender: str, table: str = "orders") -> Measurement | None:
@@ -222,6 +258,10 @@ def ratios(found: Sequence[Measurement]) -> dict[str, dict[str, Any]]:
         add("scaling_rows", f"scaling: rows x{SCALING_FACTOR} scale", ratio(big.rows, pkg.rows))
         add("scaling_wall", "scaling: wall time growth", ratio(big.wall_s, pkg.wall_s))
         add("scaling_peak_rss", "scaling: peak RSS growth", ratio(big.peak_rss_mb, pkg.peak_rss_mb))
+    update = find(found, "update", "package")
+    if update and update.peak_rss_mb is not None:
+        add("update_peak_rss", f"{UPDATE_FRACTION:.0%} update into the {big.rows if big else 0:,}-row tables: peak RSS",
+            update.peak_rss_mb / 1024, " GB")
     dirty = find(found, "dirty", "package")
     if dirty and pkg:
         extra = ratio(dirty.wall_s, pkg.wall_s)
@@ -267,7 +307,7 @@ def render(settings: Settings, info: dict[str, Any], found: Sequence[Measurement
     sections = [("== Orders CSV head to head (--scale)", ("orders",)),
                 ("== Orders CSV at --dlt-scale (dlt's built-in reader is slow; compared on rows/s)", ("orders small",)),
                 ("== Per-format throughput", ("formats",)),
-                ("== Scaling and dirty input", ("scaling", "dirty"))]
+                ("== Scaling, an update of the big load, and dirty input", ("scaling", "update", "dirty"))]
     for title, names in sections:
         lines += [title, header]
         rows = [m for m in found if m.section in names]
@@ -285,7 +325,8 @@ def render(settings: Settings, info: dict[str, Any], found: Sequence[Measurement
     lines.append("== Ratios")
     for item in compared.values():
         unit = item["unit"]
-        value = "n/a" if item["value"] is None else ("{:+.1f} %" if unit == "%" else "{:.3g}x").format(item["value"])
+        formats = {"%": "{:+.1f} %", " GB": "{:.2f} GB"}
+        value = "n/a" if item["value"] is None else formats.get(unit, "{:.3g}x").format(item["value"])
         lines.append(f"  {item['label']:66} {value}")
     lines.append("")
     return "\n".join(lines)

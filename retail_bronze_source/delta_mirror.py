@@ -43,7 +43,7 @@ SORT_BATCH_ROWS = 128 * 1024
 MAX_OPEN_FILES = 32
 WRITER_THREADS = 2
 """Threads encoding Parquet row groups of a partitioned append (the main thread reads and splits the package)."""
-MAX_PENDING_ROWS = 4 * SORT_BATCH_ROWS
+MAX_PENDING_ROWS = 2 * SORT_BATCH_ROWS
 """Rows held across all partitions before they are written out as row groups (bounds the append's memory)."""
 MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 TARGET_FILE_SIZE = 200 * 1024 * 1024
@@ -217,7 +217,7 @@ def _append_partitioned(target: Path, table: DeltaTable | None, source: PackageR
     order = ", ".join(quote_ident(c) for c in partition_by)
     files = _PartitionFiles(target, source.schema, partition_by, f"part-{version}")
     with duckdb.connect() as con:
-        con.execute("SET memory_limit = '512MB'")
+        con.execute("SET memory_limit = '256MB'")
         found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})").fetchone()
         if found and found[0] > MAX_OPEN_FILES:
             where = f"WHERE {quote_ident(deleted)} IS NOT TRUE" if deleted else ""
@@ -228,6 +228,7 @@ def _append_partitioned(target: Path, table: DeltaTable | None, source: PackageR
         for batch in batches:
             files.write(batch)
         written = files.close()
+    pa.default_memory_pool().release_unused()
     now = int(time.time() * 1000)
     actions: list[AddAction | RemoveAction] = [
         AddAction(path=(rel := Path(path).relative_to(target).as_posix()), size=Path(path).stat().st_size,

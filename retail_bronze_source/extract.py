@@ -25,7 +25,7 @@ import duckdb
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from . import reasons
 from .audit import add_audit_columns, has_sheets, table_schema
@@ -74,6 +74,7 @@ class ChangedFileError(Exception):
     """A file already loaded changed, and its table is declared with `changed_files="fail"`."""
 
 _HASH_BLOCK = 8 << 20
+HASH_PREFIX = "__hash_prefix"
 STAGING_THREADS = min(2, os.cpu_count() or 1)
 """Files read and validated at once: every stage releases the GIL, so two files keep two cores busy."""
 DELTA_VERSION = "delta-version:"
@@ -89,6 +90,8 @@ class _StagedFile:
     stage_dir: Path | None = None
     extra_columns: set[str] = field(default_factory=set)
     rejects_path: Path | None = None
+    keys_path: Path | None = None
+    """Staged key, sequence, row-hash prefix and position of every valid row (tables with a primary key)."""
     row_count: int = 0
     reject_count: int = 0
     file_level: tuple[str, str] | None = None
@@ -207,6 +210,10 @@ class TableExtractor:
                 yield from self._emit(item)
                 self.ledger[item.file.rel_path] = {"fingerprint": item.fingerprint, "size": item.file.size,
                                                    "mtime": item.file.mtime}
+            # Key resolution's temporary tables and Arrow's cached allocations are not needed any more.
+            self.con.execute("DROP TABLE IF EXISTS candidates; DROP TABLE IF EXISTS conflicting; "
+                             "DROP TABLE IF EXISTS superseded")
+            pa.default_memory_pool().release_unused()
 
     def _stage_if_new(self, file: RawFile, tmp: Path, index: int) -> _StagedFile | None:
         seen = self.ledger.get(file.rel_path)
@@ -246,7 +253,7 @@ class TableExtractor:
             self._stage(staged, fmt, options)
             crash_point("file_staged")
         except FileRejected as rejected:
-            for path in [*staged.rows_paths, staged.rejects_path]:
+            for path in [*staged.rows_paths, staged.rejects_path, staged.keys_path]:
                 if path is not None:
                     path.unlink(missing_ok=True)
             return self._file_rejected(file, print_, rejected, replaced)
@@ -262,6 +269,7 @@ class TableExtractor:
         staged.stage_dir.mkdir()
         rows_out: pa.ipc.RecordBatchFileWriter | None = None
         rows_schema: pa.Schema | None = None
+        keys_out: pq.ParquetWriter | None = None
         try:
             with pa.ipc.new_file(staged.rejects_path, REJECT_SCHEMA) as rejects_out:
                 for chunk in _reader_errors_as_rejects(read(fmt, staged.file, self.chunk_size, options)):
@@ -278,6 +286,13 @@ class TableExtractor:
                             rows_schema = audited.schema
                             rows_out = pa.ipc.new_file(path, rows_schema)
                         rows_out.write_table(audited)
+                        if self.spec.primary_key:
+                            keys = self._keys_of(audited)
+                            if keys_out is None:
+                                staged.keys_path = staged.stage_dir / "keys.parquet"
+                                keys_out = pq.ParquetWriter(staged.keys_path, keys.schema, compression="none",
+                                                            use_dictionary=False, write_statistics=False)
+                            keys_out.write_table(keys)
                     if result.rejects.num_rows:
                         rejects_out.write_table(result.rejects)
                     staged.row_count += result.rows_read
@@ -286,6 +301,20 @@ class TableExtractor:
         finally:
             if rows_out is not None:
                 rows_out.close()
+            if keys_out is not None:
+                keys_out.close()
+
+    def _keys_of(self, rows: pa.Table) -> pa.Table:
+        """What key resolution reads of staged rows: key and sequence columns, the first 16 hex digits of the row
+        hash (64 bits, enough to tell versions apart) and the row's position."""
+        columns = dict.fromkeys([*self.spec.primary_key, *([self.spec.sequence_column] if self.spec.sequence_column
+                                                            else []), *self._position_columns])
+        keys = rows.select(list(columns))
+        return keys.append_column(HASH_PREFIX, pc.utf8_slice_codeunits(rows[ROW_HASH], 0, 16))
+
+    @property
+    def _position_columns(self) -> list[str]:
+        return ["src_filename", *(["src_sheet"] if has_sheets(self.spec) else []), ROW_NUMBER]
 
     def _position_key(self, rows: pa.Table) -> pa.Array:
         """A row's position in its file as one value: the row number, or sheet and row number for sheet tables."""
@@ -298,28 +327,27 @@ class TableExtractor:
     def _resolve_keys(self, staged: list[_StagedFile]) -> None:
         """Find rows of conflicting versions (`DUPLICATE_KEY`) and, for merge tables, superseded versions of a key.
 
-        Only key, sequence, hash and position columns are scanned; the rows themselves are dropped or turned into
-        rejects batch by batch when the file is emitted.
+        Only the staged keys files are read (DuckDB spills to disk beyond its memory limit); the rows themselves are
+        dropped or turned into rejects batch by batch when the file is emitted. Two versions with one key and one
+        sequence value conflict when their row hashes differ in the first 64 bits.
         """
         pk = list(self.spec.primary_key)
-        paths = [str(p) for s in staged if s.file_level is None and s.valid_count for p in s.rows_paths]
+        paths = [str(s.keys_path) for s in staged if s.file_level is None and s.valid_count and s.keys_path]
         if not pk or not paths:
             return
         seq = self.spec.sequence_column
         version = [*pk, *([seq] if seq else [])]
-        position = ["src_filename", *(["src_sheet"] if has_sheets(self.spec) else []), ROW_NUMBER]
+        position = self._position_columns
         pk_sql, version_sql, position_sql = (", ".join(quote_ident(c) for c in cols) for cols in (pk, version, position))
-        columns = ", ".join(quote_ident(c) for c in dict.fromkeys([*version, ROW_HASH, *position]))
-        self.con.register("staged", ds.dataset(paths, format="ipc", schema=self.schema))
+        keys = f"read_parquet([{', '.join(quote_literal(p) for p in paths)}])"
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE candidates AS SELECT {columns} FROM staged "
-            f"SEMI JOIN (SELECT {pk_sql} FROM staged GROUP BY {pk_sql} HAVING count(*) > 1) USING ({pk_sql})"
+            f"CREATE OR REPLACE TEMP TABLE candidates AS SELECT * FROM {keys} "
+            f"SEMI JOIN (SELECT {pk_sql} FROM {keys} GROUP BY {pk_sql} HAVING count(*) > 1) USING ({pk_sql})"
         )
-        self.con.unregister("staged")
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE conflicting AS SELECT c.*, g.versions FROM candidates c JOIN ("
             f"SELECT {version_sql}, count(*) AS versions FROM candidates GROUP BY {version_sql} "
-            f"HAVING min(hash({ROW_HASH})) <> max(hash({ROW_HASH}))) g USING ({version_sql})"
+            f"HAVING min({HASH_PREFIX}) <> max({HASH_PREFIX})) g USING ({version_sql})"
         )
         order = ", ".join([*([f"{quote_ident(seq)} DESC"] if seq else []), *(f"{quote_ident(c)} DESC" for c in position)])
         superseded_sql = (

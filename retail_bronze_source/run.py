@@ -6,7 +6,9 @@ packages (`change_log`), and the Delta mirror follows the lake's packages (`delt
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,10 +102,35 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     The run holds the lock of its warehouse and of its lake for its whole duration: a second run waits up to
     `lock_timeout` seconds and then raises `RunLocked` naming the holder.
     """
+    tune_malloc()
     with run_lock(layout.warehouse.with_name(layout.warehouse.name + ".lock"), lock_timeout), \
             run_lock(layout.lake / ".retail_bronze.lock", lock_timeout):
         return _run(layout, table_names=table_names, tables=tables, pipelines_dir=pipelines_dir, chunk_size=chunk_size,
                     evolve_schema=evolve_schema)
+
+
+MALLOC_ARENAS = 2
+MALLOC_MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+"""glibc `mallopt` parameter numbers (malloc.h)."""
+
+
+def tune_malloc() -> None:
+    """Make glibc's malloc give memory back: at most `MALLOC_ARENAS` arenas, and blocks of `MALLOC_MMAP_THRESHOLD`
+    bytes or more mapped on their own (glibc only; elsewhere nothing to do).
+
+    By default each thread of the readers, DuckDB and DataFusion may get an arena of its own, and the mmap threshold
+    grows with the largest block freed, so freed read buffers stay in the heap: reading 10M rows kept 150 to 300 MB
+    more resident. It applies to the whole process, like `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_`.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # a libc without glibc's mallopt (musl): its allocator needs no tuning here
+    libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
 
 
 def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[TableSpec] | None,

@@ -27,7 +27,7 @@ WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
 DATASET = "bronze"
 LOADER_FILE_FORMAT: Final = "parquet"
-WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "512MB", "preserve_insertion_order": False}
+WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "preserve_insertion_order": False}
 """DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it); row order is not kept."""
 
 

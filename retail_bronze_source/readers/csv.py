@@ -31,7 +31,7 @@ from .. import reasons
 from .base import FileRejected, ParseReject, RawChunk, RawFile
 
 _MIN_BLOCK_BYTES = 1 << 20
-_BYTES_PER_ROW = 256
+_BYTES_PER_ROW = 64
 
 
 def read_csv(file: RawFile, chunk_size: int, *, delimiter: str = ",") -> Iterator[RawChunk]:
