@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
+import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -36,6 +38,8 @@ from .extract import MANIFEST_TABLE
 from .registry import TableSpec
 from .sinks import loaded_load_ids, package_files
 from .validate import quote_ident, quote_literal
+
+logger = logging.getLogger(__name__)
 
 APP_ID = "retail_bronze_mirror"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -137,10 +141,76 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
             write_deltalake(str(target), source.reader(kept=_kept(deleted)), mode="append", schema_mode="merge",
                             target_file_size=TARGET_FILE_SIZE, commit_properties=commit)
         return rows, "append"
-    predicate = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)
+    if plan.partition_by and _partition_wise(table, source, plan):
+        _upsert_by_partition(target, source, plan, load_id, commit)
+        return rows, "upsert by partition"
+    _upsert(table, source.reader(), plan, commit)
+    return rows, "upsert"
+
+
+def _partition_wise(table: DeltaTable, source: PackageRows, plan: MirrorPlan) -> bool:
+    """Whether an upsert may run one partition at a time: partition types it can name in a predicate, and no key of
+    the package held in the table under other partition values (each partition's merge would miss it)."""
+    types = [source.schema.field(c).type for c in plan.partition_by]
+    if not all(pa.types.is_date(t) or pa.types.is_integer(t) or pa.types.is_string(t) for t in types):
+        return False
+    keys = ", ".join(quote_ident(k) for k in plan.keys)
+    moved = " OR ".join(f"t.{quote_ident(c)} IS DISTINCT FROM s.{quote_ident(c)}" for c in plan.partition_by)
+    with duckdb.connect() as con:
+        con.execute("SET memory_limit = '256MB'")
+        con.register("target", table.to_pyarrow_dataset())
+        found = con.execute(f"SELECT count(*) FROM (SELECT {keys}, {', '.join(map(quote_ident, plan.partition_by))} "
+                            f"FROM target) t JOIN {source.duckdb_relation()} s USING ({keys}) WHERE {moved}").fetchone()
+    if found and found[0]:
+        logger.warning("%s: %d key(s) of this load are stored under other partition values; upserting into the "
+                       "whole table at once", table.table_uri, found[0])
+        return False
+    return True
+
+
+def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, load_id: str,
+                         commit: CommitProperties) -> None:
+    """Upsert the package one partition at a time, so that delta-rs rewrites (and buffers) one partition's files at
+    once; only the last commit carries the load's application transaction, and a partial run is redone whole (an
+    upsert of the same rows is idempotent)."""
+    with tempfile.TemporaryDirectory(prefix="retail_bronze_merge_") as tmp:
+        split = _PartitionFiles(Path(tmp), source.schema, plan.partition_by, "source", keep_partitions=True)
+        for batch in source.batches():
+            split.write(batch)
+        by_partition: dict[str, list[str]] = {}
+        for path, _ in split.close():
+            by_partition.setdefault(str(Path(path).parent), []).append(path)
+        partitions = sorted(by_partition)
+        for i, folder in enumerate(partitions):
+            values = _hive_partition_values(Path(folder).relative_to(tmp).as_posix() + "/file")
+            where = " AND ".join(_partition_predicate(c, values[c], source.schema.field(c).type)
+                                 for c in plan.partition_by)
+            last = i == len(partitions) - 1
+            step = commit if last else CommitProperties(custom_metadata={"retail_bronze.load_id": load_id,
+                                                                        "retail_bronze.partition": folder})
+            _upsert(DeltaTable(str(target)), PackageRows.of(by_partition[folder]).reader(), plan, step, where)
+
+
+def _partition_predicate(column: str, value: str | None, type_: pa.DataType) -> str:
+    name = f"t.{quote_ident(column)}"
+    if value is None:
+        return f"{name} IS NULL"
+    if pa.types.is_integer(type_):
+        return f"{name} = {int(value)}"
+    if pa.types.is_date(type_):
+        return f"{name} = CAST({quote_literal(value)} AS DATE)"
+    return f"{name} = {quote_literal(value)}"
+
+
+def _upsert(table: DeltaTable, rows: pa.RecordBatchReader, plan: MirrorPlan, commit: CommitProperties,
+            partition: str | None = None) -> None:
+    """Merge `rows` into `table` by key (in one partition when `partition` is a target predicate); a row never
+    replaces a newer version of its key, and rows marked for hard delete remove their key."""
+    predicate = " AND ".join([*([partition] if partition else []),
+                              *(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)])
     seq = plan.sequence_column
     newer = f"s.{quote_ident(seq)} >= t.{quote_ident(seq)}" if seq else None
-    merger = table.merge(source.reader(), predicate=predicate, source_alias="s", target_alias="t",
+    merger = table.merge(rows, predicate=predicate, source_alias="s", target_alias="t",
                          merge_schema=True, commit_properties=commit)
     if plan.hard_delete_marker:
         marker = f"s.{quote_ident(plan.hard_delete_marker)}"
@@ -151,7 +221,6 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
     else:
         merger = merger.when_matched_update_all(predicate=newer).when_not_matched_insert_all()
     merger.execute()
-    return rows, "upsert"
 
 
 def _kept(deleted: str | None) -> pc.Expression | None:
@@ -261,10 +330,12 @@ class _PartitionFiles:
     with at most `WRITER_THREADS` * 2 row groups in flight; at most `MAX_OPEN_FILES` files are open, and a file holds
     at most `MAX_ROWS_PER_FILE` rows. Partition columns are not stored in the files (Delta keeps them in the log)."""
 
-    def __init__(self, target: Path, schema: pa.Schema, partition_by: tuple[str, ...], prefix: str) -> None:
+    def __init__(self, target: Path, schema: pa.Schema, partition_by: tuple[str, ...], prefix: str, *,
+                 keep_partitions: bool = False) -> None:
+        """`keep_partitions`: store the partition columns in the files too (files to read back, not Delta's)."""
         self.target = target
         self.partition_by = list(partition_by)
-        self.data_schema = pa.schema([f for f in schema if f.name not in partition_by])
+        self.data_schema = schema if keep_partitions else pa.schema([f for f in schema if f.name not in partition_by])
         self.prefix = prefix
         self.pending: dict[Partition, list[pa.Table]] = {}
         self.pending_rows = 0

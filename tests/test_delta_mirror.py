@@ -88,6 +88,39 @@ def test_partitioned_append_keeps_every_row_in_its_partition(tmp_path: Path, mon
     assert loaded == sorted(expected, key=lambda r: r["id"])
 
 
+def _regional(path: Path, rows: list[tuple[int, str, int, str]]) -> str:
+    """A parquet file of (id, region, version day, value) rows at `path`; returns its path."""
+    pq.write_table(pa.table({
+        "id": pa.array([r[0] for r in rows], pa.int64()),
+        "region": pa.array([r[1] for r in rows], pa.string()),
+        "updated_at": pa.array([datetime(2024, 1, r[2], tzinfo=UTC) for r in rows], pa.timestamp("us", tz="UTC")),
+        "value": pa.array([r[3] for r in rows], pa.string()),
+    }), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["partition-wise", "key-moved-partition"])
+def test_partitioned_upsert_keeps_one_newest_version_per_key(tmp_path: Path, moved: bool) -> None:
+    target = tmp_path / "delta" / "regional"
+    plan = MirrorPlan(keys=("id",), sequence_column="updated_at", partition_by=("region",))
+    first = [(1, "north", 2, "a"), (2, "north", 2, "b"), (3, "south", 2, "c"), (4, "east", 2, "d")]
+    assert mirror_table(target, [_regional(tmp_path / "a.parquet", first)], "400.1", plan) == (4, "append")
+    update = [(1, "north", 3, "a2"), (2, "north", 1, "b-late"), (3, "south", 3, "c2"), (5, "west", 3, "e"),
+              (4, "west" if moved else "east", 3, "d2")]
+    mode = "upsert" if moved else "upsert by partition"
+    assert mirror_table(target, [_regional(tmp_path / "b.parquet", update)], "400.2", plan) == (5, mode)
+    table = DeltaTable(str(target))
+    rows = sorted((r["id"], r["region"], r["value"]) for r in table.to_pyarrow_table().to_pylist())
+    expected_4 = (4, "west", "d2") if moved else (4, "east", "d2")
+    if moved:  # the whole-table merge matches the key in its old partition and updates the row in place
+        expected_4 = (4, "west", "d2")
+    assert [r for r in rows if r[0] != 4] == [(1, "north", "a2"), (2, "north", "b"), (3, "south", "c2"),
+                                              (5, "west", "e")]
+    assert [r for r in rows if r[0] == 4] == [expected_4]
+    assert table.transaction_version(APP_ID) == load_id_version("400.2")
+    assert mirror_table(target, [str(tmp_path / "b.parquet")], "400.2", plan) is None
+
+
 def test_registry_plans_partition_the_big_tables() -> None:
     plans = {spec.name: mirror_plan(spec.name, RETAIL_TABLES) for spec in RETAIL_TABLES}
     assert plans["orders"] == MirrorPlan(keys=("order_id",), sequence_column="updated_at", partition_by=("order_dt",))
