@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
 from dlt.pipeline.pipeline import Pipeline
@@ -135,11 +135,7 @@ def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan)
         if replaced:
             table.delete(predicate=f"src_filename IN ({', '.join(quote_literal(f) for f in replaced)})")
     if table is None or not plan.keys:
-        if plan.partition_by:
-            _append_partitioned(target, table, source, plan.partition_by, version, commit, deleted)
-        else:
-            write_deltalake(str(target), source.reader(kept=_kept(deleted)), mode="append", schema_mode="merge",
-                            target_file_size=TARGET_FILE_SIZE, commit_properties=commit)
+        _append(target, table, source, plan.partition_by, version, commit, deleted)
         return rows, "append"
     if plan.partition_by and _partition_wise(table, source, plan):
         _upsert_by_partition(target, source, plan, load_id, commit)
@@ -269,9 +265,9 @@ class PackageRows:
         return f"read_parquet([{', '.join(quote_literal(f) for f in self.files)}], union_by_name = true)"
 
 
-def _append_partitioned(target: Path, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
-                        version: int, commit: CommitProperties, deleted: str | None) -> None:
-    """Append to a partitioned table with bounded memory, then commit all files as one transaction.
+def _append(target: Path, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
+            version: int, commit: CommitProperties, deleted: str | None) -> None:
+    """Append to a table (partitioned or not) with bounded memory, then commit all files as one transaction.
 
     The package is read a batch at a time and split by partition into Parquet files (`_PartitionFiles`); a package
     with more partitions than `MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
@@ -287,7 +283,8 @@ def _append_partitioned(target: Path, table: DeltaTable | None, source: PackageR
     files = _PartitionFiles(target, source.schema, partition_by, f"part-{version}")
     with duckdb.connect() as con:
         con.execute("SET memory_limit = '256MB'")
-        found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})").fetchone()
+        found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})"
+                            ).fetchone() if partition_by else None
         if found and found[0] > MAX_OPEN_FILES:
             where = f"WHERE {quote_ident(deleted)} IS NOT TRUE" if deleted else ""
             batches: Iterable[pa.RecordBatch] = con.execute(
@@ -347,6 +344,9 @@ class _PartitionFiles:
 
     def write(self, batch: pa.RecordBatch) -> None:
         rows = pa.Table.from_batches([batch])
+        if not self.partition_by:
+            self._add((), rows.select(self.data_schema.names))
+            return
         labels = [pc.cast(rows[c], pa.string()) for c in self.partition_by]
         distinct = pa.table(labels, names=self.partition_by).group_by(self.partition_by).aggregate([])
         for key in zip(*(distinct[c].to_pylist() for c in self.partition_by), strict=True):
@@ -354,11 +354,13 @@ class _PartitionFiles:
                 pc.is_null(label) if value is None else pc.fill_null(pc.equal(label, value), False)
                 for label, value in zip(labels, key, strict=True)
             ])
-            part = rows.filter(mask).select(self.data_schema.names)
-            self.pending.setdefault(key, []).append(part)
-            self.pending_rows += part.num_rows
-            if sum(t.num_rows for t in self.pending[key]) >= SORT_BATCH_ROWS:
-                self._flush(key)
+            self._add(key, rows.filter(mask).select(self.data_schema.names))
+
+    def _add(self, key: Partition, part: pa.Table) -> None:
+        self.pending.setdefault(key, []).append(part)
+        self.pending_rows += part.num_rows
+        if sum(t.num_rows for t in self.pending[key]) >= SORT_BATCH_ROWS:
+            self._flush(key)
         if self.pending_rows >= MAX_PENDING_ROWS:
             for key in list(self.pending):
                 self._flush(key)

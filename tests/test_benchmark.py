@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "bench" / "run_benchmark.py"
 SECTIONS = ("== Machine", "== Orders CSV head to head", "== Orders CSV at --dlt-scale", "== Per-format throughput",
-            "== Scaling and dirty input", "== Ratios")
+            "== Scaling, an update of the big load, and dirty input", "== Ratios")
 FORMAT_TABLES = ("products", "order_items", "exchange_rates", "events", "returns", "sensors")
 
 
@@ -84,3 +84,18 @@ def test_ratios_are_printed_with_values(quick: tuple[str, dict[str, Any]]) -> No
     dirty = _ok(report, "dirty", "package")
     assert dirty["extra"]["rejected"] > 0 and dirty["rows"] >= _ok(report, "orders", "package")["rows"]
     assert "scaling skipped (pass --scaling" in text
+
+
+@pytest.mark.slow
+def test_scaling_run_is_kept_for_a_one_percent_update(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--scaling", "--no-formats", "--work",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    big, update = _ok(report, "scaling", "package"), _ok(report, "update", "package")
+    assert big["extra"]["files"] == 8 and update["extra"]["files"] == 1
+    assert 0 < update["rows"] < big["rows"] / 50
+    assert update["extra"]["valid"] == update["extra"]["delta_rows"] == update["rows"]
+    assert report["ratios"]["update_peak_rss"]["value"] > 0
+    assert not list((tmp_path / "raw").glob("*/orders/orders_zz_update.csv"))
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]

@@ -31,7 +31,7 @@ from .. import reasons
 from .base import FileRejected, ParseReject, RawChunk, RawFile
 
 _MIN_BLOCK_BYTES = 1 << 20
-_BYTES_PER_ROW = 256
+_BYTES_PER_ROW = 64
 _MAX_LINE_BYTES = 256 << 20
 _BOM = codecs.BOM_UTF8
 _KIND_NAMES = {

@@ -23,7 +23,7 @@ def read_parquet(file: RawFile, chunk_size: int) -> Iterator[RawChunk]:
     with open_for_read(file, chunk_size) as handle:
         read = 0
         try:
-            parquet_file = pq.ParquetFile(handle)
+            parquet_file = pq.ParquetFile(handle, pre_buffer=False)  # pre-buffering holds whole files
             declared = parquet_file.metadata.num_rows
             for batch in parquet_file.iter_batches(batch_size=chunk_size):
                 batch.validate(full=True)
