@@ -170,15 +170,16 @@ def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, lo
     once; only the last commit carries the load's application transaction, and a partial run is redone whole (an
     upsert of the same rows is idempotent)."""
     with tempfile.TemporaryDirectory(prefix="retail_bronze_merge_") as tmp:
-        split = _PartitionFiles(Path(tmp), source.schema, plan.partition_by, "source", keep_partitions=True)
-        for batch in source.batches():
-            split.write(batch)
+        with _PartitionFiles(Path(tmp), source.schema, plan.partition_by, "source", keep_partitions=True) as split:
+            for batch in source.batches():
+                split.write(batch)
+            written = split.close()
         by_partition: dict[str, list[str]] = {}
-        for path, _ in split.close():
+        for path, _ in written:
             by_partition.setdefault(str(Path(path).parent), []).append(path)
         partitions = sorted(by_partition)
         for i, folder in enumerate(partitions):
-            values = _hive_partition_values(Path(folder).relative_to(tmp).as_posix() + "/file")
+            values = _hive_partition_values(Path(by_partition[folder][0]).relative_to(tmp).as_posix())
             where = " AND ".join(_partition_predicate(c, values[c], source.schema.field(c).type)
                                  for c in plan.partition_by)
             last = i == len(partitions) - 1
@@ -280,8 +281,7 @@ def _append(target: Path, table: DeltaTable | None, source: PackageRows, partiti
     if added:
         table.alter.add_columns(added)
     order = ", ".join(quote_ident(c) for c in partition_by)
-    files = _PartitionFiles(target, source.schema, partition_by, f"part-{version}")
-    with duckdb.connect() as con:
+    with duckdb.connect() as con, _PartitionFiles(target, source.schema, partition_by, f"part-{version}") as files:
         con.execute("SET memory_limit = '256MB'")
         found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})"
                             ).fetchone() if partition_by else None
@@ -342,6 +342,13 @@ class _PartitionFiles:
         self.files = 0
         self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="delta-write")
 
+    def __enter__(self) -> _PartitionFiles:
+        return self
+
+    def __exit__(self, *error: object) -> None:
+        """Stop the encoding threads, also when writing failed (files not closed are never part of a table)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
     def write(self, batch: pa.RecordBatch) -> None:
         rows = pa.Table.from_batches([batch])
         if not self.partition_by:
@@ -367,13 +374,10 @@ class _PartitionFiles:
 
     def close(self) -> list[tuple[str, int]]:
         """Write what is pending and close every file; return (path, rows) of each file written."""
-        try:
-            for key in list(self.pending):
-                self._flush(key)
-            for key in list(self.open):
-                self._close(key)
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for key in list(self.pending):
+            self._flush(key)
+        for key in list(self.open):
+            self._close(key)
         return self.written
 
     def _flush(self, key: Partition) -> None:

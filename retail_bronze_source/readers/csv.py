@@ -134,19 +134,21 @@ def _header_names(head: bytes, delimiter: str) -> list[str]:
     Only the first 64 KiB are parsed (pyarrow infers a type for every column of what it parses); a header record
     longer than that is parsed from the whole block.
     """
-    for size in dict.fromkeys([min(len(head), _HEADER_PROBE_BYTES), len(head)]):
-        try:
-            probe = pacsv.open_csv(
-                io.BytesIO(head),
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=size + 1),
-                parse_options=_parse_options(delimiter, lambda _row: "skip"),
-            )
-        except pa.ArrowException:
-            if size == len(head):
-                raise
-            continue
-        return list(probe.schema.names)
-    raise AssertionError("unreachable: the last probe covers the whole block")
+    try:
+        return _probe_names(head, min(len(head), _HEADER_PROBE_BYTES), delimiter)
+    except pa.ArrowException:
+        if len(head) <= _HEADER_PROBE_BYTES:
+            raise
+        return _probe_names(head, len(head), delimiter)
+
+
+def _probe_names(head: bytes, size: int, delimiter: str) -> list[str]:
+    probe = pacsv.open_csv(
+        io.BytesIO(head),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=size + 1),
+        parse_options=_parse_options(delimiter, lambda _row: "skip"),
+    )
+    return list(probe.schema.names)
 
 
 def _unreadable(error: pa.ArrowException, block_size: int) -> str:
