@@ -8,14 +8,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dlt
 import pyarrow as pa
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from dlt.common.schema.typing import TDeleteInsertStrategyDict, TSchemaContractDict, TTableSchemaColumns
+from dlt.common.schema.utils import dlt_load_id_column
 from dlt.extract.resource import DltResource
 
 from . import reasons
@@ -28,6 +32,7 @@ from .extract import (
     TableExtractor,
     discover_files,
 )
+from .parquet_files import RowFiles, files_for
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 
 SECTION = "retail_bronze"
@@ -35,7 +40,9 @@ SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze",
 """dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
 EVOLVE_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "evolve", "data_type": "freeze"}
 """With `evolve_schema`, columns outside the contract are added (with their types) instead of rescued."""
-DEFAULT_CHUNK_SIZE = 200_000
+DEFAULT_CHUNK_SIZE = 100_000
+LOAD_ID_FIELD = pa.field("_dlt_load_id", pa.string(), nullable=False)
+"""dlt's load id column; Parquet files written by the resource carry it themselves."""
 
 
 def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
@@ -55,7 +62,7 @@ REJECTS_MERGE_KEY = ["table_name", "src_filename", "load_id", "reason_code"]
 
 def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
                    append_only: bool = False, evolve_schema: bool = False,
-                   append_new_rows: bool = False) -> DltResource:
+                   append_new_rows: bool = False, parquet_files: bool = False) -> DltResource:
     """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
 
     The resource writes three tables, each declared as a dlt table variant so their hints never mix: the table itself
@@ -63,7 +70,8 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     Every table loads with delete-insert so that a retried load is idempotent: merge tables on their key, append tables
     and rejects on the file they came from (`append_only` loads everything as plain append instead). With
     `append_new_rows`, rows that cannot replace loaded rows (the first load of a merge table, new files of an append
-    table) load as plain append, without dlt's staging copy; see `retail_source`.
+    table) load as plain append, without dlt's staging copy; with `parquet_files`, the rows reach dlt as Parquet files
+    written by the resource; see `retail_source`.
     """
     columns = dlt_columns(table_schema(spec))
     if spec.hard_delete and spec.delete_marker and not append_only:
@@ -94,9 +102,31 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         load_id = dlt.current.load_package_state()["load_id"]
         extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
                                    ledger=ledger, evolve_schema=evolve_schema)
-        for kind, table in extractor.run(discover_files(spec, raw_url)):
-            plain = kind == "rows" and may_append and not extractor.replaces_loaded_rows
-            yield dlt.mark.with_hints(table, plain_rows if plain else table_hints[kind], create_table_variant=True)
+        outputs = extractor.run(discover_files(spec, raw_url))
+        if not parquet_files:
+            for kind, table in outputs:
+                plain = kind == "rows" and may_append and not extractor.replaces_loaded_rows
+                yield dlt.mark.with_hints(table, plain_rows if plain else table_hints[kind], create_table_variant=True)
+            return
+        with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{spec.name}_rows_") as tmp, ExitStack() as stack:
+            files: RowFiles | None = None
+            for kind, table in outputs:
+                if kind != "rows":
+                    yield dlt.mark.with_hints(table, table_hints[kind], create_table_variant=True)
+                    continue
+                if files is None:
+                    files = stack.enter_context(RowFiles(Path(tmp), spec.name, files=files_for(extractor.rows_to_emit)))
+                files.write(table.append_column(LOAD_ID_FIELD, pa.repeat(pa.scalar(load_id), table.num_rows)))
+            if files is None:
+                return
+            plain = may_append and not extractor.replaces_loaded_rows
+            # Imported last: their hints become the resource's own, which table variants created later would copy.
+            for written in files.close():
+                data = pa.schema([f for f in written.schema if f.name != LOAD_ID_FIELD.name])
+                file_columns = {**dlt_columns(data), **columns, LOAD_ID_FIELD.name: dlt_load_id_column()}
+                hints = dlt.mark.make_hints(table_name=spec.name, columns=file_columns,
+                                            write_disposition="append" if plain else None)
+                yield dlt.mark.with_file_import(str(written.path), "parquet", written.rows, hints=hints)
 
     return dlt.resource(
         rows(),
@@ -119,6 +149,7 @@ def retail_source(
     evolve_schema: bool = False,
     tables: Sequence[TableSpec] | None = None,
     append_new_rows: bool = False,
+    parquet_files: bool = False,
 ) -> list[DltResource]:
     """One resource per registry table reading the raw files under `raw_url` (local path or fsspec URL).
 
@@ -132,11 +163,17 @@ def retail_source(
     staging copy and halves the destination's work. A plain append is not idempotent if the process dies after the
     destination committed a job and before dlt recorded it: use it only where interrupted jobs are undone before
     they are retried, as `run_bronze` does for DuckDB (`sinks.undo_interrupted_jobs`).
+
+    `parquet_files` hands each table's rows to dlt as Parquet files the resource writes itself (two in parallel
+    from 1M rows on; dictionary encoding and compression chosen per column; `_dlt_load_id` included) instead of
+    Arrow tables for dlt's writer: about 1.5 s less per 2M rows. The files are imported as they are, so use it only
+    with `loader_file_format="parquet"` and a destination that loads Parquet.
     """
     stamp = (ingestion_ts or datetime.now(UTC)).astimezone(UTC)
     selected = select_tables(tables or RETAIL_TABLES, table_names)
     return [table_resource(spec, raw_url, ingestion_ts=stamp, chunk_size=chunk_size, append_only=append_only,
-                           evolve_schema=evolve_schema, append_new_rows=append_new_rows) for spec in selected]
+                           evolve_schema=evolve_schema, append_new_rows=append_new_rows, parquet_files=parquet_files)
+            for spec in selected]
 
 
 __all__ = ["RETAIL_TABLES", "TableSpec", "reasons", "retail_source", "table_resource"]

@@ -28,13 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
 from dlt.pipeline.pipeline import Pipeline
 
 from .crash_points import crash_point
 from .extract import MANIFEST_TABLE
+from .parquet_files import parquet_options
 from .registry import TableSpec
 from .sinks import loaded_load_ids, package_files
 from .validate import quote_ident, quote_literal
@@ -52,6 +53,9 @@ MAX_PENDING_ROWS = 2 * SORT_BATCH_ROWS
 MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 TARGET_FILE_SIZE = 200 * 1024 * 1024
 """Target size of Delta data files written by the mirror and by compaction."""
+MERGE_WRITER = WriterProperties(max_row_group_size=SORT_BATCH_ROWS, compression="SNAPPY")
+"""Files an upsert rewrites: row groups of `SORT_BATCH_ROWS` (delta-rs buffers a whole row group; its default of
+1M rows took about 250 MB more when a 1% update rewrote partitions of 1.5M rows)."""
 SMALL_FILES_THRESHOLD = 32
 """A table with at least this many files, averaging under a quarter of the target size, is compacted after a run."""
 
@@ -207,8 +211,8 @@ def _upsert(table: DeltaTable, rows: pa.RecordBatchReader, plan: MirrorPlan, com
                               *(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)])
     seq = plan.sequence_column
     newer = f"s.{quote_ident(seq)} >= t.{quote_ident(seq)}" if seq else None
-    merger = table.merge(rows, predicate=predicate, source_alias="s", target_alias="t",
-                         merge_schema=True, commit_properties=commit)
+    merger = table.merge(rows, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True,
+                         writer_properties=MERGE_WRITER, commit_properties=commit)
     if plan.hard_delete_marker:
         marker = f"s.{quote_ident(plan.hard_delete_marker)}"
         deleting = f"{marker} AND ({newer})" if newer else marker
@@ -354,12 +358,15 @@ class _PartitionFiles:
         if not self.partition_by:
             self._add((), rows.select(self.data_schema.names))
             return
-        labels = [pc.cast(rows[c], pa.string()) for c in self.partition_by]
-        distinct = pa.table(labels, names=self.partition_by).group_by(self.partition_by).aggregate([])
-        for key in zip(*(distinct[c].to_pylist() for c in self.partition_by), strict=True):
+        distinct = rows.select(self.partition_by).group_by(self.partition_by).aggregate([])
+        labels = zip(*(pc.cast(distinct[c], pa.string()).to_pylist() for c in self.partition_by), strict=True)
+        if distinct.num_rows == 1:
+            self._add(next(labels), rows.select(self.data_schema.names))
+            return
+        for i, key in enumerate(labels):
             mask = functools.reduce(pc.and_kleene, [
-                pc.is_null(label) if value is None else pc.fill_null(pc.equal(label, value), False)
-                for label, value in zip(labels, key, strict=True)
+                pc.is_null(rows[c]) if value is None else pc.fill_null(pc.equal(rows[c], distinct[c][i]), False)
+                for c, value in zip(self.partition_by, key, strict=True)
             ])
             self._add(key, rows.filter(mask).select(self.data_schema.names))
 
@@ -385,7 +392,7 @@ class _PartitionFiles:
         self.pending_rows -= rows.num_rows
         offset = 0
         while offset < rows.num_rows:
-            file = self._file(key)
+            file = self._file(key, rows)
             take = min(rows.num_rows - offset, MAX_ROWS_PER_FILE - file.rows)
             self._submit(file, rows.slice(offset, take))
             file.rows += take
@@ -405,7 +412,7 @@ class _PartitionFiles:
         file.writes.append(future)
         self.in_flight.append(future)
 
-    def _file(self, key: Partition) -> _OpenFile:
+    def _file(self, key: Partition, sample: pa.Table) -> _OpenFile:
         if key in self.open:
             self.open.move_to_end(key)
             return self.open[key]
@@ -416,7 +423,8 @@ class _PartitionFiles:
         folder.mkdir(parents=True, exist_ok=True)
         path = str(folder / f"{self.prefix}-{self.files}.parquet")
         self.files += 1
-        self.open[key] = _OpenFile(pq.ParquetWriter(path, self.data_schema), path)
+        writer = pq.ParquetWriter(path, self.data_schema, **parquet_options(sample))
+        self.open[key] = _OpenFile(writer, path)
         return self.open[key]
 
     def _close(self, key: Partition) -> None:

@@ -171,6 +171,7 @@ class TableExtractor:
         self.ledger = ledger
         self._loaded_before = bool(ledger)
         self._replaces_loaded_rows: bool | None = None
+        self._rows_to_emit: int | None = None
         self.schema = table_schema(spec)
         self.evolve_schema = evolve_schema
         self.con = duckdb.connect()
@@ -184,6 +185,13 @@ class TableExtractor:
         if self._replaces_loaded_rows is None:
             raise RuntimeError("replaces_loaded_rows is known only after the files are staged")
         return self._replaces_loaded_rows
+
+    @property
+    def rows_to_emit(self) -> int:
+        """Valid rows this load emits (superseded versions left out). Known once `run` has yielded its first output."""
+        if self._rows_to_emit is None:
+            raise RuntimeError("rows_to_emit is known only after the files are staged")
+        return self._rows_to_emit
 
     @property
     def validator(self) -> Validator:
@@ -206,13 +214,12 @@ class TableExtractor:
             self._replaces_loaded_rows = self._loaded_before if self.spec.write_disposition == "merge" else any(
                 s.replaced_fingerprint is not None and not s.skipped and s.file_level is None for s in staged)
             self._resolve_keys(staged)
+            self._rows_to_emit = sum(s.valid_count - s.superseded_count for s in staged
+                                     if s.file_level is None and not s.skipped)
             for item in staged:
                 yield from self._emit(item)
                 self.ledger[item.file.rel_path] = {"fingerprint": item.fingerprint, "size": item.file.size,
                                                    "mtime": item.file.mtime}
-            # Key resolution's temporary tables and Arrow's cached allocations are not needed any more.
-            self.con.execute("DROP TABLE IF EXISTS candidates; DROP TABLE IF EXISTS conflicting; "
-                             "DROP TABLE IF EXISTS superseded")
             pa.default_memory_pool().release_unused()
 
     def _stage_if_new(self, file: RawFile, tmp: Path, index: int) -> _StagedFile | None:
@@ -369,6 +376,9 @@ class TableExtractor:
             item.valid_count -= conflicts.num_rows
             item.reject_count += conflicts.num_rows
             item.superseded_count = superseded.num_rows
+        # Each file holds its own results now; the tables would occupy DuckDB's memory while the rows are emitted.
+        self.con.execute("DROP TABLE candidates; DROP TABLE conflicting; DROP TABLE superseded")
+        pa.default_memory_pool().release_unused()
 
     def _drop_resolved(self, batch: pa.Table, item: _StagedFile) -> tuple[pa.Table, pa.Table]:
         """Split a staged batch into the rows to load and the rows of conflicting keys (with their version count)."""
@@ -419,7 +429,8 @@ class TableExtractor:
             return
         duplicates: list[pa.Table] = []
         for path in item.rows_paths:
-            with pa.memory_map(str(path)) as source:
+            # Read, not memory-mapped: pages of a mapping stay resident while any batch of the file is referenced.
+            with pa.OSFile(str(path)) as source:
                 reader = pa.ipc.open_file(source)
                 for i in range(reader.num_record_batches):
                     batch = pa.Table.from_batches([reader.get_batch(i)])

@@ -16,22 +16,36 @@ from datafusion import SessionContext
 
 from .readers.records import records_as_json, row_number_array
 
+HASH_BATCH_ROWS = 16 * 1024
+"""Rows per DataFusion partition: partitions are hashed in parallel, and the intermediate arrays of the canonical form
+(a few per column) exist for one partition at a time instead of the whole chunk."""
+
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def canonical_sql(columns: dict[str, str], nullable: set[str]) -> str:
-    """DataFusion SQL of the canonical form; `columns` maps each source column name to its (string) SQL column, and
-    `nullable` names the columns that hold nulls (only those need a test)."""
-    args = []
+def canonical_sql(columns: dict[str, str], nullable: set[str], fixed_lengths: dict[str, int] | None = None) -> str:
+    """DataFusion SQL of the canonical form; `columns` maps each source column name to its (string) SQL column,
+    `nullable` names the columns that hold nulls (only those need a test) and `fixed_lengths` gives the byte length
+    shared by every value of a column, where there is one (it is then written as text once, not per row)."""
+    fixed = fixed_lengths or {}
+    args: list[str] = []
+    text = ""
     for name in sorted(columns):
-        ref = columns[name]
-        field = [_literal(f"{len(name.encode())}:{name}="), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref, "';'"]
+        ref, prefix = columns[name], f"{len(name.encode())}:{name}="
         if name in nullable:
-            args.append(f"CASE WHEN {ref} IS NULL THEN '' ELSE concat({', '.join(field)}) END")
+            field = [_literal(prefix), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref, "';'"]
+            args += [*([_literal(text)] if text else []),
+                     f"CASE WHEN {ref} IS NULL THEN '' ELSE concat({', '.join(field)}) END"]
+            text = ""
+        elif name in fixed:
+            args += [_literal(f"{text}{prefix}{fixed[name]}:"), ref]
+            text = ";"
         else:
-            args.extend(field)
+            args += [_literal(text + prefix), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref]
+            text = ";"
+    args += [_literal(text)] if text else []
     return f"concat({', '.join(args)})" if args else "''"
 
 
@@ -43,6 +57,13 @@ def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_nested(values.type) or pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
         return pa.chunked_array([_json_values(values.combine_chunks())])
     return pc.cast(values, pa.string())
+
+
+def _shared_length(values: pa.ChunkedArray) -> int | None:
+    """The UTF-8 byte length of every value of `values` when they all have the same one."""
+    bounds = pc.min_max(pc.binary_length(values))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    return int(low) if low is not None and low == high else None
 
 
 def _json_values(values: pa.Array) -> pa.Array:
@@ -62,8 +83,11 @@ def row_hashes(table: pa.Table) -> pa.Array:
     text = pa.table([_as_text(table.column(i)) for i in range(table.num_columns)], names=list(positional.values()))
     text = text.append_column("__i", row_number_array(0, len(text)))
     context = SessionContext()
-    context.register_record_batches("record", [text.to_batches()])
+    context.register_record_batches("record", [[b] for b in text.to_batches(max_chunksize=HASH_BATCH_ROWS)])
     nullable = {name for i, name in enumerate(table.column_names) if text.column(i).null_count}
-    result = context.sql(f"SELECT __i, encode(sha256({canonical_sql(positional, nullable)}), 'hex') AS h FROM record")
+    fixed = {name: length for i, name in enumerate(table.column_names)
+             if name not in nullable and (length := _shared_length(text.column(i))) is not None}
+    canonical = canonical_sql(positional, nullable, fixed)
+    result = context.sql(f"SELECT __i, encode(sha256({canonical}), 'hex') AS h FROM record")
     hashed = result.to_arrow_table()
     return hashed.column("h").take(pc.sort_indices(hashed.column("__i"))).combine_chunks().cast(pa.string())

@@ -23,7 +23,7 @@ from dlt.common.schema.typing import TDeleteInsertStrategyDict
 from dlt.extract.source import DltSource
 from dlt.pipeline.pipeline import Pipeline
 
-from . import DELETE_INSERT, retail_source
+from . import DEFAULT_CHUNK_SIZE, DELETE_INSERT, retail_source
 from .change_log import change_log_resources
 from .crash_points import crash_point
 from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
@@ -139,7 +139,7 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     stamp = datetime.now(UTC)
     options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp,
-                               "evolve_schema": evolve_schema, "append_new_rows": True}
+                               "evolve_schema": evolve_schema, "append_new_rows": True, "parquet_files": True}
     if chunk_size:
         options["chunk_size"] = chunk_size
 
@@ -324,7 +324,7 @@ def dry_run(layout: Layout, *, table_names: Sequence[str] | None = None, tables:
     summary: dict[str, TableSummary] = defaultdict(TableSummary)
     for spec in specs:
         ledger = dict((ledgers or {}).get(spec.name, {}))
-        extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=200_000, ledger=ledger)
+        extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=DEFAULT_CHUNK_SIZE, ledger=ledger)
         item = summary[spec.name]
         for kind, table in extractor.run(discover_files(spec, layout.raw_url)):
             if kind == "manifest":

@@ -182,6 +182,11 @@ def _checks(field: pa.Field, raw: str, parsed: str) -> list[tuple[str, str]]:
     return out
 
 
+PARALLEL_BATCH_ROWS = 16 * 1024
+"""Rows per Arrow batch handed to DuckDB: it scans batches in parallel, so one chunk's query uses every core when
+the other staging threads are idle (the last file of a run), and small batches stay in the CPU caches."""
+
+
 class Validator:
     """Validates the chunks of one table against its contract."""
 
@@ -221,7 +226,8 @@ class Validator:
             return Validated(self.output_schema.empty_table(), parse_rejects, len(chunk.rejects), len(chunk.rejects))
         positional = [f"c{i}" for i in range(data.num_columns)]
         by_name = dict(zip(data.column_names, positional, strict=True))
-        frame = data.rename_columns(positional)
+        renamed = data.rename_columns(positional)
+        frame = pa.Table.from_batches(renamed.to_batches(max_chunksize=PARALLEL_BATCH_ROWS), schema=renamed.schema)
 
         passthrough: dict[str, pa.ChunkedArray] = {}
         selects: list[str] = []

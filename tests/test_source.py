@@ -60,7 +60,8 @@ def test_registry_entry_must_name_columns_of_its_contract() -> None:
                   primary_key=("b",), write_disposition="merge", sequence_column=None)
 
 
-def test_another_project_declares_its_own_table_and_destination(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parquet_files", [False, True], ids=["arrow-items", "parquet-files"])
+def test_another_project_declares_its_own_table_and_destination(tmp_path: Path, parquet_files: bool) -> None:
     raw = tmp_path / "drops"
     (raw / "loyalty").mkdir(parents=True)
     (raw / "loyalty" / "points_1.csv").write_text(
@@ -74,21 +75,28 @@ def test_another_project_declares_its_own_table_and_destination(tmp_path: Path) 
     )
     pipeline = dlt.pipeline("their_pipeline", destination=dlt.destinations.duckdb(str(tmp_path / "theirs.duckdb")),
                             dataset_name="landing", pipelines_dir=str(tmp_path / "pipelines"))
-    info = pipeline.run(retail_source(raw_url=str(raw), tables=[points]), loader_file_format="parquet")
+    info = pipeline.run(retail_source(raw_url=str(raw), tables=[points], parquet_files=parquet_files),
+                        loader_file_format="parquet")
     assert not info.has_failed_jobs
     with duckdb.connect(str(tmp_path / "theirs.duckdb"), read_only=True) as con:
         loaded = con.execute("SELECT member_id, points, src_row_number FROM landing.loyalty_points ORDER BY 3").fetchall()
+        columns = [r[0] for r in con.execute("DESCRIBE landing.loyalty_points").fetchall()]
+        load_ids = con.execute("SELECT DISTINCT _dlt_load_id FROM landing.loyalty_points").fetchall() \
+            if "_dlt_load_id" in columns else None
         rejected = con.execute("SELECT src_row_number, reason_code, column_name FROM landing.rejects ORDER BY 1, 2"
                                ).fetchall()
         columns = [r[0] for r in con.execute("DESCRIBE landing.loyalty_points").fetchall()]
     assert loaded == [(1, 10, 1), (4, 12, 4), (1, 10, 5)]
+    if parquet_files:  # files written by the resource always carry their load id
+        assert load_ids == [(info.loads_ids[0],)]
     assert rejected == [(2, reasons.OUT_OF_RANGE, "points"), (3, reasons.ACCEPTED_VALUES, "tier")]
     with duckdb.connect(str(tmp_path / "theirs.duckdb"), read_only=True) as con:
         raw_records = con.execute("SELECT raw_record FROM landing.rejects ORDER BY src_row_number").fetchall()
     assert raw_records == [("2;-5;gold",), ("3;7;tin",)]
     assert [c for c in columns if not c.startswith("_dlt")] == table_schema(points).names
 
-    again = pipeline.run(retail_source(raw_url=str(raw), tables=[points]), loader_file_format="parquet")
+    again = pipeline.run(retail_source(raw_url=str(raw), tables=[points], parquet_files=parquet_files),
+                         loader_file_format="parquet")
     assert not again.has_failed_jobs
     with duckdb.connect(str(tmp_path / "theirs.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM landing.loyalty_points").fetchone() == (3,)

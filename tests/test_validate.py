@@ -140,6 +140,14 @@ def test_row_hash_leaves_out_missing_values_row_by_row() -> None:
     assert row_hashes(data).to_pylist() == [hashlib.sha256(c.encode()).hexdigest() for c in canonical]
 
 
+def test_row_hash_of_columns_whose_values_share_one_length() -> None:
+    rows = [("ab", "é", "1"), ("cd", "xy", "22"), ("zz", "ü", "333")]
+    data = pa.table({"code": [r[0] for r in rows], "two_bytes": [r[1] for r in rows], "empty": ["", "", ""],
+                     "free": [r[2] for r in rows]})
+    canonical = [f"4:code=2:{c};5:empty=0:;4:free={len(f)}:{f};9:two_bytes=2:{t};" for c, t, f in rows]
+    assert row_hashes(data).to_pylist() == [hashlib.sha256(c.encode()).hexdigest() for c in canonical]
+
+
 def test_typed_sources_convert_exactly_or_mismatch() -> None:
     data = pa.table({
         "id": pa.array([1, 2, 3], pa.int32()),
