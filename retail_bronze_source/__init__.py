@@ -72,8 +72,9 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     Every table loads with delete-insert so that a retried load is idempotent: merge tables on their key, append tables
     and rejects on the file they came from (`append_only` loads everything as plain append instead). With
     `append_new_rows`, rows that cannot replace loaded rows (the first load of a merge table, new files of an append
-    table) load as plain append, without dlt's staging copy; with `parquet_files`, the rows reach dlt as Parquet files
-    written by the resource; see `retail_source`.
+    table) load as plain append, without dlt's staging copy. With `parquet_files`, the rows reach dlt as Parquet files
+    written by the resource, imported last with the resource's own hints (table variants created after them would
+    copy those); see `retail_source`.
     """
     columns = dlt_columns(table_schema(spec))
     if spec.hard_delete and spec.delete_marker and not append_only:

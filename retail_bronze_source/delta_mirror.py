@@ -35,7 +35,7 @@ from dlt.pipeline.pipeline import Pipeline
 
 from .crash_points import crash_point
 from .extract import MANIFEST_TABLE
-from .parquet_files import parquet_options
+from .parquet_files import TARGET_FILE_SIZE, parquet_options
 from .registry import TableSpec
 from .sinks import loaded_load_ids, package_files
 from .validate import quote_ident, quote_literal
@@ -51,8 +51,6 @@ WRITER_THREADS = 2
 MAX_PENDING_ROWS = 2 * SORT_BATCH_ROWS
 """Rows held across all partitions before they are written out as row groups (bounds the append's memory)."""
 MAX_ROWS_PER_FILE = 4 * 1024 * 1024
-TARGET_FILE_SIZE = 200 * 1024 * 1024
-"""Target size of Delta data files written by the mirror and by compaction."""
 MERGE_WRITER = WriterProperties(max_row_group_size=SORT_BATCH_ROWS, compression="SNAPPY")
 """Files an upsert rewrites: row groups of `SORT_BATCH_ROWS` (delta-rs buffers a whole row group; its default of
 1M rows took about 250 MB more when a 1% update rewrote partitions of 1.5M rows)."""

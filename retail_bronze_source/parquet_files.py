@@ -27,6 +27,8 @@ MIN_COMPRESSION_GAIN = 0.1
 """A column whose sampled values Snappy shrinks by less than this share is written uncompressed."""
 ROW_GROUP_ROWS = 128 * 1024
 """Rows per row group: enough row groups per file for DuckDB and Delta readers to read in parallel."""
+TARGET_FILE_SIZE = 200 * 1024 * 1024
+"""Size at which a package file is closed and the next begins; also the target of the Delta mirror's compaction."""
 MAX_PARALLEL_FILES = min(2, os.cpu_count() or 1)
 MIN_ROWS_PER_FILE = 500_000
 """Fewer rows per file make DuckDB's load slower than encoding one file on one thread."""
@@ -116,7 +118,8 @@ class RowFiles:
 
 class _Encoder:
     """One background thread writing the tables it is given to Parquet files `<prefix>.<n>.parquet`, in row groups of
-    `ROW_GROUP_ROWS` whatever the size of the tables (the rows of a partial row group wait for the next table)."""
+    `ROW_GROUP_ROWS` whatever the size of the tables (the rows of a partial row group wait for the next table); a file
+    is closed once it reaches `TARGET_FILE_SIZE`."""
 
     def __init__(self, folder: Path, prefix: str, max_pending: int) -> None:
         self.folder = folder
@@ -176,6 +179,8 @@ class _Encoder:
             whole = rows.num_rows - rows.num_rows % ROW_GROUP_ROWS
             self._pending, self._pending_rows = [rows.slice(whole)], rows.num_rows - whole
             self._append(rows.slice(0, whole))
+            if self._current.path.stat().st_size >= TARGET_FILE_SIZE:
+                self._finish_file()
 
     def _append(self, rows: pa.Table) -> None:
         assert self._writer is not None and self._current is not None

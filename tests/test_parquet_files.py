@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from retail_bronze_source import parquet_files
 from retail_bronze_source.parquet_files import (
     MIN_ROWS_PER_FILE,
     ROW_GROUP_ROWS,
@@ -75,6 +76,19 @@ def test_small_tables_are_written_in_whole_row_groups(tmp_path: Path) -> None:
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [ROW_GROUP_ROWS,
                                                                                         200_000 - ROW_GROUP_ROWS]
     assert pq.read_table(written[0].path)["order_id"].to_pylist() == list(range(200_000))
+
+
+def test_a_file_that_reaches_the_target_size_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parquet_files, "TARGET_FILE_SIZE", 1024)
+    with RowFiles(tmp_path, "t") as out:
+        for start in range(0, 3 * ROW_GROUP_ROWS + 5, ROW_GROUP_ROWS):
+            out.write(bronze_like(min(ROW_GROUP_ROWS, 3 * ROW_GROUP_ROWS + 5 - start), start).select(["order_id"]))
+        written = out.close()
+    assert [(w.path.name, w.rows) for w in written] == [
+        ("t.0.0.parquet", ROW_GROUP_ROWS), ("t.0.1.parquet", ROW_GROUP_ROWS), ("t.0.2.parquet", ROW_GROUP_ROWS),
+        ("t.0.3.parquet", 5)]
+    ids = pa.concat_tables([pq.read_table(w.path) for w in written])["order_id"].to_pylist()
+    assert ids == list(range(3 * ROW_GROUP_ROWS + 5))
 
 
 def test_row_files_start_a_new_file_when_the_columns_change(tmp_path: Path) -> None:
