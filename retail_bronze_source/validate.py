@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -139,18 +140,27 @@ def _is_text(type_: pa.DataType) -> bool:
     return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
 
 
-def _violation(reason: str, column: str, detail_sql: str) -> str:
-    return (f"{{'reason_code': {quote_literal(reason)}, 'column_name': {quote_literal(column)}, "
-            f"'reason_detail': {detail_sql}}}")
+class _Check(NamedTuple):
+    """One check of a contract column: the SQL condition of a violation and what its reject record says."""
+
+    condition: str
+    reason_code: str
+    column_name: str
+    detail: str
+    """SQL of `reason_detail`."""
 
 
-def _checks(field: pa.Field, raw: str, parsed: str) -> list[tuple[str, str]]:
-    """(violated-condition SQL, violation struct SQL) pairs for one contract column."""
+def _violation(reason: str, column: str, detail_sql: str) -> tuple[str, str, str]:
+    return reason, column, detail_sql
+
+
+def _checks(field: pa.Field, raw: str, parsed: str) -> list[_Check]:
+    """The checks of one contract column."""
     name = field.name
     label = _type_label(field.type)
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
     shown = f"'''' || left(CAST({raw} AS VARCHAR), 200) || ''''"
-    out: list[tuple[str, str]] = [
+    out: list[tuple[str, tuple[str, str, str]]] = [
         (f"{raw} IS NOT NULL AND {parsed} IS NULL",
          _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not a valid {label}'")),
     ]
@@ -179,9 +189,11 @@ def _checks(field: pa.Field, raw: str, parsed: str) -> list[tuple[str, str]]:
     if meta.get("json") == "true":
         out.append((f"{parsed} IS NOT NULL AND NOT json_valid({parsed})",
                     _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not valid JSON'")))
-    return out
+    return [_Check(condition, *violation) for condition, violation in out]
 
 
+POSITION = "__pos"
+"""Each row's position in its chunk, carried through DuckDB's queries to put their results back in row order."""
 PARALLEL_BATCH_ROWS = 16 * 1024
 """Rows per Arrow batch handed to DuckDB: it scans batches in parallel, so one chunk's query uses every core when
 the other staging threads are idle (the last file of a run), and small batches stay in the CPU caches."""
@@ -226,12 +238,12 @@ class Validator:
             return Validated(self.output_schema.empty_table(), parse_rejects, len(chunk.rejects), len(chunk.rejects))
         positional = [f"c{i}" for i in range(data.num_columns)]
         by_name = dict(zip(data.column_names, positional, strict=True))
-        renamed = data.rename_columns(positional)
+        renamed = data.rename_columns(positional).append_column(POSITION, row_number_array(0, n))
         frame = pa.Table.from_batches(renamed.to_batches(max_chunksize=PARALLEL_BATCH_ROWS), schema=renamed.schema)
 
         passthrough: dict[str, pa.ChunkedArray] = {}
-        selects: list[str] = []
-        checks: list[tuple[str, str]] = []
+        selects: list[str] = [POSITION]
+        checks: list[_Check] = []
         parsing: list[str] = []
         for i, field in enumerate(self.contract):
             src = by_name.get(field.name)
@@ -257,7 +269,7 @@ class Validator:
             checks.extend(_checks(field, f"__r{i}", f"__p{i}"))
         parsed_frame = f"(SELECT *, {', '.join(parsing)} FROM frame)" if parsing else "frame"
         derived = [f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}" for d in self.spec.derived]
-        any_violation = " OR ".join(f"COALESCE({cond}, false)" for cond, _ in checks) or "false"
+        any_violation = " OR ".join(f"COALESCE({c.condition}, false)" for c in checks) or "false"
         sql = f"SELECT {', '.join([*selects, f'{any_violation} AS __bad'])} FROM {parsed_frame}"
         if derived:
             used = [name for name in passthrough if any(name in d.sql for d in self.spec.derived)]
@@ -266,6 +278,8 @@ class Validator:
                    f"FROM (SELECT {', '.join([*selects, *texts, f'{any_violation} AS __bad'])} FROM {parsed_frame})"
                    if used else f"SELECT *, {', '.join(derived)} FROM ({sql})")
         result = self.con.execute(sql).to_arrow_table()
+        # DuckDB scans the batches in parallel and may return them in any order; the row position puts them back.
+        result = result.take(pc.sort_indices(result[POSITION]))
 
         hashes = row_hashes(data)
         evolved = self.extra_columns(data) if self.evolve else []
@@ -286,14 +300,15 @@ class Validator:
         valid = (assembled.filter(pc.invert(bad_mask)) if n_bad else assembled).cast(schema)
         if not n_bad:
             return Validated(valid, parse_rejects, n + len(chunk.rejects), len(chunk.rejects))
-        violations = "list_filter([" + ", ".join(
-            f"CASE WHEN COALESCE({cond}, false) THEN {struct} END" for cond, struct in checks
-        ) + "], x -> x IS NOT NULL)"
-        frame = frame.append_column("__pos", row_number_array(0, n)).filter(bad_mask)
-        bad = self.con.execute(f"SELECT __pos, {violations} AS __violations FROM {parsed_frame}").to_arrow_table()
-        bad = (bad.append_column(ROW_NUMBER, columns[ROW_NUMBER].take(bad["__pos"]))
-               .append_column(ROW_HASH, hashes.take(bad["__pos"])))
-        contract_rejects = self._contract_rejects(bad, data, chunk, src_filename, fmt)
+        # One flag and one detail column per check: cheaper for DuckDB than a list of structs per row.
+        violations = ", ".join(f"COALESCE({c.condition}, false) AS __f{i}, CASE WHEN COALESCE({c.condition}, false) "
+                               f"THEN {c.detail} END AS __d{i}" for i, c in enumerate(checks))
+        frame = frame.filter(bad_mask)
+        bad = self.con.execute(f"SELECT {POSITION}, {violations} FROM {parsed_frame}").to_arrow_table()
+        bad = bad.take(pc.sort_indices(bad[POSITION]))
+        bad = (bad.append_column(ROW_NUMBER, columns[ROW_NUMBER].take(bad[POSITION]))
+               .append_column(ROW_HASH, hashes.take(bad[POSITION])))
+        contract_rejects = self._contract_rejects(bad, checks, data, chunk, src_filename, fmt)
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
         return Validated(valid, rejects, n + len(chunk.rejects), n_bad + len(chunk.rejects))
 
@@ -331,33 +346,37 @@ class Validator:
             schema=REJECT_SCHEMA,
         )
 
-    def _contract_rejects(self, bad: pa.Table, data: pa.Table, chunk: RawChunk, src_filename: str,
-                          fmt: str) -> pa.Table:
+    def _contract_rejects(self, bad: pa.Table, checks: list[_Check], data: pa.Table, chunk: RawChunk,
+                          src_filename: str, fmt: str) -> pa.Table:
         """Reject records of the rows that failed checks; `raw_record` is the original line for text formats (CSV
         re-serialized as RFC 4180 with the file's delimiter) and the original values as JSON otherwise."""
         if not bad.num_rows:
             return REJECT_SCHEMA.empty_table()
-        positions = bad["__pos"]
+        positions = bad[POSITION]
         if chunk.raw_records is not None:
             raw = chunk.raw_records.take(positions)
         else:
             originals = data.take(positions)
             raw = (format_csv_records(originals, self.spec.reader_options.get("delimiter", ",")) if fmt == "csv"
                    else records_as_json(originals))
-        violations = bad["__violations"].combine_chunks()
-        parents = pc.list_parent_indices(violations)
-        flat = pc.list_flatten(violations)
-        flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
-        n = len(flat)
+        failed = [
+            pa.table({"row": hits, "check": pa.repeat(pa.scalar(i, pa.int32()), len(hits)),
+                      "detail": bad[f"__d{i}"].take(hits)})
+            for i in range(len(checks))
+            if len(hits := pc.indices_nonzero(as_array(bad[f"__f{i}"])))
+        ]
+        flat = pa.concat_tables(failed).sort_by([("row", "ascending"), ("check", "ascending")])
+        parents, check = flat["row"], flat["check"]
+        n = flat.num_rows
         return pa.table(
             {
                 "table_name": _constant(self.spec.name, n),
                 "src_filename": _constant(src_filename, n),
                 "src_row_number": bad[ROW_NUMBER].take(parents),
                 "src_sheet": _constant(chunk.sheet, n),
-                "reason_code": flat.field("reason_code"),
-                "column_name": flat.field("column_name"),
-                "reason_detail": flat.field("reason_detail"),
+                "reason_code": pa.array([c.reason_code for c in checks], pa.string()).take(check),
+                "column_name": pa.array([c.column_name for c in checks], pa.string()).take(check),
+                "reason_detail": flat["detail"],
                 "raw_record": as_array(raw).take(parents),
                 "src_row_hash": bad[ROW_HASH].take(parents),
             },

@@ -14,7 +14,7 @@ from retail_bronze_source import reasons
 from retail_bronze_source.readers.base import FileRejected, ParseReject, RawChunk
 from retail_bronze_source.registry import TableSpec
 from retail_bronze_source.row_hash import row_hashes
-from retail_bronze_source.validate import Validator
+from retail_bronze_source.validate import PARALLEL_BATCH_ROWS, Validator
 from schemas.schemas import col
 
 SCHEMA = pa.schema(
@@ -120,6 +120,22 @@ def test_records_with_own_keys_turn_a_missing_required_key_into_not_null() -> No
 def test_columns_outside_the_contract_are_rescued_not_lost() -> None:
     result = Validator(SPEC).validate(text_chunk([{**GOOD, "extra": "kept"}]), "things/a.csv", fmt="csv")
     assert json.loads(result.valid.to_pylist()[0]["_rescued_data"]) == {"extra": "kept"}
+
+
+def test_rows_stay_aligned_in_chunks_that_duckdb_scans_in_parallel() -> None:
+    n = 5 * PARALLEL_BATCH_ROWS + 123
+    rows = [{**GOOD, "id": str(i), "status": "bad" if i % 7 == 0 else "new", "props": f'{{"k": {i}}}'}
+            for i in range(1, n + 1)]
+    result = Validator(SPEC).validate(text_chunk(rows), "things/a.csv", fmt="csv")
+    valid = result.valid.select(["id", "props", "src_row_number", "src_row_hash"]).to_pylist()
+    assert len(valid) == n - n // 7
+    assert all(json.loads(r["props"])["k"] == r["id"] == r["src_row_number"] for r in valid)
+    canonical = "".join(f"{len(k)}:{k}={len(v.encode())}:{v};" for k, v in sorted(rows[0].items()))
+    assert valid[0]["src_row_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+    rejected = result.rejects.select(["src_row_number", "reason_code", "raw_record"]).to_pylist()
+    assert [r["src_row_number"] for r in rejected] == list(range(7, n + 1, 7))
+    assert {r["reason_code"] for r in rejected} == {reasons.ACCEPTED_VALUES}
+    assert all(r["raw_record"].startswith(f"{r['src_row_number']},") for r in rejected)
 
 
 def test_row_hash_is_sha256_of_the_documented_canonical_form() -> None:
