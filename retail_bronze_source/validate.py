@@ -320,10 +320,12 @@ class Validator:
         """JSON object of the `extra` columns, per row (null when there are none)."""
         if not extra:
             return pa.nulls(n, pa.string())
-        rescued = data.select(extra).rename_columns([f"e{i}" for i in range(len(extra))])
+        rescued = (data.select(extra).rename_columns([f"e{i}" for i in range(len(extra))])
+                   .append_column(POSITION, row_number_array(0, n)))
         pairs = ", ".join(f"{quote_literal(k)}, {self._as_text(f'e{i}', rescued.schema.field(i).type)}"
                           for i, k in enumerate(extra))
-        return self.con.execute(f"SELECT json_object({pairs}) AS r FROM rescued").to_arrow_table()["r"]
+        found = self.con.execute(f"SELECT {POSITION}, json_object({pairs}) AS r FROM rescued").to_arrow_table()
+        return found["r"].take(pc.sort_indices(found[POSITION]))
 
     @staticmethod
     def _as_text(col: str, type_: pa.DataType) -> str:

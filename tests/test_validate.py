@@ -124,12 +124,16 @@ def test_columns_outside_the_contract_are_rescued_not_lost() -> None:
 
 def test_rows_stay_aligned_in_chunks_that_duckdb_scans_in_parallel() -> None:
     n = 5 * PARALLEL_BATCH_ROWS + 123
-    rows = [{**GOOD, "id": str(i), "status": "bad" if i % 7 == 0 else "new", "props": f'{{"k": {i}}}'}
+    rows = [{**GOOD, "id": str(i), "status": "bad" if i % 7 == 0 else "new", "props": f'{{"k": {i}}}', "extra": str(i)}
             for i in range(1, n + 1)]
-    result = Validator(SPEC).validate(text_chunk(rows), "things/a.csv", fmt="csv")
-    valid = result.valid.select(["id", "props", "src_row_number", "src_row_hash"]).to_pylist()
+    chunk = text_chunk(rows)
+    chunk = RawChunk(data=pa.Table.from_batches(chunk.data.to_batches(max_chunksize=10_000)),
+                     row_numbers=chunk.row_numbers)
+    result = Validator(SPEC).validate(chunk, "things/a.csv", fmt="csv")
+    valid = result.valid.select(["id", "props", "_rescued_data", "src_row_number", "src_row_hash"]).to_pylist()
     assert len(valid) == n - n // 7
-    assert all(json.loads(r["props"])["k"] == r["id"] == r["src_row_number"] for r in valid)
+    assert all(json.loads(r["props"])["k"] == r["id"] == r["src_row_number"] == int(json.loads(r["_rescued_data"])["extra"])
+               for r in valid)
     canonical = "".join(f"{len(k)}:{k}={len(v.encode())}:{v};" for k, v in sorted(rows[0].items()))
     assert valid[0]["src_row_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
     rejected = result.rejects.select(["src_row_number", "reason_code", "raw_record"]).to_pylist()
