@@ -150,28 +150,21 @@ class _Check(NamedTuple):
     """SQL of `reason_detail`."""
 
 
-def _violation(reason: str, column: str, detail_sql: str) -> tuple[str, str, str]:
-    return reason, column, detail_sql
-
-
 def _checks(field: pa.Field, raw: str, parsed: str) -> list[_Check]:
     """The checks of one contract column."""
     name = field.name
     label = _type_label(field.type)
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
     shown = f"'''' || left(CAST({raw} AS VARCHAR), 200) || ''''"
-    out: list[tuple[str, tuple[str, str, str]]] = [
-        (f"{raw} IS NOT NULL AND {parsed} IS NULL",
-         _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not a valid {label}'")),
-    ]
+    out = [_Check(f"{raw} IS NOT NULL AND {parsed} IS NULL", reasons.TYPE_MISMATCH, name,
+                  f"{shown} || ' is not a valid {label}'")]
     if not field.nullable:
-        out.append((f"{raw} IS NULL", _violation(reasons.NOT_NULL, name, "'required value is missing'")))
+        out.append(_Check(f"{raw} IS NULL", reasons.NOT_NULL, name, "'required value is missing'"))
     if "accepted_values" in meta:
         accepted = json.loads(meta["accepted_values"])
         listed = ", ".join(quote_literal(str(a)) for a in accepted)
-        out.append((f"{parsed} IS NOT NULL AND {parsed} NOT IN ({listed})",
-                    _violation(reasons.ACCEPTED_VALUES, name,
-                               f"{shown} || ' is not one of ' || {quote_literal(', '.join(map(str, accepted)))}")))
+        out.append(_Check(f"{parsed} IS NOT NULL AND {parsed} NOT IN ({listed})", reasons.ACCEPTED_VALUES, name,
+                          f"{shown} || ' is not one of ' || {quote_literal(', '.join(map(str, accepted)))}"))
     bounds = []
     duck = _duck_type(field.type)
     if "min" in meta:
@@ -180,16 +173,16 @@ def _checks(field: pa.Field, raw: str, parsed: str) -> list[_Check]:
         bounds.append(f"{parsed} > CAST({quote_literal(meta['max'])} AS {duck})")
     if bounds:
         lo, hi = meta.get("min", "-inf"), meta.get("max", "+inf")
-        out.append((f"{parsed} IS NOT NULL AND ({' OR '.join(bounds)})",
-                    _violation(reasons.OUT_OF_RANGE, name, f"{shown} || ' is outside [{lo}, {hi}]'")))
+        out.append(_Check(f"{parsed} IS NOT NULL AND ({' OR '.join(bounds)})", reasons.OUT_OF_RANGE, name,
+                          f"{shown} || ' is outside [{lo}, {hi}]'"))
     if "pattern" in meta:
-        out.append((f"{parsed} IS NOT NULL AND NOT regexp_full_match({parsed}, {quote_literal(meta['pattern'])})",
-                    _violation(reasons.PATTERN_MISMATCH, name,
-                               f"{shown} || ' does not match ' || {quote_literal(meta['pattern'])}")))
+        pattern = quote_literal(meta["pattern"])
+        out.append(_Check(f"{parsed} IS NOT NULL AND NOT regexp_full_match({parsed}, {pattern})",
+                          reasons.PATTERN_MISMATCH, name, f"{shown} || ' does not match ' || {pattern}"))
     if meta.get("json") == "true":
-        out.append((f"{parsed} IS NOT NULL AND NOT json_valid({parsed})",
-                    _violation(reasons.TYPE_MISMATCH, name, f"{shown} || ' is not valid JSON'")))
-    return [_Check(condition, *violation) for condition, violation in out]
+        out.append(_Check(f"{parsed} IS NOT NULL AND NOT json_valid({parsed})", reasons.TYPE_MISMATCH, name,
+                          f"{shown} || ' is not valid JSON'"))
+    return out
 
 
 POSITION = "__pos"
