@@ -11,6 +11,7 @@ of the table is staged, rows of one key that share a sequence value but differ i
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import duckdb
 import fsspec
@@ -153,9 +154,12 @@ def fingerprint(file: RawFile, fmt: str) -> str:
     if fmt == "delta":
         return f"{DELTA_VERSION}{delta_version(file)}"
     digest = hashlib.sha256()
+    # One buffer read into again and again: a new block per read would be fresh memory for the kernel to zero.
+    block = memoryview(bytearray(_HASH_BLOCK))
     with file.open() as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
+        # fsspec's file objects are `io.IOBase` files with `readinto`.
+        while size := cast(io.BufferedIOBase, handle).readinto(block):
+            digest.update(block[:size])
     return f"sha256:{digest.hexdigest()}"
 
 

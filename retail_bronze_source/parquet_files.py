@@ -43,23 +43,28 @@ def files_for(rows: int) -> int:
 def parquet_options(sample: pa.Table) -> dict[str, Any]:
     """Writer options for a file whose first rows are `sample`: dictionary encoding for the columns that repeat
     values (at most `MAX_DISTINCT_SHARE` distinct in the first `SAMPLE_ROWS` rows), Snappy compression for the others
-    unless their values do not compress (row hashes: Snappy would only cost time). A sample too small to tell gets
-    pyarrow's defaults."""
+    unless their values do not compress. Values that do not compress (row hashes) are random, so they also get no
+    min/max statistics: no row group could be skipped by them, and computing them would only cost time. A sample too
+    small to tell gets pyarrow's defaults."""
     head = sample.slice(0, SAMPLE_ROWS)
     if head.num_rows < SAMPLE_ROWS // 10:
         return {"use_dictionary": True, "compression": "snappy"}
     limit = head.num_rows * MAX_DISTINCT_SHARE
     dictionary: list[str] = []
     compression: dict[str, str] = {}
+    statistics: list[str] = []
     for name, column in zip(head.column_names, head.columns, strict=True):
         compression[name] = "snappy"
         if pa.types.is_nested(column.type):
+            statistics.append(name)
             continue
         if pa.types.is_dictionary(column.type) or pc.count_distinct(column, mode="all").as_py() <= limit:
             dictionary.append(name)
         elif not _compresses(column):
             compression[name] = "none"
-    return {"use_dictionary": dictionary, "compression": compression}
+        if compression[name] != "none":
+            statistics.append(name)
+    return {"use_dictionary": dictionary, "compression": compression, "write_statistics": statistics}
 
 
 def _compresses(column: pa.ChunkedArray) -> bool:

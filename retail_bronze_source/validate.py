@@ -145,26 +145,28 @@ class _Check(NamedTuple):
 
     condition: str
     reason_code: str
+    column: int
+    """Position of the checked column in the contract."""
     column_name: str
     detail: str
-    """SQL of `reason_detail`."""
+    """`reason_detail`, after the quoted value when `shows_value`."""
+    shows_value: bool
 
 
-def _checks(field: pa.Field, raw: str, parsed: str) -> list[_Check]:
+def _checks(field: pa.Field, column: int, raw: str, parsed: str) -> list[_Check]:
     """The checks of one contract column."""
     name = field.name
     label = _type_label(field.type)
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
-    shown = f"'''' || left(CAST({raw} AS VARCHAR), 200) || ''''"
-    out = [_Check(f"{raw} IS NOT NULL AND {parsed} IS NULL", reasons.TYPE_MISMATCH, name,
-                  f"{shown} || ' is not a valid {label}'")]
+    out = [_Check(f"{raw} IS NOT NULL AND {parsed} IS NULL", reasons.TYPE_MISMATCH, column, name,
+                  f" is not a valid {label}", True)]
     if not field.nullable:
-        out.append(_Check(f"{raw} IS NULL", reasons.NOT_NULL, name, "'required value is missing'"))
+        out.append(_Check(f"{raw} IS NULL", reasons.NOT_NULL, column, name, "required value is missing", False))
     if "accepted_values" in meta:
         accepted = json.loads(meta["accepted_values"])
         listed = ", ".join(quote_literal(str(a)) for a in accepted)
-        out.append(_Check(f"{parsed} IS NOT NULL AND {parsed} NOT IN ({listed})", reasons.ACCEPTED_VALUES, name,
-                          f"{shown} || ' is not one of ' || {quote_literal(', '.join(map(str, accepted)))}"))
+        out.append(_Check(f"{parsed} IS NOT NULL AND {parsed} NOT IN ({listed})", reasons.ACCEPTED_VALUES, column,
+                          name, f" is not one of {', '.join(map(str, accepted))}", True))
     bounds = []
     duck = _duck_type(field.type)
     if "min" in meta:
@@ -173,16 +175,52 @@ def _checks(field: pa.Field, raw: str, parsed: str) -> list[_Check]:
         bounds.append(f"{parsed} > CAST({quote_literal(meta['max'])} AS {duck})")
     if bounds:
         lo, hi = meta.get("min", "-inf"), meta.get("max", "+inf")
-        out.append(_Check(f"{parsed} IS NOT NULL AND ({' OR '.join(bounds)})", reasons.OUT_OF_RANGE, name,
-                          f"{shown} || ' is outside [{lo}, {hi}]'"))
+        out.append(_Check(f"{parsed} IS NOT NULL AND ({' OR '.join(bounds)})", reasons.OUT_OF_RANGE, column, name,
+                          f" is outside [{lo}, {hi}]", True))
     if "pattern" in meta:
-        pattern = quote_literal(meta["pattern"])
-        out.append(_Check(f"{parsed} IS NOT NULL AND NOT regexp_full_match({parsed}, {pattern})",
-                          reasons.PATTERN_MISMATCH, name, f"{shown} || ' does not match ' || {pattern}"))
+        pattern = meta["pattern"]
+        out.append(_Check(f"{parsed} IS NOT NULL AND NOT regexp_full_match({parsed}, {quote_literal(pattern)})",
+                          reasons.PATTERN_MISMATCH, column, name, f" does not match {pattern}", True))
     if meta.get("json") == "true":
-        out.append(_Check(f"{parsed} IS NOT NULL AND NOT json_valid({parsed})", reasons.TYPE_MISMATCH, name,
-                          f"{shown} || ' is not valid JSON'"))
+        out.append(_Check(f"{parsed} IS NOT NULL AND NOT json_valid({parsed})", reasons.TYPE_MISMATCH, column, name,
+                          " is not valid JSON", True))
     return out
+
+
+CHECKS_PER_MASK = 62
+"""Failed checks of a bad row come back as the bits of BIGINT masks, this many checks per mask."""
+SHOWN_CHARACTERS = 200
+"""A reject's `reason_detail` quotes at most this many characters of the value."""
+
+
+def _failed_check_masks(checks: list[_Check]) -> list[str]:
+    """SQL of the `__m<k>` columns: for a bad row, bit `i % CHECKS_PER_MASK` of mask `i // CHECKS_PER_MASK` is set
+    when check `i` failed; null for a good row (the checks are evaluated again for bad rows only)."""
+    masks = []
+    for k in range(0, len(checks), CHECKS_PER_MASK):
+        bits = " + ".join(f"CASE WHEN COALESCE({c.condition}, false) THEN CAST({1 << (i - k)} AS BIGINT) ELSE 0 END"
+                          for i, c in enumerate(checks[k:k + CHECKS_PER_MASK], start=k))
+        masks.append(f"CASE WHEN __bad THEN {bits} END AS __m{k // CHECKS_PER_MASK}")
+    return masks
+
+
+class _Shown(NamedTuple):
+    """How a reject's `reason_detail` shows a contract column's value: one of the text as read, the SQL of DuckDB's
+    text of a typed value, or a constant (nested and binary values)."""
+
+    text: pa.ChunkedArray | None = None
+    sql: str | None = None
+    constant: str | None = None
+
+
+class _Failed(NamedTuple):
+    """The bad rows that failed one check, with the `reason_detail` of each."""
+
+    check: int
+    """Position of the check."""
+    rows: pa.Array
+    """Indices into the chunk's bad rows."""
+    detail: pa.Array
 
 
 POSITION = "__pos"
@@ -238,6 +276,7 @@ class Validator:
         selects: list[str] = [POSITION]
         checks: list[_Check] = []
         parsing: list[str] = []
+        shown: dict[int, _Shown] = {}
         for i, field in enumerate(self.contract):
             src = by_name.get(field.name)
             source_type = data.schema.field(field.name).type if src is not None else None
@@ -247,28 +286,34 @@ class Validator:
             elif _is_text(source_type):
                 raw = f"NULLIF({src}, '')"
                 parsed = raw if _is_text(field.type) else _parse_text(raw, field.type)
+                shown[i] = _Shown(text=data[field.name])
                 if _is_text(field.type):
                     passthrough[field.name] = _empty_as_null(data[field.name])
             elif pa.types.is_nested(source_type) or pa.types.is_binary(source_type):
                 raw = f"CASE WHEN {src} IS NOT NULL THEN '<{source_type}>' END"
                 parsed = f"CAST(NULL AS {_duck_type(field.type)})"
+                shown[i] = _Shown(constant=f"<{source_type}>")
             else:
                 raw = src
                 parsed = _parse_typed(src, source_type, field.type)
+                shown[i] = _Shown(sql=f"CAST({src} AS VARCHAR)")
             # Each value is parsed once, in an inner query; the checks refer to its results by name.
             parsing += [f"{raw} AS __r{i}", f"{parsed} AS __p{i}"]
             if field.name not in passthrough:
                 selects.append(f"__p{i} AS {quote_ident(field.name)}")
-            checks.extend(_checks(field, f"__r{i}", f"__p{i}"))
+            checks.extend(_checks(field, i, f"__r{i}", f"__p{i}"))
         parsed_frame = f"(SELECT *, {', '.join(parsing)} FROM frame)" if parsing else "frame"
         derived = [f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}" for d in self.spec.derived]
         any_violation = " OR ".join(f"COALESCE({c.condition}, false)" for c in checks) or "false"
-        sql = f"SELECT {', '.join([*selects, f'{any_violation} AS __bad'])} FROM {parsed_frame}"
+        # A row's failed checks come back with it, as bit masks computed for bad rows only: no second query.
+        checked_frame = f"(SELECT *, {any_violation} AS __bad FROM {parsed_frame})"
+        flags = ["__bad", *_failed_check_masks(checks)]
+        sql = f"SELECT {', '.join([*selects, *flags])} FROM {checked_frame}"
         if derived:
             used = [name for name in passthrough if any(name in d.sql for d in self.spec.derived)]
             texts = [f"NULLIF({by_name[name]}, '') AS {quote_ident(name)}" for name in used]
             sql = (f"SELECT * EXCLUDE ({', '.join(quote_ident(u) for u in used) or '__none'}), {', '.join(derived)} "
-                   f"FROM (SELECT {', '.join([*selects, *texts, f'{any_violation} AS __bad'])} FROM {parsed_frame})"
+                   f"FROM (SELECT {', '.join([*selects, *texts, *flags])} FROM {checked_frame})"
                    if used else f"SELECT *, {', '.join(derived)} FROM ({sql})")
         result = self.con.execute(sql).to_arrow_table()
         # DuckDB scans the batches in parallel and may return them in any order; the row position puts them back.
@@ -293,15 +338,10 @@ class Validator:
         valid = (assembled.filter(pc.invert(bad_mask)) if n_bad else assembled).cast(schema)
         if not n_bad:
             return Validated(valid, parse_rejects, n + len(chunk.rejects), len(chunk.rejects))
-        # One flag and one detail column per check: cheaper for DuckDB than a list of structs per row.
-        violations = ", ".join(f"COALESCE({c.condition}, false) AS __f{i}, CASE WHEN COALESCE({c.condition}, false) "
-                               f"THEN {c.detail} END AS __d{i}" for i, c in enumerate(checks))
-        frame = frame.filter(bad_mask)
-        bad = self.con.execute(f"SELECT {POSITION}, {violations} FROM {parsed_frame}").to_arrow_table()
-        bad = bad.take(pc.sort_indices(bad[POSITION]))
-        bad = (bad.append_column(ROW_NUMBER, columns[ROW_NUMBER].take(bad[POSITION]))
-               .append_column(ROW_HASH, hashes.take(bad[POSITION])))
-        contract_rejects = self._contract_rejects(bad, checks, data, chunk, src_filename, fmt)
+        bad_rows = pc.indices_nonzero(as_array(bad_mask))
+        failed = self._failed_checks(result, bad_rows, checks, shown, frame)
+        contract_rejects = self._contract_rejects(bad_rows, failed, checks, columns[ROW_NUMBER], hashes, data, chunk,
+                                                  src_filename, fmt)
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
         return Validated(valid, rejects, n + len(chunk.rejects), n_bad + len(chunk.rejects))
 
@@ -341,39 +381,78 @@ class Validator:
             schema=REJECT_SCHEMA,
         )
 
-    def _contract_rejects(self, bad: pa.Table, checks: list[_Check], data: pa.Table, chunk: RawChunk,
+    def _failed_checks(self, result: pa.Table, bad_rows: pa.Array, checks: list[_Check], shown: dict[int, _Shown],
+                       frame: pa.Table) -> list[_Failed]:
+        """The failed checks of the bad rows (`bad_rows`: their positions), from the masks of `result`, with the
+        `reason_detail` of each failure."""
+        masks = [as_array(result[f"__m{k}"]).take(bad_rows) for k in range(-(-len(checks) // CHECKS_PER_MASK))]
+        hits = {}
+        for i in range(len(checks)):
+            bit = pa.scalar(1 << (i % CHECKS_PER_MASK), pa.int64())
+            found = pc.indices_nonzero(pc.not_equal(pc.bit_wise_and(masks[i // CHECKS_PER_MASK], bit), 0))
+            if len(found):
+                hits[i] = found
+        values = self._shown_values({checks[i].column for i in hits if checks[i].shows_value}, shown, bad_rows, frame)
+        failed = []
+        for i, rows in hits.items():
+            check = checks[i]
+            detail = (pc.binary_join_element_wise("'", values[check.column].take(rows), f"'{check.detail}", "")
+                      if check.shows_value else pa.repeat(pa.scalar(check.detail), len(rows)))
+            failed.append(_Failed(i, rows, detail))
+        return failed
+
+    def _shown_values(self, columns: set[int], shown: dict[int, _Shown], bad_rows: pa.Array,
+                      frame: pa.Table) -> dict[int, pa.Array]:
+        """The first `SHOWN_CHARACTERS` characters of the bad rows' values of the contract columns `columns` as
+        text: the text as read, or DuckDB's text of a typed value."""
+        values = {}
+        typed = sorted(c for c in columns if shown[c].sql is not None)
+        if typed:
+            texts = ", ".join(f"{shown[c].sql} AS s{c}" for c in typed)
+            bad = self.con.from_arrow(frame.take(bad_rows))
+            found = bad.query("bad", f"SELECT {POSITION}, {texts} FROM bad").to_arrow_table()
+            found = found.take(pc.sort_indices(found[POSITION]))
+            values.update({c: as_array(found[f"s{c}"]) for c in typed})
+        for c in columns:
+            text, constant = shown[c].text, shown[c].constant
+            if text is not None:
+                values[c] = as_array(text if pa.types.is_string(text.type) else text.cast(pa.string())).take(bad_rows)
+            elif constant is not None:
+                values[c] = pa.repeat(pa.scalar(constant), len(bad_rows))
+        return {c: pc.utf8_slice_codeunits(v, 0, SHOWN_CHARACTERS) for c, v in values.items()}
+
+    def _contract_rejects(self, bad_rows: pa.Array, failed: list[_Failed], checks: list[_Check],
+                          row_numbers: pa.ChunkedArray, hashes: pa.Array, data: pa.Table, chunk: RawChunk,
                           src_filename: str, fmt: str) -> pa.Table:
         """Reject records of the rows that failed checks; `raw_record` is the original line for text formats (CSV
         re-serialized as RFC 4180 with the file's delimiter) and the original values as JSON otherwise."""
-        if not bad.num_rows:
+        if not failed:
             return REJECT_SCHEMA.empty_table()
-        positions = bad[POSITION]
         if chunk.raw_records is not None:
-            raw = chunk.raw_records.take(positions)
+            raw = chunk.raw_records.take(bad_rows)
         else:
-            originals = data.take(positions)
+            originals = data.take(bad_rows)
             raw = (format_csv_records(originals, self.spec.reader_options.get("delimiter", ",")) if fmt == "csv"
                    else records_as_json(originals))
-        failed = [
-            pa.table({"row": hits, "check": pa.repeat(pa.scalar(i, pa.int32()), len(hits)),
-                      "detail": bad[f"__d{i}"].take(hits)})
-            for i in range(len(checks))
-            if len(hits := pc.indices_nonzero(as_array(bad[f"__f{i}"])))
-        ]
-        flat = pa.concat_tables(failed).sort_by([("row", "ascending"), ("check", "ascending")])
+        flat = pa.concat_tables([
+            pa.table({"row": f.rows, "check": pa.repeat(pa.scalar(f.check, pa.int32()), len(f.rows)),
+                      "detail": f.detail})
+            for f in failed
+        ]).sort_by([("row", "ascending"), ("check", "ascending")])
         parents, check = flat["row"], flat["check"]
+        positions = bad_rows.take(parents)
         n = flat.num_rows
         return pa.table(
             {
                 "table_name": _constant(self.spec.name, n),
                 "src_filename": _constant(src_filename, n),
-                "src_row_number": bad[ROW_NUMBER].take(parents),
+                "src_row_number": row_numbers.take(positions),
                 "src_sheet": _constant(chunk.sheet, n),
                 "reason_code": pa.array([c.reason_code for c in checks], pa.string()).take(check),
                 "column_name": pa.array([c.column_name for c in checks], pa.string()).take(check),
                 "reason_detail": flat["detail"],
                 "raw_record": as_array(raw).take(parents),
-                "src_row_hash": bad[ROW_HASH].take(parents),
+                "src_row_hash": hashes.take(positions),
             },
             schema=REJECT_SCHEMA,
         )

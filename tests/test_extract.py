@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
-from retail_bronze_source import reasons
-from retail_bronze_source.extract import TableExtractor, discover_files
+from retail_bronze_source import extract, reasons
+from retail_bronze_source.extract import TableExtractor, discover_files, fingerprint
 from retail_bronze_source.registry import TableSpec
 from schemas.schemas import col
 
@@ -42,3 +44,13 @@ def test_a_file_whose_rows_all_conflict_still_emits_every_reject(tmp_path: Path)
     for path, row in manifest.items():
         assert row["row_count"] == row["valid_count"] + row["reject_count"], path
         assert row["reject_count"] == sum(1 for r in rejects if r["src_filename"] == path), path
+
+
+def test_the_fingerprint_is_the_sha256_of_every_byte_across_read_blocks(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extract, "_HASH_BLOCK", 7)
+    content = b"id,value,updated_at\n" + b"".join(f"{i},v{i},2024-01-01T00:00:00Z\n".encode() for i in range(50))
+    (tmp_path / "things").mkdir()
+    (tmp_path / "things" / "a.csv").write_bytes(content)
+    [file] = discover_files(SPEC, str(tmp_path))
+    assert fingerprint(file, "csv") == f"sha256:{hashlib.sha256(content).hexdigest()}"

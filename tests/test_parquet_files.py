@@ -32,16 +32,20 @@ def column_chunks(path: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {c.path_in_schema: (c.compression, c.encodings) for c in chunks}
 
 
-def test_repeating_columns_get_a_dictionary_and_row_hashes_no_compression(tmp_path: Path) -> None:
+def test_repeating_columns_get_a_dictionary_and_row_hashes_neither_compression_nor_statistics(tmp_path: Path) -> None:
     table = bronze_like(SAMPLE_ROWS)
     options = parquet_options(table)
     assert options["use_dictionary"] == ["status", "note"]
     assert options["compression"] == {"order_id": "snappy", "status": "snappy", "src_row_hash": "none",
                                       "note": "snappy"}
+    assert options["write_statistics"] == ["order_id", "status", "note"]
     pq.write_table(table, tmp_path / "t.parquet", **options)
     chunks = column_chunks(tmp_path / "t.parquet")
     assert chunks["src_row_hash"][0] == "UNCOMPRESSED" and "RLE_DICTIONARY" not in chunks["src_row_hash"][1]
     assert "RLE_DICTIONARY" in chunks["status"][1]
+    group = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
+    with_statistics = {group.column(i).path_in_schema: group.column(i).is_stats_set for i in range(group.num_columns)}
+    assert with_statistics == {"order_id": True, "status": True, "src_row_hash": False, "note": True}
     assert pq.read_table(tmp_path / "t.parquet").equals(table)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pytest
 from conftest import (
     REPO,
@@ -171,6 +172,9 @@ def test_rejects_csv_files_match_the_rejects_table(first_run: tuple[Sandbox, Run
         lines = path.read_text().splitlines()
         assert lines[0].startswith('"table_name","src_filename"')
         assert sum(1 for line in lines[1:] if line.startswith(f'"{table}"')) == by_table[table]
+        stamps = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"ingestion_ts": pa.timestamp("us", tz="UTC")}))["ingestion_ts"]
+        assert stamps.null_count == 0 and set(stamps.to_pylist()) == {result.ingestion_ts}
 
 
 def test_second_run_loads_nothing_new(tmp_path: Path) -> None:

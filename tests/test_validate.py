@@ -197,3 +197,49 @@ def test_row_hashes_stay_in_row_order_across_many_batches() -> None:
     table = pa.Table.from_batches(pa.table({"v": values}).to_batches(max_chunksize=1_000))
     expected = [hashlib.sha256(f"1:v={len(v)}:{v};".encode()).hexdigest() for v in values[::997]]
     assert row_hashes(table).to_pylist()[::997] == expected
+
+
+def test_reason_detail_quotes_the_value_and_states_the_rule() -> None:
+    long_value = "é" * 150 + "x" * 100
+    bad = {**GOOD, "id": "", "amount": "5000", "status": long_value, "email": "nope", "day": "2024-13-01",
+           "props": "{"}
+    rejects = Validator(SPEC).validate(text_chunk([bad]), "things/a.csv", fmt="csv").rejects.to_pylist()
+    assert {(r["column_name"], r["reason_detail"]) for r in rejects} == {
+        ("id", "required value is missing"),
+        ("amount", "'5000' is outside [0, 1000]"),
+        ("status", f"'{long_value[:200]}' is not one of new, done"),
+        ("email", r"'nope' does not match [a-z]+@[a-z]+\.[a-z]{2,}"),
+        ("day", "'2024-13-01' is not a valid date32[day]"),
+        ("props", "'{' is not valid JSON"),
+    }
+
+
+def test_reason_detail_shows_typed_and_nested_values_as_text() -> None:
+    data = pa.table({
+        "id": pa.array([1.5], pa.float64()),
+        "amount": pa.array([Decimal("1.234")], pa.decimal128(8, 3)),
+        "seen_at": pa.array([[1, 2]], pa.list_(pa.int64())),
+        "day": pa.array([datetime(2024, 1, 1, 5)], pa.timestamp("us")),
+    })
+    chunk = RawChunk(data=data, row_numbers=pa.array([1], pa.int64()))
+    rejects = Validator(SPEC).validate(chunk, "things/a.parquet", fmt="parquet").rejects.to_pylist()
+    assert {(r["column_name"], r["reason_detail"]) for r in rejects} == {
+        ("id", "'1.5' is not a valid int64"),
+        ("amount", "'1.234' is not a valid decimal128(6, 2)"),
+        ("seen_at", "'<list<item: int64>>' is not a valid UTC timestamp"),
+        ("day", "'2024-01-01 05:00:00' is not a valid date32[day]"),
+    }
+
+
+def test_every_failed_check_is_reported_when_a_contract_has_more_checks_than_one_mask_holds() -> None:
+    schema = pa.schema([col(f"c{i}", pa.int64(), required=True, min_value="0") for i in range(40)])
+    spec = TableSpec(name="wide", schema=schema, files="wide/*", formats=("csv",), primary_key=("c0",),
+                     write_disposition="append", sequence_column=None)
+    # Row 1 fails every check of its column pattern: missing (c0, c3, ...), not a number (c1, ...), negative (c2, ...).
+    values = ["", "x", "-1"]
+    data = pa.table({f"c{i}": pa.array([values[i % 3], "1"]) for i in range(40)})
+    result = Validator(spec).validate(RawChunk(data=data, row_numbers=pa.array([1, 2], pa.int64())), "w.csv",
+                                      fmt="csv")
+    expected = [(f"c{i}", (reasons.NOT_NULL, reasons.TYPE_MISMATCH, reasons.OUT_OF_RANGE)[i % 3]) for i in range(40)]
+    assert [(r["column_name"], r["reason_code"]) for r in result.rejects.to_pylist()] == expected
+    assert (result.rows_rejected, result.valid.num_rows) == (1, 1)

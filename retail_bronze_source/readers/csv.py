@@ -56,6 +56,7 @@ def read_csv(file: RawFile, chunk_size: int, *, delimiter: str = ",") -> Iterato
                     column_types={name: pa.string() for name in header},
                     strings_can_be_null=False,
                     quoted_strings_can_be_null=False,
+                    check_utf8=False,  # every byte the parser sees has been checked by `_CheckedStream`
                 ),
             )
         except pa.ArrowException as error:
