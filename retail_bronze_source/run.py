@@ -116,21 +116,15 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 
 
 def tune_malloc() -> None:
-    """Make the allocators give memory back (Linux only; elsewhere nothing to do).
+    """Make glibc's malloc give memory back: at most `MALLOC_ARENAS` arenas, and blocks of `MALLOC_MMAP_THRESHOLD`
+    bytes or more mapped on their own (glibc only; elsewhere nothing to do).
 
-    - glibc's malloc: at most `MALLOC_ARENAS` arenas, and blocks of `MALLOC_MMAP_THRESHOLD` bytes or more mapped on
-      their own. By default each thread of the readers, DuckDB and DataFusion may get an arena of its own, and the
-      mmap threshold grows with the largest block freed, so freed read buffers stay in the heap: reading 10M rows kept
-      150 to 300 MB more resident.
-    - Arrow's default memory pool: jemalloc where pyarrow has it, instead of mimalloc. mimalloc keeps freed Arrow
-      buffers in transparent huge pages; jemalloc's peak at 2M rows was about 200 MB lower, at the same speed.
-
-    Both apply to the whole process, like `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` and `ARROW_DEFAULT_MEMORY_POOL`.
+    By default each thread of the readers, DuckDB and DataFusion may get an arena of its own, and the mmap threshold
+    grows with the largest block freed, so freed read buffers stay in the heap: reading 10M rows kept 150 to 300 MB
+    more resident. It applies to the whole process, like `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_`.
     """
     if sys.platform != "linux":
         return
-    if "jemalloc" in pa.supported_memory_backends():
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from retail_bronze_source import reasons
+from retail_bronze_source.readers import csv as csv_reader
 from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers.csv import format_csv_records, read_csv, unique_column_names
 
@@ -347,3 +348,46 @@ def test_a_quote_left_open_for_more_than_a_block_makes_the_file_unreadable(tmp_p
         read(path, chunk_size=1)
     assert caught.value.reason_code == reasons.FILE_UNREADABLE
     assert "quote that is never closed" in caught.value.reason_detail
+
+
+class _CountingFile(io.RawIOBase):
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("rb")
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        size = self._file.readinto(buffer)
+        self.bytes_read += size
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def test_the_reader_reads_a_bounded_number_of_blocks_ahead_and_joins_blocks_into_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = 64 << 10
+    monkeypatch.setattr(csv_reader, "_MIN_BLOCK_BYTES", block)
+    monkeypatch.setattr(csv_reader, "_MAX_BLOCK_BYTES", block)
+    path = write(tmp_path, "long.csv", b"id,value\n" + b"".join(b"%d,%s\n" % (i, b"v" * 40) for i in range(200_000)))
+    opened: list[_CountingFile] = []
+
+    def counting_open(self: RawFile) -> _CountingFile:
+        opened.append(_CountingFile(Path(self.path)))
+        return opened[-1]
+
+    monkeypatch.setattr(RawFile, "open", counting_open)
+    chunks = read_csv(raw_file(path), 5_000)
+    first = next(chunks)
+    # pyarrow reads ahead on a background thread, at most 32 blocks: a fraction of the 9 MB file.
+    assert opened[0].bytes_read <= 40 * block
+    assert path.stat().st_size > 3 * 40 * block
+    chunks_ = [first, *chunks]
+    # Blocks of about 1,400 rows each are joined into chunks of at most 5,000 rows.
+    assert all(3_500 < c.data.num_rows <= 5_000 for c in chunks_[:-1])
+    assert numbers_of(chunks_) == list(range(1, 200_001))
+    assert len({r["value"] for r in rows_of(chunks_)}) == 1

@@ -31,14 +31,18 @@ from .. import reasons
 from .base import FileRejected, ParseReject, RawChunk, RawFile
 
 _MIN_BLOCK_BYTES = 1 << 20
+_MAX_BLOCK_BYTES = 2 << 20
+"""pyarrow's CSV reader reads up to 32 blocks ahead on a background thread, so the block size bounds what one file's
+reader holds (64 MB at 2 MiB; with 8 MiB blocks it read a 165 MB file whole). It is also the longest record."""
 _BYTES_PER_ROW = 64
 
 
 def read_csv(file: RawFile, chunk_size: int, *, delimiter: str = ",") -> Iterator[RawChunk]:
-    """Stream `file` as CSV with a header record: one chunk per parsed block, in file order."""
+    """Stream `file` as CSV with a header record: chunks of at most `chunk_size` rows (parsed blocks joined), in file
+    order."""
     if len(delimiter) != 1 or delimiter in '"\r\n':
         raise ValueError(f"delimiter must be one character other than a quote or line break, got {delimiter!r}")
-    block_size = max(chunk_size * _BYTES_PER_ROW, _MIN_BLOCK_BYTES)
+    block_size = max(min(chunk_size * _BYTES_PER_ROW, _MAX_BLOCK_BYTES), _MIN_BLOCK_BYTES)
     with file.open() as handle:
         stream = _CheckedStream(handle, file.rel_path, block_size)
         head = stream.read(block_size)
@@ -64,7 +68,7 @@ def read_csv(file: RawFile, chunk_size: int, *, delimiter: str = ",") -> Iterato
                 reasons.FILE_UNREADABLE, _unreadable(error, block_size), rel_path=file.rel_path
             ) from error
         names = unique_column_names(header)
-        yield from _chunks(reader, invalid, names, stream, delimiter, file.rel_path, block_size)
+        yield from _joined(_chunks(reader, invalid, names, stream, delimiter, file.rel_path, block_size), chunk_size)
 
 
 def unique_column_names(names: list[str]) -> list[str]:
@@ -227,6 +231,33 @@ def _chunks(
         return
     last_record = max([last_row] + [reject.row_number for reject in held.rejects])
     yield _check_unterminated_quote(held, last_record, stream, delimiter)
+
+
+def _joined(chunks: Iterator[RawChunk], rows: int) -> Iterator[RawChunk]:
+    """Consecutive chunks (one per parsed block) joined into chunks of at most `rows` rows; a block holding more
+    stays one chunk."""
+    pending: list[RawChunk] = []
+    count = 0
+    for chunk in chunks:
+        if pending and count + chunk.data.num_rows > rows:
+            yield _join(pending)
+            pending, count = [], 0
+        pending.append(chunk)
+        count += chunk.data.num_rows
+    if pending:
+        yield _join(pending)
+
+
+def _join(chunks: list[RawChunk]) -> RawChunk:
+    """One chunk of `chunks`, its columns contiguous again (as one parsed block gives them): every later step, down to
+    the staged Arrow batches, works per contiguous piece."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return RawChunk(
+        data=pa.concat_tables([c.data for c in chunks]).combine_chunks(),
+        row_numbers=pa.concat_arrays([c.row_numbers for c in chunks]),
+        rejects=[reject for c in chunks for reject in c.rejects],
+    )
 
 
 def _arange(n: int) -> pa.Array:
