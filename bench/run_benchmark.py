@@ -1,12 +1,13 @@
 """Benchmark: this package against DuckDB alone and dlt's built-in CSV reader on the same generated files.
 
 `python bench/run_benchmark.py [--scale 1000] [--dlt-scale 20] [--formats-scale N] [--no-formats] [--scaling]
-[--quick] [--work DIR]`
+[--repeat N] [--quick] [--work DIR]`
 
 Every measurement runs in its own child process (`bench/contenders.py`); its peak memory is that child's RSS high-water
 mark as the kernel reports it when the child is reaped (`os.wait4`, the per-child form of `RUSAGE_CHILDREN`), and its
-wall time covers the load only, not interpreter start-up or imports. The report is printed and written to
-`<work>/report.json`.
+wall time covers the load only, not interpreter start-up or imports. With `--repeat N` the head to head (DuckDB, the
+package, the package on dirty input) runs N rounds, interleaved, and each ratio is the median of its rounds: on a
+shared machine one pair of runs can be off by 10%. The report is printed and written to `<work>/report.json`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -63,6 +65,8 @@ class Measurement:
     status: str = "ok"
     """`ok`, `n/a` (this machine cannot run the contender) or `failed` (the child exited non-zero)."""
     note: str = ""
+    round: int = 0
+    """Round of a repeated measurement (`--repeat`), from 0."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,6 +89,8 @@ class Settings:
     """None: the per-format section is skipped."""
     scaling: bool
     work: Path
+    repeat: int = 1
+    """Rounds of the head to head and of the dirty run."""
 
 
 def measure(settings: Settings, section: str, contender: str, raw: Path, table: str, scale: float, *,
@@ -146,12 +152,21 @@ def generate(settings: Settings, name: str, scale: float, tables: Sequence[str],
 
 
 def head_to_head(settings: Settings) -> list[Measurement]:
-    """Orders CSV at `scale`: DuckDB bare against the package; at `dlt_scale`: dlt's built-in readers and the package."""
+    """Orders CSV at `scale`: DuckDB bare against the package, and the package on dirty input, in `repeat` interleaved
+    rounds; at `dlt_scale`: dlt's built-in readers and the package."""
     raw = generate(settings, f"orders-{settings.scale:g}", settings.scale, ["orders"], "--clean")
-    found = [measure(settings, "orders", c, raw, "orders", settings.scale) for c in ("duckdb", "package")]
-    duck, pkg = found
-    if pkg.status == "ok" and duck.status == "ok" and pkg.rows != duck.rows:
-        pkg.note = f"rows differ from (1): {duck.rows:,}"
+    dirty = generate(settings, f"orders-dirty-{settings.scale:g}", settings.scale, ["orders"],
+                     "--dirty-fraction", str(DIRTY_FRACTION))
+    found = []
+    for round_ in range(settings.repeat):
+        duck, pkg, bad = (measure(settings, section, contender, source, "orders", settings.scale)
+                          for section, contender, source in (("orders", "duckdb", raw), ("orders", "package", raw),
+                                                             ("dirty", "package", dirty)))
+        if pkg.status == "ok" and duck.status == "ok" and pkg.rows != duck.rows:
+            pkg.note = f"rows differ from (1): {duck.rows:,}"
+        for m in (duck, pkg, bad):
+            m.round = round_
+        found += [duck, pkg, bad]
     contenders = ["dlt_read_csv", "dlt_read_csv_duckdb"]
     if settings.dlt_scale == settings.scale:
         small = raw
@@ -172,7 +187,7 @@ def formats(settings: Settings) -> list[Measurement]:
 
 
 def scaling(settings: Settings) -> list[Measurement]:
-    """The package at `SCALING_FACTOR` times the scale (with --scaling) and on dirty input at the base scale."""
+    """The package at `SCALING_FACTOR` times the scale, then a 1% update of that load (with --scaling)."""
     found = []
     if settings.scaling:
         big = settings.scale * SCALING_FACTOR
@@ -186,9 +201,6 @@ def scaling(settings: Settings) -> list[Measurement]:
         finally:
             update.unlink()
             shutil.rmtree(loaded)
-    raw = generate(settings, f"orders-dirty-{settings.scale:g}", settings.scale, ["orders"],
-                   "--dirty-fraction", str(DIRTY_FRACTION))
-    found.append(measure(settings, "dirty", "package", raw, "orders", settings.scale))
     return found
 
 
@@ -213,10 +225,19 @@ def write_update(raw: Path, fraction: float) -> Path:
 
 
 def find(found: Sequence[Measurement], section: str, contender: str, table: str = "orders") -> Measurement | None:
-    for m in found:
-        if (m.section, m.contender, m.table) == (section, contender, table) and m.status == "ok":
-            return m
-    return None
+    """The measurement of `contender`; of repeated rounds, the one with the median wall time (the lower of two)."""
+    ok = sorted((m for m in found if (m.section, m.contender, m.table) == (section, contender, table)
+                 and m.status == "ok" and m.wall_s is not None), key=lambda m: m.wall_s or 0.0)
+    return ok[(len(ok) - 1) // 2] if ok else None
+
+
+def rounds(found: Sequence[Measurement], a: tuple[str, str], b: tuple[str, str]) -> list[float]:
+    """Per round, the wall time of (section, contender) `a` divided by that of `b` (rounds where both ran)."""
+    def walls(key: tuple[str, str]) -> dict[int, float]:
+        return {m.round: m.wall_s for m in found if (m.section, m.contender) == key and m.table == "orders"
+                and m.status == "ok" and m.wall_s}
+    top, bottom = walls(a), walls(b)
+    return [top[r] / bottom[r] for r in sorted(top) if r in bottom]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -230,17 +251,18 @@ def compare(a: Measurement | None, b: Measurement | None, attribute: str) -> flo
 
 def ratios(found: Sequence[Measurement]) -> dict[str, dict[str, Any]]:
     """The comparisons the report prints, each with the numbers it came from."""
-    duck, pkg = find(found, "orders", "duckdb"), find(found, "orders", "package")
+    pkg = find(found, "orders", "package")
     pkg_small = find(found, "orders small", "package") or (pkg if pkg and pkg.scale == _small_scale(found) else None)
     dlt = find(found, "orders small", "dlt_read_csv") or find(found, "orders small", "dlt_read_csv_duckdb")
     out: dict[str, dict[str, Any]] = {}
 
-    def add(key: str, label: str, value: float | None, unit: str = "x") -> None:
-        out[key] = {"label": label, "value": value, "unit": unit}
+    def add(key: str, label: str, value: float | None, unit: str = "x", each: list[float] | None = None) -> None:
+        out[key] = {"label": label, "value": value, "unit": unit, **({"rounds": each} if each else {})}
 
     scale, small = pkg.scale if pkg else None, _small_scale(found)
+    paired = rounds(found, ("orders", "package"), ("orders", "duckdb"))
     add("package_vs_duckdb_wall", f"(2)/(1) wall time, orders CSV, scale {scale:g}" if scale else
-        "(2)/(1) wall time, orders CSV", compare(pkg, duck, "wall_s"))
+        "(2)/(1) wall time, orders CSV", statistics.median(paired) if paired else None, each=paired)
     dlt_name = dlt.contender.removeprefix("dlt_") if dlt else "built-in"
     dlt_label = f"({'3' if dlt and dlt.contender == 'dlt_read_csv' else '3b'}) dlt {dlt_name}"
     add("dlt_vs_package_rows_per_s", f"{dlt_label} / (2) rows/s, both at scale {small:g} (smaller input)"
@@ -264,11 +286,11 @@ def ratios(found: Sequence[Measurement]) -> dict[str, dict[str, Any]]:
             update.peak_rss_mb / 1024, " GB")
     dirty = find(found, "dirty", "package")
     if dirty and pkg:
-        extra = ratio(dirty.wall_s, pkg.wall_s)
+        extra = [(r - 1) * 100 for r in rounds(found, ("dirty", "package"), ("orders", "package"))]
         add("dirty_extra_time", f"dirty ({DIRTY_FRACTION:.0%} bad rows) vs clean: extra wall time",
-            None if extra is None else (extra - 1) * 100, "%")
+            statistics.median(extra) if extra else None, "%", each=extra)
         per_row = ratio(pkg.rows_per_s, dirty.rows_per_s)
-        add("dirty_extra_time_per_row", "dirty vs clean: extra time per row",
+        add("dirty_extra_time_per_row", "dirty vs clean: extra time per row (median runs)",
             None if per_row is None else (per_row - 1) * 100, "%")
     return out
 
@@ -303,7 +325,8 @@ def render(settings: Settings, info: dict[str, Any], found: Sequence[Measurement
            compared: dict[str, dict[str, Any]]) -> str:
     """The plain-text report."""
     lines = ["== Machine", "  " + "  ".join(f"{k}={v}" for k, v in info.items()), ""]
-    header = f"  {'contender':38} {'table':15} {'scale':>7} {'rows':>11} {'wall s':>8} {'rows/s':>11} {'peak MB':>8}  note"
+    header = (f"  {'contender':38} {'table':15} {'scale':>7} {'rows':>11} {'wall s':>8} {'rows/s':>11} {'peak MB':>8}"
+              + ("  round" if settings.repeat > 1 else "") + "  note")
     sections = [("== Orders CSV head to head (--scale)", ("orders",)),
                 ("== Orders CSV at --dlt-scale (dlt's built-in reader is slow; compared on rows/s)", ("orders small",)),
                 ("== Per-format throughput", ("formats",)),
@@ -318,16 +341,20 @@ def render(settings: Settings, info: dict[str, Any], found: Sequence[Measurement
         for m in rows:
             label = LABELS[m.contender] + (f" [{FORMAT_TABLES[m.table]}]" if m.section == "formats" else "")
             note = m.note if m.status != "ok" or m.note else ""
+            round_ = f"  {m.round + 1:>5}" if settings.repeat > 1 else ""
             lines.append(f"  {label:38} {m.table:15} {m.scale:>7g} {_cell(m.rows, '{:,}'):>11} "
                          f"{_cell(m.wall_s, '{:.2f}'):>8} {_cell(m.rows_per_s, '{:,.0f}'):>11} "
-                         f"{_cell(m.peak_rss_mb, '{:.0f}'):>8}  {note}".rstrip())
+                         f"{_cell(m.peak_rss_mb, '{:.0f}'):>8}{round_}  {note}".rstrip())
         lines.append("")
     lines.append("== Ratios")
     for item in compared.values():
         unit = item["unit"]
         formats = {"%": "{:+.1f} %", " GB": "{:.2f} GB"}
-        value = "n/a" if item["value"] is None else formats.get(unit, "{:.3g}x").format(item["value"])
-        lines.append(f"  {item['label']:66} {value}")
+        shown = formats.get(unit, "{:.3g}x")
+        value = "n/a" if item["value"] is None else shown.format(item["value"])
+        each = item.get("rounds", [])
+        spread = f"  (median of {len(each)} rounds: {', '.join(shown.format(v) for v in each)})" if len(each) > 1 else ""
+        lines.append(f"  {item['label']:66} {value}{spread}")
     lines.append("")
     return "\n".join(lines)
 
@@ -344,6 +371,8 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
                                                             "--quick: 1)")
     parser.add_argument("--scaling", action="store_true",
                         help=f"also run the package at {SCALING_FACTOR}x --scale")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the head to head and the dirty run; ratios "
+                                                              "are the median of the rounds (default 1)")
     parser.add_argument("--quick", action="store_true", help="small smoke run (well under a minute)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"work directory (default {DEFAULT_WORK})")
     args = parser.parse_args(argv)
@@ -352,8 +381,10 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     formats_scale = args.formats_scale or (1.0 if args.quick else scale)
     if min(scale, dlt_scale, formats_scale) <= 0:
         parser.error("scales must be positive")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     return Settings(scale=scale, dlt_scale=dlt_scale, formats_scale=formats_scale if args.formats else None,
-                    scaling=args.scaling, work=args.work.resolve())
+                    scaling=args.scaling, work=args.work.resolve(), repeat=args.repeat)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,17 +20,17 @@ FORMAT_TABLES = ("products", "order_items", "exchange_rates", "events", "returns
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
-    """One `--quick` run into its own work dir: the printed report and report.json."""
+    """One `--quick --repeat 2` run into its own work dir: the printed report and report.json."""
     work = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--work", str(work)],
+    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--repeat", "2", "--work", str(work)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout, json.loads((work / "report.json").read_text())
 
 
-def _ok(report: dict[str, Any], section: str, contender: str, table: str = "orders") -> dict[str, Any]:
+def _ok(report: dict[str, Any], section: str, contender: str, table: str = "orders", round_: int = 0) -> dict[str, Any]:
     found = [m for m in report["measurements"]
-             if (m["section"], m["contender"], m["table"]) == (section, contender, table)]
+             if (m["section"], m["contender"], m["table"], m["round"]) == (section, contender, table, round_)]
     assert len(found) == 1, f"{section}/{contender}/{table}: {found}"
     assert found[0]["status"] == "ok", found[0]
     return found[0]
@@ -79,8 +79,8 @@ def test_ratios_are_printed_with_values(quick: tuple[str, dict[str, Any]]) -> No
     for key in ("package_vs_duckdb_wall", "dlt_vs_package_rows_per_s", "dirty_extra_time"):
         assert isinstance(ratios[key]["value"], float), ratios[key]
     assert ratios["package_vs_duckdb_wall"]["value"] > 0
-    assert re.search(r"\(2\)/\(1\) wall time, orders CSV, scale 2 +[\d.]+x", text)
-    assert re.search(r"dirty \(5% bad rows\) vs clean: extra wall time +[+-][\d.]+ %", text)
+    assert re.search(r"\(2\)/\(1\) wall time, orders CSV, scale 2 +[\d.]+x  \(median of 2 rounds: ", text)
+    assert re.search(r"dirty \(5% bad rows\) vs clean: extra wall time +[+-][\d.]+ %  \(median of 2 rounds", text)
     dirty = _ok(report, "dirty", "package")
     assert dirty["extra"]["rejected"] > 0 and dirty["rows"] >= _ok(report, "orders", "package")["rows"]
     assert "scaling skipped (pass --scaling" in text
@@ -99,3 +99,18 @@ def test_scaling_run_is_kept_for_a_one_percent_update(tmp_path: Path) -> None:
     assert report["ratios"]["update_peak_rss"]["value"] > 0
     assert not list((tmp_path / "raw").glob("*/orders/orders_zz_update.csv"))
     assert not [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+
+
+@pytest.mark.slow
+def test_repeated_rounds_are_interleaved_and_each_ratio_is_their_median(quick: tuple[str, dict[str, Any]]) -> None:
+    _, report = quick
+    runs = {r: [_ok(report, section, contender, round_=r) for section, contender in
+                (("orders", "duckdb"), ("orders", "package"), ("dirty", "package"))] for r in (0, 1)}
+    order = [(m["section"], m["contender"], m["round"]) for m in report["measurements"] if m["round"] in (0, 1)
+             and m["section"] in ("orders", "dirty")]
+    assert order == [(m["section"], m["contender"], r) for r in (0, 1) for m in runs[r]]
+    ratio = report["ratios"]["package_vs_duckdb_wall"]
+    assert ratio["rounds"] == pytest.approx([runs[r][1]["wall_s"] / runs[r][0]["wall_s"] for r in (0, 1)])
+    assert ratio["value"] == pytest.approx(sum(ratio["rounds"]) / 2)
+    dirty = report["ratios"]["dirty_extra_time"]
+    assert dirty["rounds"] == pytest.approx([(runs[r][2]["wall_s"] / runs[r][1]["wall_s"] - 1) * 100 for r in (0, 1)])
