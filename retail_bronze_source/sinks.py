@@ -219,7 +219,7 @@ def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
 def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:
     """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths."""
     written = []
-    tables = sorted(set(rejects["table_name"].to_pylist())) if rejects.num_rows else []
+    tables = sorted(pc.unique(rejects["table_name"]).to_pylist()) if rejects.num_rows else []
     for table in tables:
         part = rejects.filter(pc.equal(rejects["table_name"], table))
         target = rejects_root / table / f"{name}.csv"

@@ -392,6 +392,10 @@ class Validator:
             found = pc.indices_nonzero(pc.not_equal(pc.bit_wise_and(masks[i // CHECKS_PER_MASK], bit), 0))
             if len(found):
                 hits[i] = found
+        covered = pc.count_distinct(pa.chunked_array(list(hits.values()), pa.uint64())).as_py() if hits else 0
+        if covered != len(bad_rows):
+            raise RuntimeError(f"{len(bad_rows) - covered} bad row(s) with no failed check: the masks disagree with "
+                               "the validation query")
         values = self._shown_values({checks[i].column for i in hits if checks[i].shows_value}, shown, bad_rows, frame)
         failed = []
         for i, rows in hits.items():
@@ -416,7 +420,8 @@ class Validator:
         for c in columns:
             text, constant = shown[c].text, shown[c].constant
             if text is not None:
-                values[c] = as_array(text if pa.types.is_string(text.type) else text.cast(pa.string())).take(bad_rows)
+                taken = as_array(text.take(bad_rows))
+                values[c] = taken if pa.types.is_string(taken.type) else taken.cast(pa.string())
             elif constant is not None:
                 values[c] = pa.repeat(pa.scalar(constant), len(bad_rows))
         return {c: pc.utf8_slice_codeunits(v, 0, SHOWN_CHARACTERS) for c, v in values.items()}
