@@ -72,7 +72,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     Every table loads with delete-insert so that a retried load is idempotent: merge tables on their key, append tables
     and rejects on the file they came from (`append_only` loads everything as plain append instead). With
     `append_new_rows`, rows that cannot replace loaded rows (the first load of a merge table, new files of an append
-    table) load as plain append, without dlt's staging copy. With `parquet_files`, the rows reach dlt as Parquet files
+    table, and every reject record: its merge key holds its load id) load as plain append, without dlt's staging copy. With `parquet_files`, the rows reach dlt as Parquet files
     written by the resource, imported last with the resource's own hints (table variants created after them would
     copy those); see `retail_source`.
     """
@@ -87,10 +87,11 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         disposition, primary_key, merge_key = DELETE_INSERT, list(spec.primary_key), []
     else:
         disposition, primary_key, merge_key = DELETE_INSERT, [], APPEND_MERGE_KEY
+    append_rejects = append_only or append_new_rows  # a load's reject records never replace another load's
     table_hints = {
         "rows": dlt.mark.make_hints(table_name=spec.name, columns=columns),
-        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append" if append_only else DELETE_INSERT,
-                                       primary_key=[], merge_key=[] if append_only else REJECTS_MERGE_KEY,
+        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append" if append_rejects else DELETE_INSERT,
+                                       primary_key=[], merge_key=[] if append_rejects else REJECTS_MERGE_KEY,
                                        columns=dlt_columns(REJECTS_OUTPUT_SCHEMA)),
         "manifest": dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition="append" if append_only else DELETE_INSERT,
                                         primary_key=[] if append_only else list(MANIFEST_KEY), merge_key=[],
@@ -162,7 +163,7 @@ def retail_source(
     their types, instead of keeping them in `_rescued_data`.
 
     `append_new_rows` loads rows that cannot replace loaded rows (the first load of a merge table, new files of an
-    append table; never tables with hard deletes) with plain append instead of delete-insert, which skips dlt's
+    append table, reject records; never tables with hard deletes) with plain append instead of delete-insert, which skips dlt's
     staging copy and halves the destination's work. A plain append is not idempotent if the process dies after the
     destination committed a job and before dlt recorded it: use it only where interrupted jobs are undone before
     they are retried, as `run_bronze` does for DuckDB (`sinks.undo_interrupted_jobs`).

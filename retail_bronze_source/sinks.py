@@ -22,7 +22,7 @@ from dlt.pipeline.pipeline import Pipeline
 from . import reasons
 from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
 from .readers.records import records_as_json
-from .validate import REJECT_SCHEMA
+from .validate import REJECT_SCHEMA, quote_ident
 
 WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
@@ -85,8 +85,8 @@ def undo_interrupted_jobs(pipeline: Pipeline) -> int:
 
     dlt runs a started job again unless it wrote the job's completion marker, and the process can die between the
     destination's commit and that marker. Undoing first makes the retry exact:
-    - a plain append job: its rows are deleted from the table, found by load id and source position (file, sheet,
-      row number);
+    - a plain append job: the table's rows of that load equal to one of the job's rows are deleted, and those of the
+      package's completed jobs are put back (`_undo_append_job`);
     - a job loading dlt's staging dataset (merge tables): the staging table is rebuilt from the package's completed
       jobs of that table (dlt truncates staging once per package, not when it resumes one).
     """
@@ -105,7 +105,7 @@ def undo_interrupted_jobs(pipeline: Pipeline) -> int:
             if tables[table].get("write_disposition") == "merge":
                 _rebuild_staging_table(pipeline, table, completed.get(table, []))
             else:
-                _delete_job_rows(pipeline, table, path, load_id)
+                _undo_append_job(pipeline, table, path, load_id, completed.get(table, []))
             undone += 1
     return undone
 
@@ -116,17 +116,32 @@ def _table_exists(client: Any, table: str) -> bool:
     return bool(found and found[0][0])
 
 
-def _delete_job_rows(pipeline: Pipeline, table: str, job_file: Path, load_id: str) -> None:
-    columns = set(pq.read_schema(job_file).names)
-    if not set(POSITION_COLUMNS) <= columns:
+def _undo_append_job(pipeline: Pipeline, table: str, job_file: Path, load_id: str, completed_files: list[str]) -> None:
+    """Delete the rows an interrupted append job may have committed; rows of the package's completed jobs stay.
+
+    The table's rows of the load that equal one of the job's rows are deleted, and the completed jobs' rows that do
+    are put back, so each committed row stays exactly once. A data row is compared by its source position (file,
+    sheet, row number); a reject record has no position of its own (a row can fail several checks, a file-level
+    reject has no row number), so it is compared by all its values.
+    """
+    columns = pq.read_schema(job_file).names
+    if table == REJECTS_TABLE:
+        identity = [c for c in columns if c != POSITION_COLUMNS[0]]
+    elif set(POSITION_COLUMNS) <= set(columns):
+        identity = [*POSITION_COLUMNS[1:], *(["src_sheet"] if "src_sheet" in columns else [])]
+    else:
         raise RuntimeError(f"cannot undo the interrupted append job {job_file}: it lacks {', '.join(POSITION_COLUMNS)}")
-    same_row = " AND ".join(["j.src_filename = t.src_filename", "j.src_row_number = t.src_row_number",
-                             *(["j.src_sheet IS NOT DISTINCT FROM t.src_sheet"] if "src_sheet" in columns else [])])
+    same = " AND ".join(f"j.{quote_ident(c)} IS NOT DISTINCT FROM t.{quote_ident(c)}" for c in identity)
+    in_job = f"EXISTS (SELECT 1 FROM read_parquet(%s) AS j WHERE {same})"
     with pipeline.sql_client() as client:
-        if _table_exists(client, table):
-            client.execute_sql(
-                f"DELETE FROM {client.make_qualified_table_name(table)} AS t WHERE t._dlt_load_id = %s AND EXISTS "
-                f"(SELECT 1 FROM read_parquet(%s) AS j WHERE {same_row})", load_id, str(job_file))
+        if not _table_exists(client, table):
+            return
+        name = client.make_qualified_table_name(table)
+        with client.begin_transaction():
+            client.execute_sql(f"DELETE FROM {name} AS t WHERE t._dlt_load_id = %s AND {in_job}", load_id, str(job_file))
+            if completed_files:
+                client.execute_sql(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(%s) AS t WHERE {in_job}",
+                                   completed_files, str(job_file))
 
 
 def _rebuild_staging_table(pipeline: Pipeline, table: str, completed_files: list[str]) -> None:

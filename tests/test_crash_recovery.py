@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, query, warehouse_table
 
 from retail_bronze_source.crash_points import POINTS
+from retail_bronze_source.sinks import undo_interrupted_jobs, warehouse_pipeline
 
 TABLES = ["customers", "order_items", "events", "sensors"]
 OUTPUTS = [*TABLES, "rejects", "manifest_processed_files"]
@@ -145,7 +146,8 @@ sys.exit(main(sys.argv[3:]))
 @pytest.mark.parametrize(("table", "loaded_into"), [
     ("events", "bronze"),  # an append table: new files load as plain append
     ("customers", "bronze"),  # a merge table's first load: plain append too
-    ("rejects", "bronze_staging"),  # delete-insert: the job loads dlt's staging dataset
+    ("rejects", "bronze"),  # reject records: plain append too, undone by their values
+    ("manifest_processed_files", "bronze_staging"),  # delete-insert: the job loads dlt's staging dataset
 ])
 def test_kill_after_a_job_committed_then_a_normal_run_equals_a_clean_run(tmp_path: Path, table: str, loaded_into: str,
                                                                        moment: str, clean: dict) -> None:
@@ -159,3 +161,52 @@ def test_kill_after_a_job_committed_then_a_normal_run_equals_a_clean_run(tmp_pat
     assert _run(box) == 0
     assert snapshot(box) == clean
     _assert_sinks_agree_on_run_columns(box)
+
+
+KILL_AT_SECOND_REJECTS_JOB = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+from datetime import UTC, datetime
+import dlt
+import pyarrow as pa
+from dlt.common.storages.load_package import PackageStorage
+from retail_bronze_source.extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE
+from retail_bronze_source.run import _require_load_settings
+from retail_bronze_source.sinks import LOADER_FILE_FORMAT, warehouse_pipeline
+
+record, completed = PackageStorage.save_pending_transition, []
+
+def save_pending_transition(self, load_id, file_name, state, failed_message=None):
+    if file_name.startswith(REJECTS_TABLE + ".") and state == "completed":
+        completed.append(file_name)
+        if len(completed) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    record(self, load_id, file_name, state, failed_message)
+
+PackageStorage.save_pending_transition = save_pending_transition
+_require_load_settings()
+values = {"ingestion_ts": datetime(2026, 11, 30, tzinfo=UTC), "table_name": "orders", "src_filename": "orders_1.csv", "src_row_number": 7, "reason_code": "NOT_NULL",
+          "column_name": "order_id", "reason_detail": "order_id is empty", "raw_record": "{}", "load_id": "1"}
+records = pa.Table.from_pylist([values, values], schema=REJECTS_OUTPUT_SCHEMA)
+resource = dlt.resource([records, records], name=REJECTS_TABLE, write_disposition="append")
+from pathlib import Path
+warehouse_pipeline(Path(sys.argv[1]), pipelines_dir=sys.argv[2]).run(resource, loader_file_format=LOADER_FILE_FORMAT)
+"""
+"""Loads two jobs of identical reject records (2 each) and dies after DuckDB committed the second job, before dlt
+wrote its completion marker."""
+
+
+@pytest.mark.slow
+def test_undoing_an_interrupted_rejects_job_keeps_equal_records_of_completed_jobs(tmp_path: Path) -> None:
+    warehouse, pipelines_dir = tmp_path / "warehouse.duckdb", tmp_path / "pipelines"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_REJECTS_JOB, str(warehouse), str(pipelines_dir)],
+                            cwd=REPO, env={**os.environ, "DATA_WRITER__FILE_MAX_ITEMS": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert query(warehouse, "SELECT count(*) FROM bronze.rejects")[0][0] == 4
+
+    pipeline = warehouse_pipeline(warehouse, pipelines_dir=str(pipelines_dir))
+    assert undo_interrupted_jobs(pipeline) == 1
+    assert query(warehouse, "SELECT count(*) FROM bronze.rejects")[0][0] == 2  # the completed job's records stay
+    pipeline.load()
+    assert query(warehouse, "SELECT count(*), count(DISTINCT _dlt_load_id) FROM bronze.rejects")[0] == (4, 1)
