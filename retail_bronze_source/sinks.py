@@ -28,8 +28,11 @@ WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
 DATASET = "bronze"
 LOADER_FILE_FORMAT: Final = "parquet"
-WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "preserve_insertion_order": False}
-"""DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it); row order is not kept."""
+WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "block_allocator_memory": "256MB",
+                                   "preserve_insertion_order": False}
+"""DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it), held by DuckDB's block
+allocator for the connection's lifetime instead of being returned to the system and faulted in again after each
+task (a 2M-row load: half the kernel time, about 0.25 s less); row order is not kept."""
 WAREHOUSE_PARALLELISM: Final = "table-sequential"
 """dlt's load parallelism for the warehouse: one job per table at a time. Two appends to one DuckDB table from two
 connections both commit, but the later commit's rows are compressed again, on one thread, when the file is closed
