@@ -104,8 +104,12 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     def rows() -> Iterator[Any]:
         ledger = dlt.current.resource_state().setdefault("files", {})
         load_id = dlt.current.load_package_state()["load_id"]
+        schema = dlt.current.source_schema()
+        loaded = schema.tables.get(spec.name, {}).get("columns", {})
         extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
-                                   ledger=ledger, evolve_schema=evolve_schema)
+                                   ledger=ledger, evolve_schema=evolve_schema,
+                                   column_types={n: str(c["data_type"]) for n, c in loaded.items() if c.get("data_type")},
+                                   column_name=schema.naming.normalize_identifier)
         outputs = extractor.run(discover_files(spec, raw_url))
         if not parquet_files:
             for kind, table in outputs:

@@ -15,7 +15,7 @@ import io
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +27,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 
 from . import reasons
 from .audit import add_audit_columns, has_sheets, table_schema
@@ -167,7 +168,8 @@ class TableExtractor:
     """Reads, validates and stages the files of one table, then emits its output."""
 
     def __init__(self, spec: TableSpec, *, ingestion_ts: datetime, load_id: str | None, chunk_size: int,
-                 ledger: MutableMapping[str, Any], evolve_schema: bool = False) -> None:
+                 ledger: MutableMapping[str, Any], evolve_schema: bool = False,
+                 column_types: Mapping[str, str] | None = None, column_name: Callable[[str], str] = str) -> None:
         self.spec = spec
         self.ingestion_ts = ingestion_ts
         self.load_id = load_id
@@ -178,6 +180,10 @@ class TableExtractor:
         self._rows_to_emit: int | None = None
         self.schema = table_schema(spec)
         self.evolve_schema = evolve_schema
+        self.column_types = dict(column_types or {})
+        """dlt data types of the table's columns as loaded before, by dlt column name (`column_name` of a source column):
+        with `evolve_schema`, an added column keeps its type."""
+        self.column_name = column_name
         self.con = duckdb.connect()
         self.con.execute("SET memory_limit = '256MB'")
         self._local = threading.local()
@@ -215,6 +221,8 @@ class TableExtractor:
             with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage") as pool:
                 found = list(pool.map(lambda i: self._stage_if_new(files[i], Path(tmp), i), range(len(files))))
             staged = [s for s in found if s is not None]
+            if self.evolve_schema:
+                staged = [self._reject_type_change(s, self.column_types) for s in staged]
             self._replaces_loaded_rows = self._loaded_before if self.spec.write_disposition == "merge" else any(
                 s.replaced_fingerprint is not None and not s.skipped and s.file_level is None for s in staged)
             self._resolve_keys(staged)
@@ -268,6 +276,35 @@ class TableExtractor:
                 if path is not None:
                     path.unlink(missing_ok=True)
             return self._file_rejected(file, print_, rejected, replaced)
+        return staged
+
+    def _reject_type_change(self, staged: _StagedFile, types: dict[str, str]) -> _StagedFile:
+        """`staged`, or a file-level `COLUMN_TYPE_CHANGED` reject if one of its added columns has another dlt data type
+        than the table holds, or than an earlier file of this load (or an earlier chunk of this file) gave it.
+
+        Called in file order; `types` collects the types of columns added by the files accepted so far. dlt never
+        changes a column's type, and one such file would otherwise fail the whole extract.
+        """
+        if staged.file_level is not None or staged.skipped or not staged.extra_columns:
+            return staged
+        found: dict[str, str] = {}
+        for path in staged.rows_paths:
+            with pa.OSFile(str(path)) as source:
+                schema = pa.ipc.open_file(source).schema
+            added = pa.schema([f for f in schema if f.name in staged.extra_columns and not pa.types.is_null(f.type)])
+            for source_name, column in py_arrow_to_table_schema_columns(added).items():
+                name, data_type = self.column_name(source_name), str(column.get("data_type"))
+                known = types.get(name) or found.setdefault(name, data_type)
+                if known != data_type:
+                    for staged_path in [*staged.rows_paths, staged.rejects_path, staged.keys_path]:
+                        if staged_path is not None:
+                            staged_path.unlink(missing_ok=True)
+                    detail = (f"column {name} is {data_type} in this file but {known} in table {self.spec.name}; "
+                              f"a column keeps the type it was first loaded with")
+                    return self._file_rejected(staged.file, staged.fingerprint,
+                                               FileRejected(reasons.COLUMN_TYPE_CHANGED, detail),
+                                               staged.replaced_fingerprint)
+        types.update(found)
         return staged
 
     def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected,

@@ -12,6 +12,9 @@ MISSING_REQUIRED_COLUMN: Final = "MISSING_REQUIRED_COLUMN"
 """The file lacks a column that the contract requires; none of its rows load."""
 UNSUPPORTED_FILE: Final = "UNSUPPORTED_FILE"
 """The file's format is not one the table accepts, or uses features the reader cannot decode."""
+COLUMN_TYPE_CHANGED: Final = "COLUMN_TYPE_CHANGED"
+"""With schema evolution: a column outside the contract has another type than the table gave it; none of the file's
+rows load."""
 
 MALFORMED_ROW: Final = "MALFORMED_ROW"
 """A record that cannot be tokenized (broken quoting, unterminated quoted field)."""
@@ -40,7 +43,8 @@ DUPLICATE_KEY: Final = "DUPLICATE_KEY"
 LOAD_FAILED: Final = "LOAD_FAILED"
 """A destination refused a load job; its rows are kept here with the job's error message."""
 
-FILE_LEVEL: Final = frozenset({FILE_UNREADABLE, FILE_ENCODING, MISSING_REQUIRED_COLUMN, UNSUPPORTED_FILE})
+FILE_LEVEL: Final = frozenset({FILE_UNREADABLE, FILE_ENCODING, MISSING_REQUIRED_COLUMN, UNSUPPORTED_FILE,
+                               COLUMN_TYPE_CHANGED})
 ROW_PARSE: Final = frozenset({MALFORMED_ROW, TOO_MANY_COLUMNS, TOO_FEW_COLUMNS, INVALID_JSON, NOT_AN_OBJECT})
 CONTRACT: Final = frozenset({TYPE_MISMATCH, NOT_NULL, ACCEPTED_VALUES, OUT_OF_RANGE, PATTERN_MISMATCH, DUPLICATE_KEY})
 ALL: Final = FILE_LEVEL | ROW_PARSE | CONTRACT | {LOAD_FAILED}

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import pyarrow as pa
 import pyarrow.compute as pc
-from conftest import changelog_table, delta_table, generate, make_sandbox, query, warehouse_table
+import pyarrow.parquet as pq
+from conftest import SAMPLE, changelog_table, delta_table, generate, make_sandbox, query, warehouse_table
 
 from retail_bronze_source.run import run_bronze
 
@@ -48,3 +50,32 @@ def test_evolve_schema_adds_the_column_in_every_sink_and_records_it(tmp_path: Pa
         ("returns", "return_reason_code", "text")]
     assert [(c["table_name"], c["column_name"]) for c in result.schema_changes] == [("returns", "return_reason_code")]
     assert result.warnings == []
+
+
+def test_an_added_column_that_changes_type_rejects_its_file_and_the_run_goes_on(tmp_path: Path) -> None:
+    box = make_sandbox(tmp_path)
+    items = pq.read_table(sorted((SAMPLE / "order_items").glob("order_items_*.parquet"))[0])
+    (box.raw / "order_items").mkdir()
+
+    def deliver(name: str, start: int, promo: pa.Array) -> None:
+        rows = items.slice(start, len(promo)).append_column("Promo Code", promo)
+        pq.write_table(rows, box.raw / "order_items" / name)
+
+    deliver("a.parquet", 0, pa.array(range(40), pa.int64()))
+    deliver("b.parquet", 100, pa.array([f"P{i}" for i in range(30)]))  # text in the same load
+    first = run_bronze(box.layout, table_names=["order_items"], pipelines_dir=str(box.pipelines_dir),
+                       evolve_schema=True)
+    deliver("c.parquet", 200, pa.array([f"Q{i}" for i in range(20)]))  # text in the next load
+    second = run_bronze(box.layout, table_names=["order_items"], pipelines_dir=str(box.pipelines_dir),
+                        evolve_schema=True)
+
+    assert first.summary["order_items"].reasons["COLUMN_TYPE_CHANGED"] == 1
+    assert second.summary["order_items"].reasons == {"COLUMN_TYPE_CHANGED": 1}
+    assert query(box.warehouse, "SELECT src_filename, reason_detail FROM bronze.rejects "
+                                "WHERE reason_code = 'COLUMN_TYPE_CHANGED' ORDER BY 1") == [
+        (f"order_items/{name}", "column promo_code is text in this file but bigint in table order_items; a column "
+                                "keeps the type it was first loaded with") for name in ("b.parquet", "c.parquet")]
+    valid = first.summary["order_items"].valid
+    for table in (warehouse_table(box.warehouse, "order_items"), delta_table(box.lake, "order_items")):
+        assert table.num_rows == valid and set(table["src_filename"].to_pylist()) == {"order_items/a.parquet"}
+        assert table.schema.field("promo_code").type == pa.int64()
