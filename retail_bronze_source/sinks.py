@@ -14,9 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from dlt.common.destination.client import PreparedTableSchema
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
+from dlt.common.schema.typing import TColumnSchema
 from dlt.common.storages.load_package import PackageStorage
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+from dlt.destinations.impl.duckdb.factory import DuckDbTypeMapper
 from dlt.pipeline.pipeline import Pipeline
 
 from . import reasons
@@ -33,6 +36,21 @@ WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "block_allocator_memo
 """DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it), held by DuckDB's block
 allocator for the connection's lifetime instead of being returned to the system and faulted in again after each
 task (a 2M-row load: half the kernel time, about 0.25 s less); row order is not kept."""
+WAREHOUSE_COLUMN_COMPRESSION: Final = {"src_row_hash": "fsst"}
+"""DuckDB compression fixed per column name in the warehouse tables dlt creates. Row hashes are unique random text:
+DuckDB would analyse each segment for dictionary compression in vain before choosing FSST (0.3 to 0.5 s of a 2.7 s
+load of 2M rows; same file size)."""
+
+
+class WarehouseTypeMapper(DuckDbTypeMapper):
+    """dlt's DuckDB types, with `USING COMPRESSION` for the columns of `WAREHOUSE_COLUMN_COMPRESSION`."""
+
+    def to_destination_type(self, column: TColumnSchema, table: PreparedTableSchema) -> str:
+        db_type = super().to_destination_type(column, table)
+        compression = WAREHOUSE_COLUMN_COMPRESSION.get(column.get("name") or "")
+        return f"{db_type} USING COMPRESSION {compression}" if compression else db_type
+
+
 WAREHOUSE_PARALLELISM: Final = "table-sequential"
 """dlt's load parallelism for the warehouse: one job per table at a time. Two appends to one DuckDB table from two
 connections both commit, but the later commit's rows are compressed again, on one thread, when the file is closed
@@ -44,7 +62,8 @@ def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
     """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     credentials = DuckDbCredentials(str(warehouse.resolve()), global_config=WAREHOUSE_DUCKDB_CONFIG)
-    destination = dlt.destinations.duckdb(credentials, loader_parallelism_strategy=WAREHOUSE_PARALLELISM)
+    destination = dlt.destinations.duckdb(credentials, loader_parallelism_strategy=WAREHOUSE_PARALLELISM,
+                                          type_mapper=WarehouseTypeMapper)
     return dlt.pipeline(pipeline_name=pipeline_name, destination=destination,
                         dataset_name=DATASET, pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
