@@ -70,11 +70,11 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     The resource writes three tables, each declared as a dlt table variant so their hints never mix: the table itself
     (columns from the contract plus audit columns), `rejects` and `manifest_processed_files` (keyed on `src_path`).
     Every table loads with delete-insert so that a retried load is idempotent: merge tables on their key, append tables
-    and rejects on the file they came from (`append_only` loads everything as plain append instead). With
-    `append_new_rows`, rows that cannot replace loaded rows (the first load of a merge table, new files of an append
-    table, and every reject record: its merge key holds its load id) load as plain append, without dlt's staging copy. With `parquet_files`, the rows reach dlt as Parquet files
-    written by the resource, imported last with the resource's own hints (table variants created after them would
-    copy those); see `retail_source`.
+    on the file they came from, rejects on file, load and reason (`append_only` loads everything as plain append
+    instead). With `append_new_rows`, rows that cannot replace loaded rows (the first load of a merge table, new files
+    of an append table, and every reject record, whose merge key holds its load id) load as plain append, without
+    dlt's staging copy. With `parquet_files`, the rows reach dlt as Parquet files written by the resource, imported
+    last with the resource's own hints (table variants created after them would copy those); see `retail_source`.
     """
     columns = dlt_columns(table_schema(spec))
     if spec.hard_delete and spec.delete_marker and not append_only:
@@ -90,7 +90,8 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     append_rejects = append_only or append_new_rows  # a load's reject records never replace another load's
     table_hints = {
         "rows": dlt.mark.make_hints(table_name=spec.name, columns=columns),
-        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append" if append_rejects else DELETE_INSERT,
+        "rejects": dlt.mark.make_hints(table_name=REJECTS_TABLE,
+                                       write_disposition="append" if append_rejects else DELETE_INSERT,
                                        primary_key=[], merge_key=[] if append_rejects else REJECTS_MERGE_KEY,
                                        columns=dlt_columns(REJECTS_OUTPUT_SCHEMA)),
         "manifest": dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition="append" if append_only else DELETE_INSERT,
@@ -106,9 +107,9 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         load_id = dlt.current.load_package_state()["load_id"]
         schema = dlt.current.source_schema()
         loaded = schema.tables.get(spec.name, {}).get("columns", {})
+        types = {name: str(column["data_type"]) for name, column in loaded.items() if column.get("data_type")}
         extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
-                                   ledger=ledger, evolve_schema=evolve_schema,
-                                   column_types={n: str(c["data_type"]) for n, c in loaded.items() if c.get("data_type")},
+                                   ledger=ledger, evolve_schema=evolve_schema, column_types=types,
                                    column_name=schema.naming.normalize_identifier)
         outputs = extractor.run(discover_files(spec, raw_url))
         if not parquet_files:
@@ -167,10 +168,10 @@ def retail_source(
     their types, instead of keeping them in `_rescued_data`.
 
     `append_new_rows` loads rows that cannot replace loaded rows (the first load of a merge table, new files of an
-    append table, reject records; never tables with hard deletes) with plain append instead of delete-insert, which skips dlt's
-    staging copy and halves the destination's work. A plain append is not idempotent if the process dies after the
-    destination committed a job and before dlt recorded it: use it only where interrupted jobs are undone before
-    they are retried, as `run_bronze` does for DuckDB (`sinks.undo_interrupted_jobs`).
+    append table, reject records; never tables with hard deletes) with plain append instead of delete-insert, which
+    skips dlt's staging copy and halves the destination's work. A plain append is not idempotent if the process dies
+    after the destination committed a job and before dlt recorded it: use it only where interrupted jobs are undone
+    before they are retried, as `run_bronze` does for DuckDB (`sinks.undo_interrupted_jobs`).
 
     `parquet_files` hands each table's rows to dlt as Parquet files the resource writes itself (two in parallel
     from 1M rows on; dictionary encoding and compression chosen per column; `_dlt_load_id` included) instead of

@@ -181,7 +181,7 @@ class TableExtractor:
         self.schema = table_schema(spec)
         self.evolve_schema = evolve_schema
         self.column_types = dict(column_types or {})
-        """dlt data types of the table's columns as loaded before, by dlt column name (`column_name` of a source column):
+        """dlt data types of the table's columns loaded before, by dlt column name (`column_name` of a source name):
         with `evolve_schema`, an added column keeps its type."""
         self.column_name = column_name
         self.con = duckdb.connect()

@@ -162,8 +162,8 @@ def _undo_append_job(pipeline: Pipeline, table: str, job_file: Path, load_id: st
         with client.begin_transaction():
             client.execute_sql(f"DELETE FROM {name} AS t WHERE t._dlt_load_id = %s AND {in_job}", load_id, str(job_file))
             if completed_files:
-                client.execute_sql(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(%s) AS t WHERE {in_job}",
-                                   completed_files, str(job_file))
+                client.execute_sql(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(%s, union_by_name = true) AS t "
+                                   f"WHERE {in_job}", completed_files, str(job_file))
 
 
 def _rebuild_staging_table(pipeline: Pipeline, table: str, completed_files: list[str]) -> None:

@@ -391,3 +391,13 @@ def test_the_reader_reads_a_bounded_number_of_blocks_ahead_and_joins_blocks_into
     assert all(3_500 < c.data.num_rows <= 5_000 for c in chunks_[:-1])
     assert numbers_of(chunks_) == list(range(1, 200_001))
     assert len({r["value"] for r in rows_of(chunks_)}) == 1
+
+
+def test_a_large_file_without_a_final_line_break_keeps_its_last_row(tmp_path: Path) -> None:
+    rows = [f"{i},naïve €{i}" for i in range(120_000)]  # about 2.4 MB: read in several blocks after the first
+    path = write(tmp_path, "no_final_newline.csv", ("id,name\n" + "\n".join(rows)).encode())
+    chunks = read(path, chunk_size=1_000)
+    assert len(chunks) > 1
+    got = rows_of(chunks)
+    assert len(got) == 120_000 and got[-1] == {"id": "119999", "name": "naïve €119999"}
+    assert rejects_of(chunks) == []
