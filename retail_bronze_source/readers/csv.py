@@ -299,7 +299,7 @@ class _CheckedStream(io.RawIOBase):
 
     pyarrow's reader asks for blocks with `read_buffer`, which reads into buffers of Arrow's memory pool: the pool
     reuses its memory, while each fresh `bytes` object of a block's size is mapped anew and faulted in page by page
-    (about 85k page faults per 2M rows of CSV).
+    (about 65k page faults in a run of 2M rows of CSV).
     """
 
     def __init__(self, raw: IO[bytes], file: RawFile, block_size: int) -> None:
