@@ -222,7 +222,8 @@ class TableExtractor:
                 found = list(pool.map(lambda i: self._stage_if_new(files[i], Path(tmp), i), range(len(files))))
             staged = [s for s in found if s is not None]
             if self.evolve_schema:
-                staged = [self._reject_type_change(s, self.column_types) for s in staged]
+                types = dict(self.column_types)  # grows with the columns each accepted file adds
+                staged = [self._reject_type_change(s, types) for s in staged]
             self._replaces_loaded_rows = self._loaded_before if self.spec.write_disposition == "merge" else any(
                 s.replaced_fingerprint is not None and not s.skipped and s.file_level is None for s in staged)
             self._resolve_keys(staged)
