@@ -328,11 +328,10 @@ def dry_run(layout: Layout, *, table_names: Sequence[str] | None = None, tables:
         item = summary[spec.name]
         for kind, table in extractor.run(discover_files(spec, layout.raw_url)):
             if kind == "manifest":
-                row = table.to_pylist()[0]
-                item.files += 1
-                item.rows_read += row["row_count"]
-                item.valid += row["valid_count"]
-                item.rejected += row["reject_count"]
+                item.files += table.num_rows
+                item.rows_read += pc.sum(table["row_count"]).as_py() or 0
+                item.valid += pc.sum(table["valid_count"]).as_py() or 0
+                item.rejected += pc.sum(table["reject_count"]).as_py() or 0
             elif kind == "rejects":
                 for count in pc.value_counts(table["reason_code"]).to_pylist():
                     item.reasons[count["values"]] += count["counts"]

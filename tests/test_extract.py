@@ -54,3 +54,30 @@ def test_the_fingerprint_is_the_sha256_of_every_byte_across_read_blocks(tmp_path
     (tmp_path / "things" / "a.csv").write_bytes(content)
     [file] = discover_files(SPEC, str(tmp_path))
     assert fingerprint(file, "csv") == f"sha256:{hashlib.sha256(content).hexdigest()}"
+
+
+def _write_dirty_files(raw: Path, files: int) -> None:
+    (raw / "things").mkdir()
+    for f in range(files):
+        rows = [f"{f * 10 + i},v,2024-01-01T00:00:00Z" for i in range(3)] + [f"x{f},bad,2024-01-01T00:00:00Z"]
+        (raw / "things" / f"{f}.csv").write_text("id,value,updated_at\n" + "\n".join(rows) + "\n")
+
+
+def test_reject_records_and_manifest_rows_of_several_files_are_emitted_together(tmp_path: Path) -> None:
+    _write_dirty_files(tmp_path, 3)
+    out = _run(tmp_path)
+    [rejects] = out["rejects"]
+    [manifest] = out["manifest"]
+    assert rejects.column("src_filename").to_pylist() == ["things/0.csv", "things/1.csv", "things/2.csv"]
+    assert set(rejects.column("reason_code").to_pylist()) == {reasons.TYPE_MISMATCH}
+    assert manifest.select(["src_path", "row_count", "valid_count", "reject_count"]).to_pylist() == [
+        {"src_path": f"things/{f}.csv", "row_count": 4, "valid_count": 3, "reject_count": 1} for f in range(3)]
+
+
+def test_reject_records_are_handed_on_once_their_batch_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extract, "REJECTS_BATCH_BYTES", 1)
+    _write_dirty_files(tmp_path, 3)
+    out = _run(tmp_path)
+    assert [t.column("src_filename").to_pylist() for t in out["rejects"]] == [
+        ["things/0.csv"], ["things/1.csv"], ["things/2.csv"]]
+    assert sum(t.num_rows for t in out["rows"]) == 9
