@@ -11,6 +11,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,14 +171,25 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     failed += lake_failed
     crash_point("lake_loaded")
 
-    mirrored = mirror_to_delta(lake, layout.delta_root, specs)
-    compacted = compact_tables(layout.delta_root)
-    rejects = _rejects_of_load(layout.warehouse, warehouse_load_id, failed)
-    files = write_rejects_csv(rejects, layout.rejects_root, warehouse_load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
-    summary = _summary(layout.warehouse, warehouse_load_id, specs)
-    warnings = [] if evolve_schema else _rescue_warnings(layout.warehouse, warehouse_load_id)
+    # The warehouse is complete: its reports are read while the Delta mirror runs (both release the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
+        reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, failed, specs, stamp,
+                              warnings=not evolve_schema)
+        mirrored = mirror_to_delta(lake, layout.delta_root, specs)
+        compacted = compact_tables(layout.delta_root)
+        files, summary, warnings = reports.result()
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
                      warnings)
+
+
+def _warehouse_reports(layout: Layout, load_id: str | None, failed: list[FailedJob], specs: Sequence[TableSpec],
+                       stamp: datetime, *, warnings: bool) -> tuple[list[Path], dict[str, TableSummary], list[str]]:
+    """What a run reports from the warehouse once it is loaded: the rejects CSVs written, the summary by table and
+    the rescued-column warnings (when `warnings`)."""
+    rejects = _rejects_of_load(layout.warehouse, load_id, failed)
+    files = write_rejects_csv(rejects, layout.rejects_root, load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
+    summary = _summary(layout.warehouse, load_id, specs)
+    return files, summary, _rescue_warnings(layout.warehouse, load_id) if warnings else []
 
 
 SCHEMA_HISTORY_TABLE = "schema_history"
