@@ -204,7 +204,14 @@ def _partition_predicate(column: str, value: str | None, type_: pa.DataType) -> 
 def _upsert(table: DeltaTable, rows: pa.RecordBatchReader, plan: MirrorPlan, commit: CommitProperties,
             partition: str | None = None) -> None:
     """Merge `rows` into `table` by key (in one partition when `partition` is a target predicate); a row never
-    replaces a newer version of its key, and rows marked for hard delete remove their key."""
+    replaces a newer version of its key, and rows marked for hard delete remove their key.
+
+    The rows are merged without their fields' metadata (the contract's checks, see `schemas.schemas`): delta-rs merges
+    the source's field metadata into the table's, fails on a changed value and, when the source has a key the table
+    lacks, writes the column as null.
+    """
+    plain = pa.schema([f.remove_metadata() for f in rows.schema])
+    rows = pa.RecordBatchReader.from_batches(plain, (pa.record_batch(b.columns, schema=plain) for b in rows))
     predicate = " AND ".join([*([partition] if partition else []),
                               *(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in plan.keys)])
     seq = plan.sequence_column

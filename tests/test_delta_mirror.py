@@ -47,6 +47,21 @@ def test_upsert_never_replaces_a_newer_version(tmp_path: Path) -> None:
     assert rows == [{"id": 1, "value": "v2"}, {"id": 2, "value": "v3"}]
 
 
+@pytest.mark.parametrize("metadata", [{"pattern": "v[0-9]"}, {"pattern": "v.*", "mostly_distinct": "true"}, None],
+                         ids=["changed-value", "added-key", "dropped"])
+def test_upsert_takes_rows_whose_contract_metadata_changed(tmp_path: Path, metadata: dict[str, str] | None) -> None:
+    target = tmp_path / "delta" / "things"
+    plan = MirrorPlan(keys=("id",), sequence_column="updated_at")
+    for load_id, name, meta, rows in (("100.1", "a", {"pattern": "v.*"}, [(1, "v1", 1), (2, "v1", 1)]),
+                                      ("100.2", "b", metadata, [(1, "v2", 2), (3, "v2", 2)])):
+        table = pq.read_table(_versions(tmp_path / f"{name}.parquet", rows))
+        field = table.schema.field("value").with_metadata(meta) if meta else table.schema.field("value")
+        pq.write_table(table.cast(table.schema.set(1, field.with_nullable(False))), tmp_path / f"{name}.parquet")
+        assert mirror_table(target, [str(tmp_path / f"{name}.parquet")], load_id, plan)
+    rows = sorted(DeltaTable(str(target)).to_pyarrow_table().select(["id", "value"]).to_pylist(), key=str)
+    assert rows == [{"id": 1, "value": "v2"}, {"id": 2, "value": "v1"}, {"id": 3, "value": "v2"}]
+
+
 def test_a_load_id_is_mirrored_once_even_when_repeated(tmp_path: Path) -> None:
     target = tmp_path / "delta" / "log"
     files = [_versions(tmp_path / "a.parquet", [(1, "x", 1), (2, "y", 1)])]
