@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dlt
 import pyarrow as pa
@@ -21,6 +21,8 @@ from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from dlt.common.schema.typing import TDeleteInsertStrategyDict, TSchemaContractDict, TTableSchemaColumns
 from dlt.common.schema.utils import dlt_load_id_column
 from dlt.extract.resource import DltResource
+
+from schemas.schemas import MOSTLY_DISTINCT
 
 from . import reasons
 from .audit import table_schema
@@ -47,9 +49,18 @@ LOAD_ID_FIELD = pa.field("_dlt_load_id", pa.string(), nullable=False)
 """dlt's load id column; Parquet files written by the resource carry it themselves."""
 
 
+MOSTLY_DISTINCT_HINT = "x-mostly-distinct"
+"""dlt column hint of text declared `mostly_distinct` in its field metadata (see `schemas.schemas`); the warehouse
+stores such columns with FSST compression (`sinks.WarehouseTypeMapper`)."""
+
+
 def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
-    """dlt column hints derived from a pyarrow schema (types, precision, scale, nullability)."""
-    return py_arrow_to_table_schema_columns(schema)
+    """dlt column hints derived from a pyarrow schema (types, precision, scale, nullability, `MOSTLY_DISTINCT_HINT`)."""
+    columns = py_arrow_to_table_schema_columns(schema)
+    for field in schema:
+        if (field.metadata or {}).get(MOSTLY_DISTINCT.encode()) == b"true":
+            cast(dict[str, Any], columns[field.name])[MOSTLY_DISTINCT_HINT] = True
+    return columns
 
 
 DELETE_INSERT: TDeleteInsertStrategyDict = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}

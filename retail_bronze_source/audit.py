@@ -12,6 +12,8 @@ from datetime import datetime
 
 import pyarrow as pa
 
+from schemas.schemas import MOSTLY_DISTINCT
+
 from .registry import TableSpec
 from .validate import RESCUED, ROW_HASH, ROW_NUMBER
 
@@ -38,7 +40,7 @@ def table_schema(spec: TableSpec) -> pa.Schema:
     ]
     if has_sheets(spec):
         fields.append(pa.field(SRC_SHEET, pa.string()))
-    fields.append(pa.field(ROW_HASH, pa.string(), nullable=False))
+    fields.append(pa.field(ROW_HASH, pa.string(), nullable=False, metadata={MOSTLY_DISTINCT: "true"}))
     return pa.schema(fields)
 
 

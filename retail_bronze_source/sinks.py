@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import dlt
 import pyarrow as pa
@@ -22,7 +23,7 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.destinations.impl.duckdb.factory import DuckDbTypeMapper
 from dlt.pipeline.pipeline import Pipeline
 
-from . import reasons
+from . import MOSTLY_DISTINCT_HINT, reasons
 from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
 from .readers.records import records_as_json
 from .validate import REJECT_SCHEMA, quote_ident
@@ -36,19 +37,18 @@ WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "block_allocator_memo
 """DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it), held by DuckDB's block
 allocator for the connection's lifetime instead of being returned to the system and faulted in again after each
 task (a 2M-row load: half the kernel time, about 0.25 s less); row order is not kept."""
-WAREHOUSE_COLUMN_COMPRESSION: Final = {"src_row_hash": "fsst"}
-"""DuckDB compression fixed per column name in the warehouse tables dlt creates. Row hashes are unique random text:
-DuckDB would analyse each segment for dictionary compression in vain before choosing FSST (0.3 to 0.5 s of a 2.7 s
-load of 2M rows; same file size)."""
-
-
 class WarehouseTypeMapper(DuckDbTypeMapper):
-    """dlt's DuckDB types, with `USING COMPRESSION` for the columns of `WAREHOUSE_COLUMN_COMPRESSION`."""
+    """dlt's DuckDB types, with FSST compression fixed for text columns hinted `MOSTLY_DISTINCT_HINT` (row hashes,
+    raw records, e-mail addresses). DuckDB would otherwise analyse each segment of such text for a dictionary in vain
+    before choosing FSST: row hashes, 0.3 to 0.5 s of a 2.7 s load of 2M orders; their e-mail addresses, another
+    0.15 s (0.35 CPU-s); the same file size."""
 
     def to_destination_type(self, column: TColumnSchema, table: PreparedTableSchema) -> str:
         db_type = super().to_destination_type(column, table)
-        compression = WAREHOUSE_COLUMN_COMPRESSION.get(column.get("name") or "")
-        return f"{db_type} USING COMPRESSION {compression}" if compression else db_type
+        hints = cast(Mapping[str, Any], column)
+        if hints.get(MOSTLY_DISTINCT_HINT) and column.get("data_type") == "text":
+            return f"{db_type} USING COMPRESSION fsst"
+        return db_type
 
 
 WAREHOUSE_PARALLELISM: Final = "table-sequential"

@@ -16,6 +16,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.schemas import MOSTLY_DISTINCT
+
 from . import reasons
 from .readers.base import FileRejected, RawChunk
 from .readers.csv import format_csv_records
@@ -38,8 +40,8 @@ REJECT_FIELDS = (
     pa.field("reason_code", pa.string(), nullable=False),
     pa.field("column_name", pa.string()),
     pa.field("reason_detail", pa.string(), nullable=False),
-    pa.field("raw_record", pa.string()),
-    pa.field("src_row_hash", pa.string()),
+    pa.field("raw_record", pa.string(), metadata={MOSTLY_DISTINCT: "true"}),
+    pa.field("src_row_hash", pa.string(), metadata={MOSTLY_DISTINCT: "true"}),
 )
 """Columns of a reject record known at validation time; the run adds `ingestion_ts` and `load_id`."""
 

@@ -6,7 +6,9 @@ Each contract is a `pyarrow.Schema` whose fields carry their own checks as field
 - `accepted_values`: JSON list of allowed values (`ACCEPTED_VALUES`);
 - `min` / `max`: inclusive bounds, as text in the field's type (`OUT_OF_RANGE`);
 - `pattern`: a regular expression the whole value must match (`PATTERN_MISMATCH`);
-- `json`: the column holds a JSON document kept as text (loaded as dlt's `json` type).
+- `json`: the column holds a JSON document kept as text (loaded as dlt's `json` type);
+- `mostly_distinct`: text whose values seldom repeat (e-mail addresses, identifiers, hashes): the DuckDB warehouse
+  stores it with FSST compression instead of first trying a dictionary for it.
 
 Timestamps are `timestamp("us", tz="UTC")`; money is `decimal128`. Only the business columns are declared here:
 the audit columns are added by `retail_bronze_source.audit`.
@@ -25,6 +27,8 @@ MONEY = pa.decimal128(12, 2)
 ISO_COUNTRY = r"[A-Z]{2}"
 ISO_CURRENCY = r"[A-Z]{3}"
 EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+MOSTLY_DISTINCT = "mostly_distinct"
+"""Field metadata key of text whose values seldom repeat (value `"true"`)."""
 CURRENCIES = ("EUR", "USD", "GBP", "CHF", "SEK", "PLN", "JPY")
 
 
@@ -38,6 +42,7 @@ def col(
     max_value: str | None = None,
     pattern: str | None = None,
     json_text: bool = False,
+    mostly_distinct: bool = False,
 ) -> pa.Field:
     """Declare one contract column with its checks stored as field metadata."""
     meta: dict[str, str] = {}
@@ -51,13 +56,15 @@ def col(
         meta["pattern"] = pattern
     if json_text:
         meta["json"] = "true"
+    if mostly_distinct:
+        meta[MOSTLY_DISTINCT] = "true"
     return pa.field(name, type_, nullable=not required, metadata=meta or None)
 
 
 CUSTOMERS = pa.schema(
     [
         col("customer_id", pa.int64(), required=True, min_value="1"),
-        col("email", pa.string(), required=True, pattern=EMAIL),
+        col("email", pa.string(), required=True, pattern=EMAIL, mostly_distinct=True),
         col("first_name", pa.string(), required=True),
         col("last_name", pa.string(), required=True),
         col("country_code", pa.string(), required=True, pattern=ISO_COUNTRY),
@@ -104,7 +111,7 @@ ORDERS = pa.schema(
         col("channel", pa.string(), required=True, accepted=("web", "app", "store")),
         col("currency", pa.string(), required=True, pattern=ISO_CURRENCY),
         col("total_amount", MONEY, required=True, min_value="0", max_value="1000000"),
-        col("customer_email", pa.string(), pattern=EMAIL),
+        col("customer_email", pa.string(), pattern=EMAIL, mostly_distinct=True),
         col("note", pa.string()),
         col("updated_at", UTC_TS, required=True),
     ]
