@@ -37,6 +37,8 @@ WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "block_allocator_memo
 """DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it), held by DuckDB's block
 allocator for the connection's lifetime instead of being returned to the system and faulted in again after each
 task (a 2M-row load: half the kernel time, about 0.25 s less); row order is not kept."""
+
+
 class WarehouseTypeMapper(DuckDbTypeMapper):
     """dlt's DuckDB types, with FSST compression fixed for text columns hinted `MOSTLY_DISTINCT_HINT` (row hashes,
     raw records, e-mail addresses). DuckDB would otherwise analyse each segment of such text for a dictionary in vain
