@@ -15,7 +15,8 @@ from .delta_mirror import compact_tables
 from .registry import RETAIL_TABLES
 from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
-from .sinks import WAREHOUSE_PIPELINE
+from .sinks import WarehouseBusy
+from .targets import SinkMismatch, pipeline_names
 
 
 class CliError(Exception):
@@ -30,9 +31,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     parser.add_argument("--tables", default="", help="comma-separated tables to load (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
-    parser.add_argument("--evolve-schema", action="store_true",
+    parser.add_argument("--evolve-schema", action="store_true", default=None,
                         help="add columns outside the contract to the tables (with their types) instead of keeping "
-                             "them in _rescued_data; each addition is recorded in bronze.schema_history")
+                             "them in _rescued_data; each addition is recorded in bronze.schema_history (default: "
+                             "[sources.retail_bronze] evolve_schema in .dlt/config.toml, else off)")
+    parser.add_argument("--reload", default="",
+                        help="comma-separated tables to load again from their raw files, replacing them (and their "
+                             "rejects and manifest records) in every sink")
     parser.add_argument("--compact", action="store_true",
                         help="compact every Delta table under <lake>/bronze/delta now, then exit (no load)")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
@@ -90,13 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"compacted {done.table_name}: {done.files_before} -> {done.files_after} files")
             return 0
         if args.dry_run:
-            ledgers = _existing_ledgers(args.pipelines_dir)
+            ledgers = _existing_ledgers(layout, args.pipelines_dir)
             print("dry run: nothing is written; this is what a run would load and reject")
             print(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
             return 0
+        reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
-                            evolve_schema=args.evolve_schema)
-    except (CliError, RunLocked) as error:
+                            evolve_schema=args.evolve_schema, reload=reload)
+    except (CliError, RunLocked, WarehouseBusy, SinkMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
@@ -104,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         print(f"error: {type(cause).__name__}: {first_line}", file=sys.stderr)
         return 1
+    for note in result.notes:
+        print(f"note: {note}")
     print(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
           f"lake load {result.lake_load_id or '-'}")
     print(format_summary(result.summary))
@@ -115,11 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
     print(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
           f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
+    inspect = f" --pipelines-dir {args.pipelines_dir}" if args.pipelines_dir else ""
+    print(f"inspect: dlt pipeline{inspect} {result.pipelines[0]} info|trace|load-package "
+          f"(the lake: {result.pipelines[1]})")
     return 0
 
 
-def _existing_ledgers(pipelines_dir: str | None) -> dict[str, dict[str, object]]:
+def _existing_ledgers(layout: Layout, pipelines_dir: str | None) -> dict[str, dict[str, object]]:
     root = Path(pipelines_dir) if pipelines_dir else Path(get_dlt_pipelines_dir())
-    if not (root / WAREHOUSE_PIPELINE).is_dir():
+    name = pipeline_names(layout.warehouse, layout.lake)[0]
+    if not (root / name).is_dir():
         return {}
-    return recorded_ledgers(dlt.attach(WAREHOUSE_PIPELINE, pipelines_dir=str(root)))
+    return recorded_ledgers(dlt.attach(name, pipelines_dir=str(root)))

@@ -1,9 +1,15 @@
-"""The post-load step mirroring the lake pipeline's loaded packages into Delta tables at `<root>/<table>/`.
+"""The Delta mirror: the change log's loads written into Delta tables at `<lake>/bronze/delta/<table>/`.
 
-Append tables are appended, keyed tables upserted by key (a row never replaces a newer version of its key). Each
-commit carries the load id as a Delta application transaction (`app_id` = `retail_bronze_mirror`, version = the load id
-in microseconds), written atomically with the data, so a load id is mirrored exactly once even when the step is re-run
-or was killed half way.
+Append tables are appended, keyed tables upserted by key (a row never replaces a newer version of its key). The mirror
+reads the change log itself, not the pipelines directory, so a lost pipelines directory or a Delta table deleted by
+hand is rebuilt from the change log by the next run. Each Delta commit holds the rows of one warehouse load and
+carries two application transactions, written atomically with the data: `retail_bronze_mirror` = the warehouse load
+id and `retail_bronze_mirror_source` = the change log's load id, both in microseconds. A warehouse load is mirrored
+exactly once per table, even when the step is re-run, was killed half way, or the change log holds it twice (a lake
+rebuilt from the warehouse).
+
+A `table_resets` row (a table dropped with `dlt pipeline drop`, or reloaded with `--reload`) makes the mirror remove the
+table's earlier rows, and its earlier reject and manifest records, before it writes the load that reloads it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -21,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import duckdb
@@ -31,18 +39,23 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
-from dlt.pipeline.pipeline import Pipeline
 
 from .crash_points import crash_point
-from .extract import MANIFEST_TABLE
+from .extract import MANIFEST_TABLE, REJECTS_TABLE
 from .parquet_files import TARGET_FILE_SIZE, parquet_options
 from .registry import TableSpec
-from .sinks import loaded_load_ids, package_files
-from .validate import quote_ident, quote_literal
+from .sql import quote_ident, quote_literal
 
 logger = logging.getLogger(__name__)
 
 APP_ID = "retail_bronze_mirror"
+SOURCE_APP_ID = "retail_bronze_mirror_source"
+TABLE_RESETS = "table_resets"
+NOT_MIRRORED = frozenset({"change_log_imports", "init"})
+"""Change-log tables that are the lake's own bookkeeping, not warehouse data."""
+LOAD_ID = "_dlt_load_id"
+_CHANGE_LOG_FILE = re.compile(r"^(\d+\.\d+)\.")
+"""A change log file name starts with its lake load id (`<load_id>.<file_id>.parquet`)."""
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 SORT_BATCH_ROWS = 128 * 1024
 MAX_OPEN_FILES = 32
@@ -101,32 +114,146 @@ def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
     return MirrorPlan()
 
 
-def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
-    """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written."""
+@dataclass(frozen=True)
+class ChangeLogFile:
+    """One Parquet file of the change log, with the warehouse loads its rows come from."""
+
+    path: str
+    lake_load: str
+    warehouse_loads: tuple[str, ...]
+
+
+def change_log_files(change_log: Path) -> dict[str, list[ChangeLogFile]]:
+    """The files of every table of the change log at `change_log` (`<lake>/bronze/parquet`) that belong to completed
+    lake loads, by table, oldest load first."""
+    completed = {path.name.split("__")[-1].removesuffix(".jsonl") for path in (change_log / "_dlt_loads").glob("*.jsonl")}
+    out: dict[str, list[ChangeLogFile]] = {}
+    if not change_log.is_dir():
+        return out
+    for folder in sorted(p for p in change_log.iterdir() if p.is_dir()):
+        if folder.name.startswith("_dlt") or folder.name in NOT_MIRRORED:
+            continue
+        for path in sorted(folder.glob("*.parquet")):
+            match = _CHANGE_LOG_FILE.match(path.name)
+            if match is None or match.group(1) not in completed:
+                continue
+            out.setdefault(folder.name, []).append(ChangeLogFile(str(path), match.group(1), _warehouse_loads(path)))
+    for files in out.values():
+        files.sort(key=lambda f: (Decimal(f.lake_load), f.path))
+    return out
+
+
+def _warehouse_loads(path: Path) -> tuple[str, ...]:
+    """The distinct `_dlt_load_id` values of a file: from its statistics when they name one value, else read."""
+    metadata = pq.ParquetFile(path).metadata
+    names = metadata.schema.names
+    if LOAD_ID not in names:
+        return ()
+    column = names.index(LOAD_ID)
+    bounds: set[Any] = set()
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            bounds.clear()
+            break
+        bounds.update({stats.min, stats.max})
+    if len(bounds) == 1:
+        value = bounds.pop()
+        return (value.decode() if isinstance(value, bytes) else str(value),)
+    values = pq.read_table(path, columns=[LOAD_ID]).column(0)
+    return tuple(sorted((str(v) for v in pc.unique(values).to_pylist() if v is not None), key=Decimal))
+
+
+def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
+    """Mirror every warehouse load of the change log of `lake_root` that Delta does not hold yet, oldest first."""
+    delta_root = lake_root / "bronze" / "delta"
+    files = change_log_files(lake_root / "bronze" / "parquet")
+    tables = {name: _MirrorTarget.of(delta_root / name) for name in files}
+    groups: dict[str, dict[str, list[ChangeLogFile]]] = {}
+    for name, table_files in files.items():
+        target = tables[name]
+        for file in table_files:
+            if Decimal(file.lake_load) <= target.source_version:
+                continue
+            for load in file.warehouse_loads:
+                if Decimal(load) > target.version:
+                    groups.setdefault(load, {}).setdefault(name, []).append(file)
     written = []
-    for load_id in loaded_load_ids(pipeline):
-        files_by_table = package_files(pipeline, load_id, loaded_only=True)
-        redelivered = _redelivered_files(files_by_table.get(MANIFEST_TABLE, []))
-        for table, files in sorted(files_by_table.items()):
-            plan = mirror_plan(table, specs)
-            if not plan.keys and table in {s.name for s in specs}:
-                plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(table, ()))))
-            result = mirror_table(delta_root / table, files, load_id, plan)
+    names = {s.name for s in specs}
+    for load in sorted(groups, key=Decimal):
+        by_table = groups[load]
+        manifest = [f.path for f in by_table.get(MANIFEST_TABLE, [])] or _files_of(files, MANIFEST_TABLE, load)
+        _apply_resets(delta_root, _files_of(files, TABLE_RESETS, load), load)
+        redelivered = _redelivered_files(manifest, load)
+        for name in sorted(by_table):
+            plan = mirror_plan(name, specs)
+            if not plan.keys and name in names:
+                plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(name, ()))))
+            table_files = by_table[name]
+            lake_load = max((f.lake_load for f in table_files), key=Decimal)
+            mixed = any(len(f.warehouse_loads) > 1 for f in table_files)
+            source = PackageRows.of([f.path for f in table_files], only_load=load if mixed else None)
+            result = mirror_table(delta_root / name, source, load, lake_load, plan)
             if result is not None:
-                written.append(MirroredTable(load_id, table, *result))
+                written.append(MirroredTable(load, name, *result))
                 crash_point("delta_table_mirrored")
     return written
 
 
-def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
-    """Write one package's files of one table to the Delta table `target`; None if this load id is already there."""
+def _files_of(files: dict[str, list[ChangeLogFile]], table: str, load: str) -> list[str]:
+    return [f.path for f in files.get(table, []) if load in f.warehouse_loads]
+
+
+@dataclass(frozen=True)
+class _MirrorTarget:
+    """What a Delta table holds: the newest warehouse load and change log load mirrored into it."""
+
+    version: Decimal
+    source_version: Decimal
+
+    @classmethod
+    def of(cls, target: Path) -> _MirrorTarget:
+        if not DeltaTable.is_deltatable(str(target)):
+            return cls(Decimal(-1), Decimal(-1))
+        table = DeltaTable(str(target))
+        version = Decimal(table.transaction_version(APP_ID) or -1) / 1_000_000
+        # Tables mirrored before the source version existed recorded the change log's load id as their version.
+        source = table.transaction_version(SOURCE_APP_ID)
+        return cls(version, Decimal(source) / 1_000_000 if source is not None else version)
+
+
+def _apply_resets(delta_root: Path, reset_files: list[str], load: str) -> None:
+    """Remove the earlier rows of the tables reset by warehouse load `load`, and their earlier reject and manifest
+    records (records of `load` itself stay: the step may be redone after a kill)."""
+    if not reset_files:
+        return
+    resets = pq.read_table(reset_files, columns=["table_name", LOAD_ID])
+    reset = sorted(set(resets.filter(pc.equal(resets[LOAD_ID], load))["table_name"].to_pylist()))
+    for name in reset:
+        path = delta_root / name
+        if DeltaTable.is_deltatable(str(path)):
+            table = DeltaTable(str(path))
+            if (table.transaction_version(APP_ID) or -1) < load_id_version(load):
+                table.delete(predicate=f"{LOAD_ID} <> {quote_literal(load)}")
+        for shared, column in ((REJECTS_TABLE, "load_id"), (MANIFEST_TABLE, "load_id")):
+            shared_path = delta_root / shared
+            if DeltaTable.is_deltatable(str(shared_path)):
+                DeltaTable(str(shared_path)).delete(
+                    predicate=f"table_name = {quote_literal(name)} AND ({column} IS NULL OR {column} <> "
+                              f"{quote_literal(load)})")
+
+
+def mirror_table(target: Path, source: PackageRows, load_id: str, lake_load: str,
+                 plan: MirrorPlan) -> tuple[int, str] | None:
+    """Write the rows of warehouse load `load_id` (from change log load `lake_load`) of one table to the Delta table
+    `target`; None if the table holds this load already."""
     version = load_id_version(load_id)
-    commit = CommitProperties(app_transactions=[Transaction(app_id=APP_ID, version=version)],
+    commit = CommitProperties(app_transactions=[Transaction(app_id=APP_ID, version=version),
+                                                Transaction(app_id=SOURCE_APP_ID, version=load_id_version(lake_load))],
                               custom_metadata={"retail_bronze.load_id": load_id})
     table = DeltaTable(str(target)) if DeltaTable.is_deltatable(str(target)) else None
     if table is not None and (table.transaction_version(APP_ID) or -1) >= version:
         return None
-    source = PackageRows.of(files)
     rows = source.count()
     # A new table gets no rows marked for hard delete: there is nothing for them to delete.
     deleted = plan.hard_delete_marker if table is None else None
@@ -236,20 +363,26 @@ def _kept(deleted: str | None) -> pc.Expression | None:
 
 @dataclass(frozen=True)
 class PackageRows:
-    """One table's Parquet files of a package, read a batch at a time in one schema (the union of the files')."""
+    """One table's Parquet files of one warehouse load, read a batch at a time in one schema (the union of the
+    files'); `only_load` keeps the rows of that load only, for files that hold several."""
 
     files: tuple[str, ...]
     schema: pa.Schema
+    only_load: str | None = None
 
     @classmethod
-    def of(cls, files: Sequence[str]) -> PackageRows:
+    def of(cls, files: Sequence[str], only_load: str | None = None) -> PackageRows:
         """The rows of `files`; dictionary-encoded columns (dlt writes `_dlt_load_id` so) are read as their values."""
         schemas = [pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
                               for f in pq.read_schema(path)]) for path in files]
-        return cls(tuple(files), pa.unify_schemas(schemas, promote_options="permissive"))
+        return cls(tuple(files), pa.unify_schemas(schemas, promote_options="permissive"), only_load)
 
     def count(self) -> int:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        if self.only_load is None:
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        with duckdb.connect() as con:
+            found = con.execute(f"SELECT count(*) FROM {self.duckdb_relation()}").fetchone()
+        return int(found[0]) if found else 0
 
     def batches(self, columns: Sequence[str] | None = None, kept: pc.Expression | None = None,
                 batch_size: int = SORT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
@@ -258,10 +391,15 @@ class PackageRows:
         Files are read without pyarrow's pre-buffering, which would hold whole row groups of every column at once.
         """
         schema = pa.schema([self.schema.field(c) for c in columns]) if columns is not None else self.schema
+        read = list(dict.fromkeys([*schema.names, *([LOAD_ID] if self.only_load is not None else [])]))
         for path in self.files:
             file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-            present = [c for c in schema.names if c in file.schema_arrow.names]
+            present = [c for c in read if c in file.schema_arrow.names]
             for batch in file.iter_batches(batch_size=batch_size, columns=present):
+                if self.only_load is not None:
+                    load_ids = batch.column(LOAD_ID)
+                    batch = batch.filter(pc.equal(load_ids.cast(pa.string()) if pa.types.is_dictionary(
+                        load_ids.type) else load_ids, self.only_load))
                 n = batch.num_rows
                 aligned = pa.record_batch([batch.column(c).cast(f.type) if c in present else pa.nulls(n, f.type)
                                            for c, f in zip(schema.names, schema, strict=True)], schema=schema)
@@ -271,8 +409,11 @@ class PackageRows:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches(kept=kept))
 
     def duckdb_relation(self) -> str:
-        """DuckDB table function reading the files by column name."""
-        return f"read_parquet([{', '.join(quote_literal(f) for f in self.files)}], union_by_name = true)"
+        """DuckDB relation reading the files by column name (the rows of `only_load` only, when set)."""
+        scan = f"read_parquet([{', '.join(quote_literal(f) for f in self.files)}], union_by_name = true)"
+        if self.only_load is None:
+            return scan
+        return f"(SELECT * FROM {scan} WHERE {LOAD_ID} = {quote_literal(self.only_load)})"
 
 
 def _append(target: Path, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
@@ -440,15 +581,15 @@ class _PartitionFiles:
         self.written.append((file.path, file.rows))
 
 
-def _redelivered_files(manifest_files: list[str]) -> dict[str, set[str]]:
-    """Source files of each table that this package loads again with changed content."""
+def _redelivered_files(manifest_files: list[str], load_id: str) -> dict[str, set[str]]:
+    """Source files of each table that warehouse load `load_id` loads again with changed content."""
     if not manifest_files:
         return {}
     manifest = ds.dataset(manifest_files, format="parquet").to_table(
-        columns=["table_name", "src_path", "replaced_fingerprint", "status"])
+        columns=["table_name", "src_path", "replaced_fingerprint", "status", "load_id"])
     out: dict[str, set[str]] = {}
     for row in manifest.to_pylist():
-        if row["replaced_fingerprint"] is not None and row["status"] != "changed_skipped":
+        if row["load_id"] == load_id and row["replaced_fingerprint"] is not None and row["status"] != "changed_skipped":
             out.setdefault(row["table_name"], set()).add(row["src_path"])
     return out
 

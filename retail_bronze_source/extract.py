@@ -40,6 +40,9 @@ from .registry import EXTENSION_FORMATS, TableSpec
 from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
 OutputKind = Literal["rows", "rejects", "manifest"]
+NewerVersions = Callable[[list[str], str, Any, Callable[[pa.RecordBatchReader], None]], bool]
+"""`(columns, sequence_column, oldest, sink) -> found`: hands `sink` the loaded `columns` (key and sequence, by
+destination column name) of rows whose sequence value is greater than `oldest`; see `loaded.LoadedVersions`."""
 
 REJECTS_TABLE = "rejects"
 MANIFEST_TABLE = "manifest_processed_files"
@@ -58,6 +61,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("valid_count", pa.int64(), nullable=False),
         pa.field("reject_count", pa.int64(), nullable=False),
         pa.field("superseded_count", pa.int64(), nullable=False),
+        pa.field("late_count", pa.int64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("replaced_fingerprint", pa.string()),
         pa.field("extra_columns", pa.string()),
@@ -83,6 +87,7 @@ REJECTS_BATCH_BYTES = 64 << 20
 """Reject records of consecutive files are handed on together up to this size: dlt computes and validates the table
 hints of every item it is given (about 10 ms each), which cost a dirty 2M-row load more than writing its records."""
 DELTA_VERSION = "delta-version:"
+DELTA_LOG = "delta-log:"
 """Fingerprint prefix of a Delta input; a later version is read as the increment since the recorded one."""
 
 
@@ -106,10 +111,14 @@ class _StagedFile:
     """Fingerprint of the version of this path loaded before (a re-delivery or a Delta increment)."""
     skipped: bool = False
     """A changed file of a table declared with `changed_files="skip"`: recorded, not loaded."""
+    transient: bool = False
+    """A file that could not be read this time (permissions, I/O): not recorded in the ledger, read again next run."""
     conflicts: pa.Table | None = None
     """Position keys (`__key`) and version counts of rows rejected as `DUPLICATE_KEY`."""
-    superseded: pa.Array | None = None
-    """Position keys of rows replaced by a newer version of their key in this load."""
+    late_count: int = 0
+    dropped: pa.Array | None = None
+    """Position keys of valid rows not loaded: superseded by a newer version of their key in this load, or older
+    than the version of their key already loaded (late)."""
 
 
 def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
@@ -128,8 +137,24 @@ def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
         rel = path[len(root) + 1:] if path.startswith(root + "/") else path
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         found.append(RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
-                             mtime=_as_timestamp(mtime)))
+                             mtime=_as_timestamp(mtime), signature=file_signature(info)))
     return found
+
+
+_CONTENT_TAGS = ("ETag", "etag", "md5Hash", "generation", "VersionId", "version_id")
+
+
+def file_signature(info: Mapping[str, Any]) -> str | None:
+    """`RawFile.signature` from an fsspec `info()` entry, or None when the file system gives nothing that changes
+    with every write."""
+    size = info.get("size")
+    if "ino" in info and "created" in info and "mtime" in info:
+        return f"local:{size}:{info['mtime']!r}:{info['created']!r}:{info['ino']}"
+    tags = [f"{key}={info[key]}" for key in _CONTENT_TAGS if info.get(key)]
+    if not tags:
+        return None
+    modified = info.get("LastModified") or info.get("last_modified") or info.get("mtime") or info.get("updated")
+    return f"object:{size}:{modified}:{';'.join(tags)}"
 
 
 def _as_timestamp(value: Any) -> float | None:
@@ -167,13 +192,28 @@ def fingerprint(file: RawFile, fmt: str) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def delta_log_fingerprint(file: RawFile) -> str:
+    """A fingerprint of a Delta table that deltalake cannot open: the names and sizes of its log entries."""
+    digest = hashlib.sha256()
+    try:
+        entries = file.fs.ls(f"{file.path.rstrip('/')}/_delta_log", detail=True)
+    except OSError as error:
+        return f"{DELTA_LOG}unlisted:{type(error).__name__}"
+    for entry in sorted(entries, key=lambda e: str(e["name"])):
+        digest.update(f"{Path(str(entry['name'])).name}:{entry.get('size')};".encode())
+    return f"{DELTA_LOG}{digest.hexdigest()}"
+
+
 class TableExtractor:
     """Reads, validates and stages the files of one table, then emits its output."""
 
     def __init__(self, spec: TableSpec, *, ingestion_ts: datetime, load_id: str | None, chunk_size: int,
                  ledger: MutableMapping[str, Any], evolve_schema: bool = False,
-                 column_types: Mapping[str, str] | None = None, column_name: Callable[[str], str] = str) -> None:
+                 column_types: Mapping[str, str] | None = None, column_name: Callable[[str], str] = str,
+                 newer_versions: NewerVersions | None = None) -> None:
         self.spec = spec
+        self.newer_versions = newer_versions
+        """Reads the destination's versions of keys newer than a given sequence value (the late-version guard)."""
         self.ingestion_ts = ingestion_ts
         self.load_id = load_id
         self.chunk_size = chunk_size
@@ -232,7 +272,7 @@ class TableExtractor:
             self._replaces_loaded_rows = self._loaded_before if self.spec.write_disposition == "merge" else any(
                 s.replaced_fingerprint is not None and not s.skipped and s.file_level is None for s in staged)
             self._resolve_keys(staged)
-            self._rows_to_emit = sum(s.valid_count - s.superseded_count for s in staged
+            self._rows_to_emit = sum(s.valid_count - s.superseded_count - s.late_count for s in staged
                                      if s.file_level is None and not s.skipped)
             rejects: list[pa.Table] = []
             rejects_bytes = 0
@@ -249,8 +289,9 @@ class TableExtractor:
                         if rejects_bytes >= REJECTS_BATCH_BYTES:
                             yield "rejects", pa.concat_tables(rejects)
                             rejects, rejects_bytes = [], 0
-                self.ledger[item.file.rel_path] = {"fingerprint": item.fingerprint, "size": item.file.size,
-                                                   "mtime": item.file.mtime}
+                if not item.transient:
+                    self.ledger[item.file.rel_path] = {"fingerprint": item.fingerprint,
+                                                       "signature": item.file.signature}
             if rejects:
                 yield "rejects", pa.concat_tables(rejects)
             if manifest:
@@ -260,8 +301,8 @@ class TableExtractor:
     def _stage_if_new(self, file: RawFile, tmp: Path, index: int) -> _StagedFile | None:
         seen = self.ledger.get(file.rel_path)
         is_delta = self.spec.formats == ("delta",)
-        if seen and not is_delta and seen.get("size") == file.size and seen.get("mtime") == file.mtime:
-            return None
+        if seen and not is_delta and file.signature is not None and seen.get("signature") == file.signature:
+            return None  # the file was not written since its fingerprint was taken (see `RawFile.signature`)
         fmt: str | None = None
         unsupported: FileRejected | None = None
         try:
@@ -270,12 +311,22 @@ class TableExtractor:
             unsupported = rejected
         try:
             print_ = fingerprint(file, fmt or "file")
-        except (FileRejected, OSError) as error:
-            unreadable = error if isinstance(error, FileRejected) else FileRejected(
-                reasons.FILE_UNREADABLE, f"{type(error).__name__}: {error}")
-            return self._file_rejected(file, f"unreadable:size={file.size}:mtime={file.mtime}", unreadable)
+        except OSError as error:
+            # A transient failure (permissions, I/O): recorded in the manifest, never in the ledger, so the file is
+            # read again by the next run.
+            detail = FileRejected(reasons.FILE_UNREADABLE, f"cannot read {file.rel_path}: {type(error).__name__}: "
+                                                           f"{error.strerror or error}")
+            rejected_ = self._file_rejected(file, f"unreadable:size={file.size}:signature={file.signature}", detail)
+            rejected_.transient = True
+            return rejected_
+        except FileRejected as rejected:
+            # A Delta table deltalake cannot open: known by its log, so an unchanged log is not examined again.
+            print_ = delta_log_fingerprint(file) if is_delta else f"unreadable:size={file.size}"
+            if seen and seen.get("fingerprint") == print_:
+                return None
+            return self._file_rejected(file, print_, rejected, str(seen["fingerprint"]) if seen else None)
         if seen and seen.get("fingerprint") == print_:
-            seen.update(size=file.size, mtime=file.mtime)
+            seen["signature"] = file.signature
             return None
         replaced = str(seen["fingerprint"]) if seen else None
         if replaced is not None and not is_delta and self.spec.changed_files != "reload":
@@ -427,27 +478,72 @@ class TableExtractor:
             if self.spec.write_disposition == "merge" else f"SELECT {position_sql} FROM candidates WHERE false"
         )
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE superseded AS {superseded_sql}")
+        late = self._late_versions(keys, pk, position)
         for item in staged:
             if item.file_level is not None or not item.valid_count:
                 continue
             name = quote_literal(item.file.rel_path)
             conflicts = self.con.execute(f"SELECT * FROM conflicting WHERE src_filename = {name}").to_arrow_table()
             superseded = self.con.execute(f"SELECT * FROM superseded WHERE src_filename = {name}").to_arrow_table()
+            older = self.con.execute(f"SELECT * FROM {late} WHERE src_filename = {name}").to_arrow_table()
             if conflicts.num_rows:
                 item.conflicts = conflicts.append_column("__key", self._position_key(conflicts))
-            if superseded.num_rows:
-                item.superseded = self._position_key(superseded)
+            if superseded.num_rows or older.num_rows:
+                item.dropped = pa.concat_arrays([self._position_key(superseded), self._position_key(older)])
             item.valid_count -= conflicts.num_rows
             item.reject_count += conflicts.num_rows
             item.superseded_count = superseded.num_rows
+            item.late_count = older.num_rows
         # Each file holds its own results now; the tables would occupy DuckDB's memory while the rows are emitted.
-        self.con.execute("DROP TABLE candidates; DROP TABLE conflicting; DROP TABLE superseded")
+        self.con.execute(f"DROP TABLE candidates; DROP TABLE conflicting; DROP TABLE superseded; DROP TABLE {late}")
         pa.default_memory_pool().release_unused()
+
+    def _late_versions(self, keys: str, pk: list[str], position: list[str]) -> str:
+        """Create the temp table `late` of the positions of rows to load whose key already holds a newer version in
+        the destination (never for append tables or tables without a sequence column); return its name."""
+        seq = self.spec.sequence_column
+        position_sql = ", ".join(quote_ident(c) for c in position)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE late AS SELECT {position_sql} FROM {keys} WHERE false")
+        if self.newer_versions is None or seq is None or self.spec.write_disposition != "merge":
+            return "late"
+        found = self.con.execute(f"SELECT min({quote_ident(seq)}) FROM {keys}").fetchone()
+        oldest = found[0] if found else None
+        if oldest is None:
+            return "late"
+        loaded_names = [self.column_name(c) for c in (*pk, seq)]
+
+        def keep(reader: pa.RecordBatchReader) -> None:
+            renamed = pa.RecordBatchReader.from_batches(
+                pa.schema([f.with_name(f"__l{i}") for i, f in enumerate(reader.schema)]),
+                (pa.record_batch(b.columns, names=[f"__l{i}" for i in range(b.num_columns)]) for b in reader))
+            self.con.register("loaded_versions", renamed)
+            try:
+                key_of = ", ".join(f"__l{i} AS {quote_ident(c)}" for i, c in enumerate(pk))
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE newest AS SELECT {key_of}, max(__l{len(pk)}) AS "
+                                 f"__newest FROM loaded_versions GROUP BY ALL")
+            finally:
+                self.con.unregister("loaded_versions")
+
+        self.con.execute("DROP TABLE IF EXISTS newest")
+        if not self.newer_versions(loaded_names, loaded_names[-1], oldest, keep):
+            return "late"
+        exists = self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'newest' AND temporary"
+                                  ).fetchone()
+        if not exists or not exists[0]:
+            return "late"
+        pk_sql = ", ".join(quote_ident(c) for c in pk)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE late AS SELECT {position_sql} FROM (SELECT * FROM {keys} JOIN newest "
+            f"USING ({pk_sql}) WHERE newest.__newest > {quote_ident(seq)}) "
+            f"ANTI JOIN conflicting USING ({position_sql}) ANTI JOIN superseded USING ({position_sql})"
+        )
+        self.con.execute("DROP TABLE newest")
+        return "late"
 
     def _drop_resolved(self, batch: pa.Table, item: _StagedFile) -> tuple[pa.Table, pa.Table]:
         """Split a staged batch into the rows to load and the rows of conflicting keys (with their version count)."""
         key = self._position_key(batch)
-        drop = pc.is_in(key, item.superseded) if item.superseded is not None else pa.repeat(pa.scalar(False), len(key))
+        drop = pc.is_in(key, item.dropped) if item.dropped is not None else pa.repeat(pa.scalar(False), len(key))
         conflicting = batch.slice(0, 0).append_column("versions", pa.array([], pa.int64()))
         if item.conflicts is not None:
             in_conflict = pc.is_in(key, item.conflicts["__key"])
@@ -498,7 +594,7 @@ class TableExtractor:
                 reader = pa.ipc.open_file(source)
                 for i in range(reader.num_record_batches):
                     batch = pa.Table.from_batches([reader.get_batch(i)])
-                    if item.conflicts is not None or item.superseded is not None:
+                    if item.conflicts is not None or item.dropped is not None:
                         batch, conflicting = self._drop_resolved(batch, item)
                         if conflicting.num_rows:
                             duplicates.append(self._duplicate_rejects(conflicting, item))
@@ -527,7 +623,7 @@ class TableExtractor:
             "src_path": item.file.rel_path, "table_name": self.spec.name, "processed_at": self.ingestion_ts,
             "file_fingerprint": item.fingerprint, "file_size": item.file.size, "row_count": item.row_count,
             "valid_count": item.valid_count, "reject_count": item.reject_count,
-            "superseded_count": item.superseded_count, "status": status,
+            "superseded_count": item.superseded_count, "late_count": item.late_count, "status": status,
             "replaced_fingerprint": item.replaced_fingerprint,
             "extra_columns": ",".join(sorted(item.extra_columns)) or None,
             "load_id": self.load_id,

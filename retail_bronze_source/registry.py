@@ -62,6 +62,9 @@ class TableSpec:
     """A boolean column marking tombstones: the row is a deletion of its key."""
     hard_delete: bool = False
     """Tombstones remove their key from DuckDB and Delta; by default they are kept as soft deletes (marker true)."""
+    evolve_schema: bool | None = None
+    """Columns outside the contract are added to the table (True) or kept in `_rescued_data` (False); None follows
+    the source's `evolve_schema` setting."""
 
     def __post_init__(self) -> None:
         names = set(self.schema.names) | {d.name for d in self.derived}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, cast
 
 import dlt
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -19,17 +21,18 @@ from dlt.common.destination.client import PreparedTableSchema
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
 from dlt.common.schema.typing import TColumnSchema
 from dlt.common.storages.load_package import PackageStorage
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.destinations.impl.duckdb.factory import DuckDbTypeMapper
 from dlt.pipeline.pipeline import Pipeline
 
-from . import MOSTLY_DISTINCT_HINT, reasons
+from . import reasons
 from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
 from .readers.records import records_as_json
-from .validate import REJECT_SCHEMA, quote_ident
+from .resources import DELETE_INSERT, MOSTLY_DISTINCT_HINT, REJECTS_MERGE_KEY, dlt_columns
+from .sql import quote_ident, quote_literal
+from .validate import REJECT_SCHEMA
 
-WAREHOUSE_PIPELINE = "retail_bronze"
-LAKE_PIPELINE = "retail_bronze_lake"
 DATASET = "bronze"
 LOADER_FILE_FORMAT: Final = "parquet"
 WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "block_allocator_memory": "256MB",
@@ -59,8 +62,7 @@ connections both commit, but the later commit's rows are compressed again, on on
 (0.75 s of a 3.3 s load of two 1M-row files); one after the other, each append uses every core."""
 
 
-def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
-                       pipeline_name: str = WAREHOUSE_PIPELINE) -> Pipeline:
+def warehouse_pipeline(warehouse: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
     """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     credentials = DuckDbCredentials(str(warehouse.resolve()), global_config=WAREHOUSE_DUCKDB_CONFIG)
@@ -70,7 +72,7 @@ def warehouse_pipeline(warehouse: Path, *, pipelines_dir: str | None = None,
                         dataset_name=DATASET, pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
 
-def lake_pipeline(lake: Path, *, pipelines_dir: str | None = None, pipeline_name: str = LAKE_PIPELINE) -> Pipeline:
+def lake_pipeline(lake: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
     """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`."""
     destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
                                               layout="{table_name}/{load_id}.{file_id}.{ext}")
@@ -241,8 +243,6 @@ def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
 
 def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[str]) -> LoadInfo:
     """Load an Arrow table into `table` with delete-insert on `merge_key` (a retried load replaces itself)."""
-    from . import DELETE_INSERT, dlt_columns
-
     resource = dlt.resource(rows, name=table, write_disposition=DELETE_INSERT, merge_key=merge_key,
                             columns=dlt_columns(rows.schema))
     return pipeline.run(resource, loader_file_format=LOADER_FILE_FORMAT)
@@ -250,8 +250,6 @@ def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[s
 
 def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
     """Add reject records to the pipeline's `rejects` table."""
-    from . import REJECTS_MERGE_KEY
-
     return load_arrow(pipeline, rejects.cast(REJECTS_OUTPUT_SCHEMA), REJECTS_TABLE, REJECTS_MERGE_KEY)
 
 
@@ -283,3 +281,140 @@ def _timestamps_as_text(table: pa.Table) -> pa.Table:
             text = pc.cast(distinct, pa.string()).take(pc.index_in(values, distinct))
             table = table.set_column(i, pa.field(field.name, pa.string(), field.nullable), text)
     return table
+
+
+def rejects_csv_name(load_id: str) -> str:
+    return f"{load_id}.csv"
+
+
+def sync_rejects_csv(warehouse_db: Path, rejects_root: Path) -> list[Path]:
+    """Write the rejects CSV of every (table, load) of the warehouse's rejects that has none yet; return the paths.
+
+    The CSV files are a sink like the others: a run killed before it wrote them, or a deleted CSV folder, is made
+    whole by the next run."""
+    if not warehouse_db.exists():
+        return []
+    present = {(path.parent.name, path.name) for path in rejects_root.glob("*/*.csv")} if rejects_root.is_dir() else set()
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        if not table_exists(con, REJECTS_TABLE):
+            return []
+        loads = con.execute(f"SELECT DISTINCT table_name, load_id FROM {DATASET}.{REJECTS_TABLE} "
+                            "WHERE load_id IS NOT NULL").fetchall()
+        missing = sorted({(table, load_id) for table, load_id in loads if (table, rejects_csv_name(load_id)) not in present})
+        written = []
+        for load_id in sorted({load_id for _, load_id in missing}):
+            tables = sorted(table for table, other in missing if other == load_id)
+            placeholders = ", ".join("?" for _ in tables)
+            rejects = con.execute(
+                f"SELECT {', '.join(REJECTS_OUTPUT_SCHEMA.names)} FROM {DATASET}.{REJECTS_TABLE} WHERE load_id = ? AND "
+                f"table_name IN ({placeholders}) ORDER BY table_name, src_filename, src_row_number, reason_code",
+                [load_id, *tables]).to_arrow_table()
+            written += write_rejects_csv(rejects, rejects_root, load_id)
+    return written
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str, schema: str = DATASET) -> bool:
+    """Whether `schema.table` exists in the DuckDB database of `con`."""
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                        [schema, table]).fetchone()
+    return bool(found and found[0])
+
+
+def sweep_orphans(pipeline: Pipeline, tables: set[str], restored_through: str | None) -> int:
+    """Delete rows that no completed load and no pending package accounts for; return how many.
+
+    A load interrupted after some of its jobs committed leaves rows behind; normally its package is pending and is
+    finished (and its interrupted jobs undone) before anything new is extracted. When the package is gone (the
+    pipelines directory deleted, a state dropped because it belonged to another warehouse, `dlt pipeline
+    abort-packages`), those rows belong to no load and the files they came from are read again: they are removed
+    first, so that nothing is doubled. Such rows are always newer than the newest completed load."""
+    pending = set(pipeline.list_extracted_load_packages()) | set(pipeline.list_normalized_load_packages())
+    removed = 0
+    with pipeline.sql_client() as client:
+        if not client.has_dataset():
+            return 0
+        name = client.make_qualified_table_name("_dlt_loads")
+        try:
+            rows = client.execute_sql(f"SELECT max(CAST(load_id AS DECIMAL(20, 7))) FROM {name} WHERE status = 0")
+        except DatabaseUndefinedRelation:
+            rows = [(None,)]
+        newest = [Decimal(str(x)) for x in (rows[0][0] if rows else None, restored_through) if x is not None]
+        bound = max(newest) if newest else Decimal(-1)
+        present = {row[0] for row in client.execute_sql(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = "
+            "'_dlt_load_id'", client.dataset_name) or []}
+        orphan = " AND ".join(["CAST(_dlt_load_id AS DECIMAL(20, 7)) > %s",
+                             *(["_dlt_load_id NOT IN (" + ", ".join(quote_literal(p) for p in sorted(pending)) + ")"]
+                               if pending else [])])
+        with client.begin_transaction():
+            for table in sorted(present & tables):
+                qualified = client.make_qualified_table_name(table)
+                found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {orphan}", bound)
+                if found and found[0][0]:
+                    client.execute_sql(f"DELETE FROM {qualified} WHERE {orphan}", bound)
+                    removed += int(found[0][0])
+    return removed
+
+
+SHARED_OUTPUTS_RESOURCE = "bronze_outputs"
+"""The resource name the shared tables (rejects, manifest, schema history, table resets) are filed under, so that
+dlt's `drop <table>` never drops them with a data table."""
+
+
+def detach_shared_tables(pipeline: Pipeline, shared: Sequence[str]) -> None:
+    """File the shared tables under `SHARED_OUTPUTS_RESOURCE` in the pipeline's schema (dlt files a table under the
+    resource that wrote it last)."""
+    if not pipeline.default_schema_name:
+        return
+    schema = pipeline.default_schema
+    changed = False
+    for table in shared:
+        if table in schema.tables and schema.tables[table].get("resource") != SHARED_OUTPUTS_RESOURCE:
+            schema.tables[table]["resource"] = SHARED_OUTPUTS_RESOURCE
+            changed = True
+    if changed:
+        pipeline.schemas.save_schema(schema)
+
+
+def restore_merge_dispositions(pipeline: Pipeline, merge_tables: Sequence[str]) -> None:
+    """Record merge tables as merge tables in the pipeline's schema after a first load that went in as plain append
+    (`SinkOptions.append_new_rows`), so that the schema, and `dlt pipeline schema`, say what the table is."""
+    if not pipeline.default_schema_name:
+        return
+    schema = pipeline.default_schema
+    changed = False
+    for table in merge_tables:
+        hints = schema.tables.get(table)
+        if hints is not None and hints.get("write_disposition") != "merge":
+            hints["write_disposition"] = "merge"
+            hints["x-merge-strategy"] = "delete-insert"  # type: ignore[typeddict-unknown-key]
+            changed = True
+    if changed:
+        pipeline.schemas.save_schema(schema)
+
+
+class WarehouseBusy(Exception):
+    """Another process holds the warehouse file open; the message names it."""
+
+
+def wait_for_warehouse(warehouse: Path, timeout: float, poll: float = 0.5) -> None:
+    """Wait up to `timeout` seconds until no other process holds `warehouse` open (a BI tool, the DuckDB CLI, even
+    read-only), then raise `WarehouseBusy` naming the holder."""
+    if not warehouse.exists():
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            duckdb.connect(str(warehouse)).close()
+            return
+        except duckdb.IOException as error:
+            message = str(error)
+            if "lock" not in message.lower():
+                raise
+            if time.monotonic() >= deadline:
+                holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", message)
+                who = f"{holder.group(1)} (pid {holder.group(2)})" if holder else "another process"
+                raise WarehouseBusy(f"the warehouse {warehouse} is open in {who}; close that session (DuckDB allows "
+                                    f"one writer and no readers beside it) and run again; waited {timeout:g} s") \
+                    from None
+            time.sleep(poll)

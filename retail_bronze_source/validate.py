@@ -24,6 +24,7 @@ from .readers.csv import format_csv_records
 from .readers.records import records_as_json, row_number_array
 from .registry import TableSpec
 from .row_hash import row_hashes
+from .sql import quote_ident, quote_literal
 
 ROW_NUMBER = "src_row_number"
 ROW_HASH = "src_row_hash"
@@ -60,16 +61,6 @@ class Validated:
     """Reject records in `REJECT_SCHEMA` (parse rejects of the chunk included)."""
     rows_read: int
     rows_rejected: int
-
-
-def quote_ident(name: str) -> str:
-    """Quote an identifier for DuckDB SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """Quote a string literal for DuckDB SQL."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _duck_type(type_: pa.DataType) -> str:

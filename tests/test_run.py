@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -274,36 +275,79 @@ def test_cli_dry_run_writes_nothing(tmp_path: Path, expected: dict[str, Any]) ->
 
 
 def test_cli_run_then_dlt_pipeline_commands(tmp_path: Path) -> None:
+    """The default layout (run from its directory, dlt's default pipelines dir) is inspected by plain name."""
     raw = tmp_path / "raw"
     shutil.copytree(SAMPLE, raw)
-    pipelines = tmp_path / "p"
-    done = _cli("--raw", str(raw), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
-                "--pipelines-dir", str(pipelines), "--tables", "stores,events")
+    env = {**os.environ, "DLT_DATA_DIR": str(tmp_path / "dlt_home")}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(raw),
+                           "--tables", "stores,events"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     assert "stores" in done.stdout and "FILE_ENCODING=1" in done.stdout
+    assert "inspect: dlt pipeline retail_bronze info" in done.stdout
     dlt_cli = Path(sys.executable).with_name("dlt")
     for command in (["info"], ["trace"], ["load-package"], ["failed-jobs"]):
-        shown = subprocess.run([str(dlt_cli), "pipeline", "--pipelines-dir", str(pipelines), "retail_bronze",
-                                *command], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        shown = subprocess.run([str(dlt_cli), "pipeline", "retail_bronze", *command], capture_output=True, text=True,
+                               timeout=120, cwd=tmp_path, env=env)
         assert shown.returncode == 0, (command, shown.stderr)
         assert shown.stdout.strip(), command
 
 
-def test_cli_locked_warehouse_fails_with_one_line(tmp_path: Path) -> None:
+def test_cli_other_layouts_name_their_pipelines_after_their_targets(tmp_path: Path) -> None:
+    pipelines = tmp_path / "p"
+    done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                "--pipelines-dir", str(pipelines), "--tables", "stores")
+    assert done.returncode == 0, done.stderr
+    inspect = next(line for line in done.stdout.splitlines() if line.startswith("inspect:")).split()
+    name = inspect[inspect.index("--pipelines-dir") + 2]
+    assert name.startswith("retail_bronze_") and (pipelines / name).is_dir()
+    shown = subprocess.run([str(Path(sys.executable).with_name("dlt")), "pipeline", "--pipelines-dir", str(pipelines),
+                            name, "info"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "stores" in shown.stdout
+
+
+def test_cli_warehouse_open_elsewhere_waits_then_fails_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "w.duckdb").parent.mkdir(exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('locked', flush=True); time.sleep(60)", str(tmp_path / "w.duckdb")],
+                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+                               "print('open', flush=True); time.sleep(60)", str(_empty_warehouse(tmp_path))],
                               stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
-                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores")
+                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores", "--lock-timeout", "1")
     finally:
         holder.kill()
         holder.wait()
-    assert done.returncode == 1
+    assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "lock" in lines[0].lower()
+    assert len(lines) == 1 and lines[0].startswith("error: the warehouse"), lines
+    assert f"pid {holder.pid}" in lines[0] and "waited 1 s" in lines[0]
+    assert not (tmp_path / "lake" / "bronze").exists()
+
+
+def test_a_warehouse_released_within_the_timeout_is_waited_for(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('open', flush=True); time.sleep(3)", str(_empty_warehouse(tmp_path))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores", "--lock-timeout", "30")
+    finally:
+        holder.wait()
+    assert done.returncode == 0, done.stderr
+    assert query(tmp_path / "w.duckdb", "SELECT count(*) FROM bronze.stores")[0][0] > 0
+
+
+def _empty_warehouse(folder: Path) -> Path:
+    import duckdb
+
+    path = folder / "w.duckdb"
+    duckdb.connect(str(path)).close()
+    return path
 
 
 def test_relative_paths_follow_the_working_directory_of_each_run(tmp_path: Path) -> None:

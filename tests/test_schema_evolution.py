@@ -32,7 +32,8 @@ def test_new_upstream_column_is_rescued_and_named_in_a_warning(tmp_path: Path, g
     assert len(rescued) == len(set(commit["new_ids"]) | set(commit["updated_ids"]))
     assert all(set(r) == {"return_reason_code"} and r["return_reason_code"].startswith("R0") for r in rescued)
     assert result.warnings == ["returns: column(s) return_reason_code are not in the contract and were kept in "
-                               "_rescued_data; declare them in schemas/schemas.py or run with --evolve-schema"]
+                               "_rescued_data; declare them in schemas/schemas.py, run with --evolve-schema, or "
+                               "promote them later with --promote-rescued"]
     assert result.schema_changes == []
 
 

@@ -22,6 +22,10 @@ class RawFile:
     """Path relative to the raw root, with forward slashes; the stable name used in audit columns and the ledger."""
     size: int = 0
     mtime: float | None = None
+    signature: str | None = None
+    """What the file system says about the file that changes whenever its content can have changed: size, mtime,
+    ctime and inode on local disks (a program can set mtime back, never ctime), size, ETag and modification time on
+    object stores. None where there is no such thing: the file is then always hashed."""
 
     def open(self) -> IO[bytes]:
         """Open the file for binary reading."""
