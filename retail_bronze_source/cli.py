@@ -12,6 +12,7 @@ import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from .delta_mirror import compact_tables
+from .process import tune_malloc
 from .registry import RETAIL_TABLES
 from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
@@ -82,6 +83,7 @@ def format_summary(summary: dict[str, TableSummary]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc()  # this process is the command line's own
     layout = Layout(raw_url=args.raw, lake=args.lake, warehouse=args.warehouse)
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:

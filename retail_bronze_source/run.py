@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from dlt.common.pipeline import LoadInfo
+from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
 from dlt.pipeline.helpers import pipeline_drop
 from dlt.pipeline.pipeline import Pipeline
 
@@ -145,8 +146,8 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
                reload: Sequence[str] = ()) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
-    The run holds the lock of its warehouse and of its lake for its whole duration: a second run waits up to
-    `lock_timeout` seconds and then raises `RunLocked` naming the holder; a warehouse open in another process
+    The run holds the locks of its warehouse, its lake and its pipelines' working directories for its whole duration:
+    a second run waits up to `lock_timeout` seconds and then raises `RunLocked` naming the holder; a warehouse open in another process
     (a BI tool, the DuckDB CLI) is waited for as long, then `WarehouseBusy`. `evolve_schema` None follows the
     configuration (`[sources.retail_bronze] evolve_schema`). `reload` names tables to load again from their raw files
     in every sink (their tables, rejects and manifest records are replaced).
@@ -155,8 +156,12 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     unknown = sorted(set(reload) - {s.name for s in specs})
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
-    with run_lock(layout.warehouse.with_name(layout.warehouse.name + ".lock"), lock_timeout), \
-            run_lock(layout.lake / ".retail_bronze.lock", lock_timeout):
+    working = Path(pipelines_dir or get_dlt_pipelines_dir())
+    locks = [layout.warehouse.with_name(layout.warehouse.name + ".lock"), layout.lake / ".retail_bronze.lock",
+             *(working / f".{name}.lock" for name in pipeline_names(layout.warehouse, layout.lake))]
+    with ExitStack() as held:
+        for lock in locks:
+            held.enter_context(run_lock(lock, lock_timeout))
         wait_for_warehouse(layout.warehouse, lock_timeout)
         return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
                     reload=reload)

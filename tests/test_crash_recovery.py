@@ -12,17 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, query, warehouse_table
+from conftest import snapshot as snapshot_of
 
 from retail_bronze_source.crash_points import POINTS
 from retail_bronze_source.sinks import undo_interrupted_jobs, warehouse_pipeline
 
 TABLES = ["customers", "order_items", "events", "sensors"]
 OUTPUTS = [*TABLES, "rejects", "manifest_processed_files"]
-RUN_SPECIFIC = {"ingestion_ts", "_dlt_load_id", "load_id", "processed_at"}
-"""Columns that differ between two runs by design; everything else must be identical."""
 
 
 def _start(box: Sandbox, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -40,21 +38,9 @@ def _run(box: Sandbox, env: dict[str, str] | None = None) -> int:
     return process.returncode
 
 
-def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
-    kept = sorted(c for c in table.column_names if c not in RUN_SPECIFIC)
-    return sorted((tuple(r.values()) for r in table.select(kept).to_pylist()), key=repr)
-
-
 def snapshot(box: Sandbox) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
     """Every output in every sink, without the columns that differ between runs."""
-    return {
-        name: {
-            "duckdb": _rows(warehouse_table(box.warehouse, name)),
-            "parquet": _rows(changelog_table(box.lake, name)),
-            "delta": _rows(delta_table(box.lake, name)),
-        }
-        for name in OUTPUTS
-    }
+    return snapshot_of(box, TABLES)
 
 
 def _sandbox(root: Path) -> Sandbox:
