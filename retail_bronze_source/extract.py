@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import duckdb
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -32,10 +31,13 @@ from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from . import reasons
 from .audit import add_audit_columns, has_sheets, table_schema
 from .crash_points import crash_point
+from .discovery import discover_files as discover_files  # re-exported: callers import it from here
+from .discovery import raw_root_spellings
 from .readers import read
 from .readers.base import FileRejected, RawChunk, RawFile
 from .readers.delta import delta_version
 from .readers.records import records_as_json
+from .redact import reject_detail
 from .registry import EXTENSION_FORMATS, TableSpec
 from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
@@ -110,34 +112,6 @@ class _StagedFile:
     """Position keys (`__key`) and version counts of rows rejected as `DUPLICATE_KEY`."""
     superseded: pa.Array | None = None
     """Position keys of rows replaced by a newer version of their key in this load."""
-
-
-def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
-    """The raw inputs of `spec` under `raw_url` (a local path or any fsspec URL), sorted by path."""
-    fs, root = fsspec.core.url_to_fs(raw_url)
-    root = root.rstrip("/")
-    if spec.formats == ("delta",):
-        path = f"{root}/{spec.files}"
-        if not fs.isdir(path):
-            return []
-        return [RawFile(fs=fs, path=path, rel_path=spec.files)]
-    found: list[RawFile] = []
-    for path, info in sorted(fs.glob(f"{root}/{spec.files}", detail=True).items()):
-        if info.get("type") == "directory":
-            continue
-        rel = path[len(root) + 1:] if path.startswith(root + "/") else path
-        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-        found.append(RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
-                             mtime=_as_timestamp(mtime)))
-    return found
-
-
-def _as_timestamp(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return float(value)
 
 
 def file_format(spec: TableSpec, file: RawFile) -> str:
@@ -332,7 +306,8 @@ class TableExtractor:
 
     def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected,
                        replaced: str | None = None) -> _StagedFile:
-        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, rejected.reason_detail),
+        detail = reject_detail(rejected.reason_detail, raw_root_spellings(file))
+        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, detail),
                            replaced_fingerprint=replaced)
 
     def _stage(self, staged: _StagedFile, fmt: str, options: Mapping[str, Any]) -> None:

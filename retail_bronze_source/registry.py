@@ -62,6 +62,11 @@ class TableSpec:
     """A boolean column marking tombstones: the row is a deletion of its key."""
     hard_delete: bool = False
     """Tombstones remove their key from DuckDB and Delta; by default they are kept as soft deletes (marker true)."""
+    allow_outside_raw_root: bool = False
+    """Read files that symbolic links lead to outside the raw root, and Delta data files outside the table directory
+    (absolute paths, URLs, `..` paths, as in a shallow clone). Off by default: such files are `OUTSIDE_RAW_ROOT`
+    rejects and are never read. Declared per table, in code: no configuration value or environment variable opens
+    the boundary."""
 
     def __post_init__(self) -> None:
         names = set(self.schema.names) | {d.name for d in self.derived}

@@ -22,10 +22,22 @@ class RawFile:
     """Path relative to the raw root, with forward slashes; the stable name used in audit columns and the ledger."""
     size: int = 0
     mtime: float | None = None
+    refused: tuple[str, str] | None = None
+    """Set by discovery for a file that is a file-level reject before anything of it is read (reason code, detail):
+    a link leading out of the raw root, a FIFO, socket or device, a name that is not UTF-8. It is never opened."""
+    confined: bool = True
+    """Reads stay inside the raw root: the Delta reader refuses data files outside the table directory. False only
+    for tables declared with `TableSpec(allow_outside_raw_root=True)`."""
 
     def open(self) -> IO[bytes]:
-        """Open the file for binary reading."""
+        """Open the file for binary reading; a file refused by discovery raises its `FileRejected`."""
+        self.check_not_refused()
         return self.fs.open(self.path, "rb")  # type: ignore[no-any-return]
+
+    def check_not_refused(self) -> None:
+        """Raise the file's `FileRejected` if discovery refused it."""
+        if self.refused is not None:
+            raise FileRejected(*self.refused)
 
 
 @dataclass(frozen=True)

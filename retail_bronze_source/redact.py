@@ -1,0 +1,63 @@
+"""Safe text about files and locations: what the package prints or writes never holds a credential of a URL, a host
+path of the raw root, terminal escape sequences or an unbounded quote of a file.
+
+`redact` is the one place URLs lose their credentials: the command line passes every message through it, and file-level
+reject details (`reject_detail`) too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "***"
+DETAIL_MAX_CHARS = 1000
+"""A file-level reject's detail is cut after this many characters: a parser message or a header list may quote any
+amount of a file, and a detail is a diagnosis, not a copy."""
+
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s'\"<>\\]*)")
+_QUERY_PARAMETER = re.compile(r"(?P<lead>[?&;](?P<name>[^=&;#\s'\"<>]+)=)(?P<value>[^&;#\s'\"<>]+)")
+_SECRET_NAME = re.compile(r"sig|token|key|secret|pass|pwd|auth|cred|session", re.IGNORECASE)
+"""Query parameter names whose values are redacted: signatures (AWS `X-Amz-Signature`, Azure SAS `sig`, GCS
+`X-Goog-Signature`), tokens, keys, secrets, passwords, credentials, session tokens."""
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***`: the password of a user info (`user:***@`; a
+    user info without a password, often a token, as a whole) and the values of query parameters whose names look
+    secret (`?token=***`, `&X-Amz-Signature=***`)."""
+    return _QUERY_PARAMETER.sub(_redact_parameter, _URL.sub(_redact_user_info, text))
+
+
+def _redact_user_info(match: re.Match[str]) -> str:
+    authority = match["authority"]
+    if "@" not in authority:
+        return match[0]
+    user_info, host = authority.rsplit("@", 1)
+    user, has_password, _ = user_info.partition(":")
+    return f"{match['scheme']}{f'{user}:{REDACTED}' if has_password else REDACTED}@{host}"
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    return f"{match['lead']}{REDACTED}" if _SECRET_NAME.search(match["name"]) else match[0]
+
+
+def reject_detail(detail: str, roots: Iterable[str] = ()) -> str:
+    """A file-level reject's detail as it is written: each of `roots` (spellings of the raw root: a local path, its
+    resolved path, its `file://` URL) removed from the paths under it, so they read relative to the raw root (the
+    root itself reads `<raw root>`); URL credentials redacted; terminal escape sequences dropped; each run of
+    whitespace, line breaks included, one space; other control characters as `\\xNN`; at most `DETAIL_MAX_CHARS`
+    characters, then a note of how many were left out.
+    """
+    text = _TERMINAL_ESCAPE.sub("", detail)
+    for root in sorted({r.rstrip("/") for r in roots if r.strip("/")}, key=len, reverse=True):
+        text = text.replace(f"{root}/", "")
+        text = re.sub(rf"{re.escape(root)}(?![\w.-])", "<raw root>", text)
+    text = " ".join(redact(text).split())
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+    if len(text) > DETAIL_MAX_CHARS:
+        text = f"{text[:DETAIL_MAX_CHARS]}... ({len(text) - DETAIL_MAX_CHARS} more characters)"
+    return text
+
