@@ -26,6 +26,7 @@ from dlt.pipeline.pipeline import Pipeline
 from . import MOSTLY_DISTINCT_HINT, reasons
 from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
 from .readers.records import records_as_json
+from .redact import spreadsheet_safe
 from .validate import REJECT_SCHEMA, quote_ident
 
 WAREHOUSE_PIPELINE = "retail_bronze"
@@ -256,7 +257,12 @@ def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
 
 
 def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:
-    """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths."""
+    """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths.
+
+    The files are made to be opened in a spreadsheet: every text cell goes through `redact.spreadsheet_safe` (a cell
+    starting like a formula gets a leading `'`; control characters are shown as control pictures, `␊` for a line
+    feed), so each record is one line. The warehouse and the lake keep the exact values.
+    """
     written = []
     tables = sorted(pc.unique(rejects["table_name"]).to_pylist()) if rejects.num_rows else []
     for table in tables:
@@ -264,10 +270,17 @@ def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[
         target = rejects_root / table / f"{name}.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".csv.tmp")
-        pacsv.write_csv(_timestamps_as_text(part), tmp)
+        pacsv.write_csv(_spreadsheet_safe(_timestamps_as_text(part)), tmp)
         tmp.replace(target)
         written.append(target)
     return written
+
+
+def _spreadsheet_safe(table: pa.Table) -> pa.Table:
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            table = table.set_column(i, field, spreadsheet_safe(table.column(i)))
+    return table
 
 
 def _timestamps_as_text(table: pa.Table) -> pa.Table:
