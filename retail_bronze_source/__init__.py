@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from .extract import (
 )
 from .parquet_files import RowFiles, files_for
 from .registry import RETAIL_TABLES, TableSpec, select_tables
+from .staging import staging_dir
 
 SECTION = "retail_bronze"
 SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
@@ -128,7 +128,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
                 plain = kind == "rows" and may_append and not extractor.replaces_loaded_rows
                 yield dlt.mark.with_hints(table, plain_rows if plain else table_hints[kind], create_table_variant=True)
             return
-        with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{spec.name}_rows_") as tmp, ExitStack() as stack:
+        with staging_dir(f"{spec.name}_rows") as tmp, ExitStack() as stack:
             files: RowFiles | None = None
             for kind, table in outputs:
                 if kind != "rows":

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import logging
-import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,6 +37,7 @@ from .extract import MANIFEST_TABLE
 from .parquet_files import TARGET_FILE_SIZE, parquet_options
 from .registry import TableSpec
 from .sinks import loaded_load_ids, package_files
+from .staging import staging_dir
 from .validate import quote_ident, quote_literal
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, lo
     """Upsert the package one partition at a time, so that delta-rs rewrites (and buffers) one partition's files at
     once; only the last commit carries the load's application transaction, and a partial run is redone whole (an
     upsert of the same rows is idempotent)."""
-    with tempfile.TemporaryDirectory(prefix="retail_bronze_merge_") as tmp:
+    with staging_dir("merge") as tmp:
         with _PartitionFiles(Path(tmp), source.schema, plan.partition_by, "source", keep_partitions=True) as split:
             for batch in source.batches():
                 split.write(batch)

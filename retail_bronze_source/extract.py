@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from .readers.delta import delta_version
 from .readers.records import records_as_json
 from .redact import reject_detail
 from .registry import EXTENSION_FORMATS, TableSpec
+from .staging import staging_dir
 from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
 OutputKind = Literal["rows", "rejects", "manifest"]
@@ -195,8 +195,8 @@ class TableExtractor:
 
         Files are staged by `STAGING_THREADS` threads at a time and emitted in the order of `files`.
         """
-        with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{self.spec.name}_") as tmp:
-            self.con.execute(f"SET temp_directory = '{tmp}/duckdb'")
+        with staging_dir(self.spec.name) as tmp:
+            self.con.execute(f"SET temp_directory = {quote_literal(f'{tmp}/duckdb')}")
             with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage") as pool:
                 found = list(pool.map(lambda i: self._stage_if_new(files[i], Path(tmp), i), range(len(files))))
             staged = [s for s in found if s is not None]
