@@ -11,7 +11,7 @@ import dlt
 import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
-from .delta_mirror import compact_tables
+from .delta_mirror import DeltaTablesFailed, compact_tables
 from .registry import RETAIL_TABLES
 from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
@@ -86,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CliError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         _check_layout(layout, args.dry_run)
         if args.compact:
-            for done in compact_tables(layout.delta_root, force=True):
-                print(f"compacted {done.table_name}: {done.files_before} -> {done.files_after} files")
-            return 0
+            return _compact(layout)
         if args.dry_run:
             ledgers = _existing_ledgers(args.pipelines_dir)
             print("dry run: nothing is written; this is what a run would load and reject")
@@ -115,7 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
     print(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
           f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
-    return 0
+    for failure in result.delta_failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if result.delta_failures else 0
+
+
+def _compact(layout: Layout) -> int:
+    try:
+        done, failures = compact_tables(layout.delta_root, force=True), []
+    except DeltaTablesFailed as incomplete:
+        done, failures = incomplete.done, incomplete.failures
+    for compaction in done:
+        print(f"compacted {compaction.table_name}: {compaction.files_before} -> {compaction.files_after} files")
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _existing_ledgers(pipelines_dir: str | None) -> dict[str, dict[str, object]]:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -20,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import duckdb
@@ -101,21 +103,76 @@ def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
     return MirrorPlan()
 
 
+@dataclass(frozen=True)
+class DeltaTableFailure:
+    """A Delta table that could not be written or compacted; the other tables were."""
+
+    table_name: str
+    target: Path
+    error: str
+
+    def __str__(self) -> str:
+        return (f"Delta table {self.table_name} could not be written ({self.error}); every other table was. Repair "
+                f"it, or remove {self.target} to have the next run rebuild it from the lake's loaded packages")
+
+
+class DeltaTablesFailed(Exception):
+    """Some Delta tables could not be written or compacted (`failures`); every other table was (`done`)."""
+
+    def __init__(self, failures: Sequence[DeltaTableFailure], done: Sequence[Any]) -> None:
+        super().__init__("; ".join(str(f) for f in failures))
+        self.failures = list(failures)
+        self.done = list(done)
+
+
+def _failure(target: Path, error: Exception) -> DeltaTableFailure:
+    text = " ".join(re.split(r"\n\s*0: ", str(error), maxsplit=1)[0].split())
+    return DeltaTableFailure(target.name, target, f"{type(error).__name__}: {text[:300]}")
+
+
 def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
-    """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written."""
+    """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written.
+
+    A table that cannot be written (a broken log, a foreign schema) does not stop the others: its later packages wait,
+    since each load id is applied in order, and once every other table is mirrored `DeltaTablesFailed` names it.
+    """
     written = []
+    failed: dict[str, DeltaTableFailure] = {}
     for load_id in loaded_load_ids(pipeline):
         files_by_table = package_files(pipeline, load_id, loaded_only=True)
         redelivered = _redelivered_files(files_by_table.get(MANIFEST_TABLE, []))
         for table, files in sorted(files_by_table.items()):
+            if table in failed:
+                continue
             plan = mirror_plan(table, specs)
             if not plan.keys and table in {s.name for s in specs}:
                 plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(table, ()))))
-            result = mirror_table(delta_root / table, files, load_id, plan)
+            try:
+                result = mirror_table(delta_root / table, files, load_id, plan)
+            except Exception as error:  # any failure of one table's write; reported, never swallowed
+                failed[table] = _failure(delta_root / table, error)
+                continue
             if result is not None:
                 written.append(MirroredTable(load_id, table, *result))
                 crash_point("delta_table_mirrored")
+    if failed:
+        raise DeltaTablesFailed(list(failed.values()), written)
     return written
+
+
+def mirror_and_compact(pipeline: Pipeline, delta_root: Path,
+                       specs: Sequence[TableSpec]) -> tuple[list[MirroredTable], list[Compaction], list[DeltaTableFailure]]:
+    """`mirror_to_delta`, then `compact_tables` on the tables it did not fail on: what was mirrored, what was
+    compacted, and the tables that could not be written (each once)."""
+    try:
+        mirrored, failures = mirror_to_delta(pipeline, delta_root, specs), []
+    except DeltaTablesFailed as incomplete:
+        mirrored, failures = incomplete.done, incomplete.failures
+    try:
+        compacted = compact_tables(delta_root, skip={f.table_name for f in failures})
+    except DeltaTablesFailed as incomplete:
+        compacted, failures = incomplete.done, [*failures, *incomplete.failures]
+    return mirrored, compacted, failures
 
 
 def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
@@ -470,22 +527,41 @@ class Compaction:
     files_after: int
 
 
-def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False) -> list[Compaction]:
-    """Rewrite small files of every Delta table under `delta_root` into files of about `TARGET_FILE_SIZE`.
+def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False,
+                   skip: Iterable[str] = ()) -> list[Compaction]:
+    """Rewrite small files of every Delta table under `delta_root` (but those named in `skip`) into files of about
+    `TARGET_FILE_SIZE`.
 
     A table is compacted when it has at least `min_files` files averaging under a quarter of the target size (or
     always with `force`). Vacuum then removes only files unreferenced for longer than the default retention (7 days),
-    so readers of older versions are never broken.
+    so readers of older versions are never broken. A table that cannot be read or compacted does not stop the
+    others: `DeltaTablesFailed` names it at the end.
     """
     done = []
+    failed = []
+    skipped = set(skip)
     for target in sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []:
-        table = DeltaTable(str(target))
-        sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
-        small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
-        if not sizes or not (force or small):
+        if target.name in skipped:
             continue
-        table.optimize.compact(target_size=TARGET_FILE_SIZE)
-        table.vacuum(dry_run=False)
-        after = len(DeltaTable(str(target)).file_uris())
-        done.append(Compaction(target.name, len(sizes), after))
+        try:
+            compaction = _compact(target, min_files=min_files, force=force)
+        except Exception as error:  # any failure of one table; reported, never swallowed
+            failed.append(_failure(target, error))
+            continue
+        if compaction is not None:
+            done.append(compaction)
+    if failed:
+        raise DeltaTablesFailed(failed, done)
     return done
+
+
+def _compact(target: Path, *, min_files: int, force: bool) -> Compaction | None:
+    table = DeltaTable(str(target))
+    sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
+    small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
+    if not sizes or not (force or small):
+        return None
+    table.optimize.compact(target_size=TARGET_FILE_SIZE)
+    table.vacuum(dry_run=False)
+    after = len(DeltaTable(str(target)).file_uris())
+    return Compaction(target.name, len(sizes), after)

@@ -27,7 +27,7 @@ from dlt.pipeline.pipeline import Pipeline
 from . import DEFAULT_CHUNK_SIZE, DELETE_INSERT, retail_source
 from .change_log import change_log_resources
 from .crash_points import crash_point
-from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
+from .delta_mirror import Compaction, DeltaTableFailure, MirroredTable, mirror_and_compact
 from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 from .run_lock import run_lock
@@ -73,6 +73,8 @@ class RunResult:
     schema_changes: list[dict[str, Any]] = field(default_factory=list)
     """Columns this run added to existing tables (`--evolve-schema`), as recorded in `bronze.schema_history`."""
     warnings: list[str] = field(default_factory=list)
+    delta_failures: list[DeltaTableFailure] = field(default_factory=list)
+    """Delta tables this run could not write or compact (every other table and sink is complete)."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,10 @@ def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
         reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, failed, specs, stamp,
                               warnings=not evolve_schema)
-        mirrored = mirror_to_delta(lake, layout.delta_root, specs)
-        compacted = compact_tables(layout.delta_root)
+        mirrored, compacted, delta_failures = mirror_and_compact(lake, layout.delta_root, specs)
         files, summary, warnings = reports.result()
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
-                     warnings)
+                     warnings, delta_failures)
 
 
 def _warehouse_reports(layout: Layout, load_id: str | None, failed: list[FailedJob], specs: Sequence[TableSpec],
