@@ -1,4 +1,7 @@
-"""The command line: `python scripts/bronze_dlt_pipeline.py [--raw DIR|URL] [--lake DIR] [--warehouse FILE] ...`."""
+"""The command line: `python scripts/bronze_dlt_pipeline.py [--raw DIR|URL] [--lake DIR] [--warehouse FILE] ...`.
+
+Every message it prints goes through `redact.redact`: a URL's credentials never reach the terminal or a log.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import dlt
 import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
+from . import SECTION
 from .delta_mirror import DeltaTablesFailed, compact_tables
+from .redact import redact
 from .registry import RETAIL_TABLES
 from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
@@ -22,9 +27,17 @@ class CliError(Exception):
     """A run that cannot start or finish; the message is the one-line cause."""
 
 
+DEFAULT_RAW = "data_raw"
+RAW_URL_KEY = f"sources.{SECTION}.raw_url"
+"""Where `--raw` comes from when it is not given: dlt's configuration (the environment variable
+`SOURCES__RETAIL_BRONZE__RAW_URL`, then `.dlt/secrets.toml`, then `.dlt/config.toml`), else `DEFAULT_RAW`."""
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bronze_dlt_pipeline", description="Load raw retail files into Bronze.")
-    parser.add_argument("--raw", default="data_raw", help="raw files: a directory or an fsspec URL (default data_raw)")
+    parser.add_argument("--raw", default=None,
+                        help="raw files: a directory or an fsspec URL (default: raw_url of [sources.retail_bronze] in "
+                             "dlt's config or SOURCES__RETAIL_BRONZE__RAW_URL, else data_raw)")
     parser.add_argument("--lake", default="lake", type=Path, help="lake root (default lake)")
     parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb", type=Path,
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
@@ -75,11 +88,22 @@ def format_summary(summary: dict[str, TableSummary]) -> str:
     return "\n".join(lines)
 
 
+def raw_url_from_config() -> str:
+    """The raw URL configured for dlt (`RAW_URL_KEY`), else `DEFAULT_RAW`."""
+    value = dlt.config.get(RAW_URL_KEY, str)
+    return value if isinstance(value, str) and value.strip() else DEFAULT_RAW
+
+
+def say(text: str, *, error: bool = False) -> None:
+    """Print one message of the command line, with the credentials of any URL in it redacted."""
+    print(redact(text), file=sys.stderr if error else sys.stdout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    layout = Layout(raw_url=args.raw, lake=args.lake, warehouse=args.warehouse)
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
+        layout = Layout(raw_url=args.raw or raw_url_from_config(), lake=args.lake, warehouse=args.warehouse)
         known = {t.name for t in RETAIL_TABLES}
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -89,32 +113,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compact(layout)
         if args.dry_run:
             ledgers = _existing_ledgers(args.pipelines_dir)
-            print("dry run: nothing is written; this is what a run would load and reject")
-            print(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
+            say("dry run: nothing is written; this is what a run would load and reject")
+            say(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
             return 0
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
                             evolve_schema=args.evolve_schema)
     except (CliError, RunLocked) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", error=True)
         return 2
     except Exception as error:
         cause = error.__cause__ or error
         first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        print(f"error: {type(cause).__name__}: {first_line}", file=sys.stderr)
+        say(f"error: {type(cause).__name__}: {first_line}", error=True)
         return 1
-    print(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
-          f"lake load {result.lake_load_id or '-'}")
-    print(format_summary(result.summary))
+    say(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
+        f"lake load {result.lake_load_id or '-'}")
+    say(format_summary(result.summary))
     for change in result.schema_changes:
-        print(f"schema: added {change['table_name']}.{change['column_name']} ({change['data_type']})")
+        say(f"schema: added {change['table_name']}.{change['column_name']} ({change['data_type']})")
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     if result.failed_jobs:
-        print(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
-    print(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
-          f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
+        say(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
+    say(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
+        f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
     for failure in result.delta_failures:
-        print(f"error: {failure}", file=sys.stderr)
+        say(f"error: {failure}", error=True)
     return 1 if result.delta_failures else 0
 
 
@@ -124,9 +148,9 @@ def _compact(layout: Layout) -> int:
     except DeltaTablesFailed as incomplete:
         done, failures = incomplete.done, incomplete.failures
     for compaction in done:
-        print(f"compacted {compaction.table_name}: {compaction.files_before} -> {compaction.files_after} files")
+        say(f"compacted {compaction.table_name}: {compaction.files_before} -> {compaction.files_after} files")
     for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
+        say(f"error: {failure}", error=True)
     return 1 if failures else 0
 
 
