@@ -62,7 +62,7 @@ def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
             found.append(RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
                                  mtime=_as_timestamp(mtime), confined=confined))
             continue
-        file = _local_file(fs, path, rel, real_root, real_dirs, confined)
+        file = _local_file(fs, path, rel, info, real_root, real_dirs, confined)
         if file is not None:
             found.append(file)
     return found
@@ -91,10 +91,21 @@ def raw_root_spellings(file: RawFile) -> list[str]:
     return sorted(roots)
 
 
-def _local_file(fs: AbstractFileSystem, path: str, rel: str, real_root: str, real_dirs: dict[str, str],
-                confined: bool) -> RawFile | None:
-    """The `RawFile` of a local match, refused when it must not be read; None for a link to a directory."""
+def _local_file(fs: AbstractFileSystem, path: str, rel: str, info: dict[str, Any], real_root: str,
+                real_dirs: dict[str, str], confined: bool) -> RawFile | None:
+    """The `RawFile` of a local match, refused when it must not be read; None for a link to a directory.
+
+    `info` is fsspec's (from `lstat`): a regular file that is no link needs only its folder resolved (once per
+    folder); links and special files are examined again."""
     shown = _shown_name(rel)
+    parent, name = os.path.split(path)
+    if parent not in real_dirs:
+        real_dirs[parent] = os.path.realpath(parent)
+    real = os.path.join(real_dirs[parent], name)
+    plain = not info.get("islink") and stat.S_ISREG(int(info.get("mode") or 0)) and shown == rel
+    if plain and (not confined or _inside(real, real_root)):
+        return RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
+                       mtime=_as_timestamp(info.get("mtime")), confined=confined)
     try:
         link = os.lstat(path)
     except OSError as error:
@@ -102,11 +113,6 @@ def _local_file(fs: AbstractFileSystem, path: str, rel: str, real_root: str, rea
                        refused=(reasons.FILE_UNREADABLE, f"{shown} cannot be examined: {error.strerror}"))
     if stat.S_ISLNK(link.st_mode):
         real = os.path.realpath(path)
-    else:
-        parent, name = os.path.split(path)
-        if parent not in real_dirs:
-            real_dirs[parent] = os.path.realpath(parent)
-        real = os.path.join(real_dirs[parent], name)
     if confined and not _inside(real, real_root):
         return RawFile(fs=fs, path=path, rel_path=shown, size=link.st_size, mtime=link.st_mtime, confined=confined,
                        refused=_outside(shown))

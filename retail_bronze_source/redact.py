@@ -65,7 +65,7 @@ def reject_detail(detail: str, roots: Iterable[str] = ()) -> str:
     return text
 
 
-FORMULA_START = r"^[=+\-@\t\r\x00]"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\x00")
 """Cells a spreadsheet may take for a formula (OWASP's CSV injection guidance: `=`, `+`, `-`, `@`, tab, carriage
 return; OWASP ASVS adds NUL): they get a leading single quote, which spreadsheets read as "this cell is text"."""
 _PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(0x20)}, "\x7f": "\u2421"}
@@ -75,28 +75,32 @@ _CODE_POINTS = {chr(c): f"<U+{c:04X}>" for c in [*range(0x80, 0xA0), 0x2028, 0x2
                                                    *range(0x2066, 0x206A)]}
 """C1 control characters, the line and paragraph separators and the bidirectional embeddings, overrides and
 isolates (which reorder what a viewer shows) as `<U+XXXX>`."""
-_INVISIBLE = r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+_RARE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{2028}\x{2029}\x{202A}-\x{202E}\x{2066}-\x{2069}]"
 _LINE_BREAKS_AND_TABS = ("\n", "\r", "\t")
 
 
 def spreadsheet_safe(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Text cells that a spreadsheet shows as they are: a cell starting like a formula (`FORMULA_START`) gets a
     leading `'`, then control and bidirectional formatting characters become visible (`_PICTURES`,
-    `_CODE_POINTS`), so that every record is one line. Vectorized: only cells holding such characters are rewritten,
-    one replacement per character present."""
+    `_CODE_POINTS`), so that every record is one line.
+
+    Vectorized: cells of printable ASCII (nearly all of a rejects table) are found by one pass and left alone; the
+    others get one replacement pass per line break or tab, and one per rarer character present.
+    """
     text = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    formula = pc.fill_null(pc.match_substring_regex(text, FORMULA_START), False)
+    first = pc.utf8_slice_codeunits(text, 0, 1)
+    formula = pc.fill_null(pc.is_in(first, value_set=pa.array(FORMULA_START, first.type)), False)
     if pc.any(formula).as_py():
         quote, nothing = pa.scalar("'", text.type), pa.scalar("", text.type)
         text = pc.replace_with_mask(text, formula, pc.binary_join_element_wise(quote, pc.filter(text, formula), nothing))
-    escape = pc.fill_null(pc.match_substring_regex(text, _INVISIBLE), False)
-    if not pc.any(escape).as_py():
+    other = pc.invert(pc.fill_null(pc.ascii_is_printable(text), True))
+    if not pc.any(other).as_py():
         return text
-    cells = pc.filter(text, escape)
+    cells = pc.filter(text, other)
     for char in _LINE_BREAKS_AND_TABS:
         cells = pc.replace_substring(cells, char, _PICTURES[char])
-    if pc.any(pc.match_substring_regex(cells, _INVISIBLE)).as_py():
+    if pc.any(pc.match_substring_regex(cells, _RARE)).as_py():
         for char, shown in {**_PICTURES, **_CODE_POINTS}.items():
             if char not in _LINE_BREAKS_AND_TABS and pc.any(pc.match_substring(cells, char)).as_py():
                 cells = pc.replace_substring(cells, char, shown)
-    return pc.replace_with_mask(text, escape, cells)
+    return pc.replace_with_mask(text, other, cells)
