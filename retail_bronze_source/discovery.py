@@ -13,7 +13,8 @@ file-level reject without opening it:
   no column or ledger key can hold it as it is.
 
 Directories matched by a table's pattern, links to directories inside the raw root included, are not inputs. Object
-stores have no links or special files; their paths are taken as listed.
+stores have no links or special files; their paths are taken as listed. A local file may still be replaced between
+discovery and reading: `RawFile.open` checks again what it opened (`RawFile.local_root`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _local_file(fs: AbstractFileSystem, path: str, rel: str, info: dict[str, Any
     plain = not info.get("islink") and stat.S_ISREG(int(info.get("mode") or 0)) and shown == rel
     if plain and (not confined or _inside(real, real_root)):
         return RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
-                       mtime=_as_timestamp(info.get("mtime")), confined=confined)
+                       mtime=_as_timestamp(info.get("mtime")), confined=confined, local_root=real_root)
     try:
         link = os.lstat(path)
     except OSError as error:
@@ -124,7 +125,8 @@ def _local_file(fs: AbstractFileSystem, path: str, rel: str, info: dict[str, Any
                        refused=(reasons.FILE_UNREADABLE, detail))
     if stat.S_ISDIR(target.st_mode):
         return None
-    file = RawFile(fs=fs, path=path, rel_path=shown, size=target.st_size, mtime=target.st_mtime, confined=confined)
+    file = RawFile(fs=fs, path=path, rel_path=shown, size=target.st_size, mtime=target.st_mtime, confined=confined,
+                   local_root=real_root)
     if not stat.S_ISREG(target.st_mode):
         return replace(file, size=0, refused=(reasons.UNSUPPORTED_FILE,
                                               f"{shown} is a {_kind(target.st_mode)}, not a regular file; it is not "

@@ -180,6 +180,36 @@ def test_a_link_to_a_device_is_refused_where_links_may_lead_outside(tmp_path: Pa
     assert [r["reason_code"] for r in out["rejects"]] == [reasons.UNSUPPORTED_FILE] and len(out["rows"]) == 2
 
 
+@pytest.mark.parametrize("swap", ["link out", "fifo"])
+def test_a_file_replaced_after_discovery_is_checked_again_when_opened(tmp_path: Path, swap: str) -> None:
+    raw = tmp_path / "raw"
+    folder = _things(raw)
+    (folder / "later.csv").write_text("id,value\n5,e\n")
+    outside = _outside(tmp_path)
+    files = discover_files(SPEC, str(raw))
+    assert [f.refused for f in files] == [None, None]
+    (folder / "later.csv").unlink()
+    if swap == "link out":
+        os.symlink(outside / "secrets.csv", folder / "later.csv")
+    else:
+        os.mkfifo(folder / "later.csv")
+    out: dict[str, list[dict[str, Any]]] = {"rows": [], "rejects": [], "manifest": []}
+
+    def extract() -> None:
+        extractor = TableExtractor(SPEC, ingestion_ts=datetime.now(UTC), load_id="1", chunk_size=100, ledger={})
+        for kind, table in extractor.run(files):
+            out[kind].extend(table.to_pylist())
+
+    worker = threading.Thread(target=extract, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "extraction hangs"
+    assert sorted(r["value"] for r in out["rows"]) == ["a", "b"]
+    code = reasons.OUTSIDE_RAW_ROOT if swap == "link out" else reasons.UNSUPPORTED_FILE
+    assert [(r["src_filename"], r["reason_code"]) for r in out["rejects"]] == [("things/later.csv", code)]
+    assert SECRET not in repr(out)
+
+
 def test_dangling_and_looping_links_are_unreadable(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     folder = _things(raw)
