@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -45,6 +44,7 @@ from .extract import MANIFEST_TABLE, REJECTS_TABLE
 from .parquet_files import TARGET_FILE_SIZE, parquet_options
 from .registry import TableSpec
 from .sql import quote_ident, quote_literal
+from .staging import staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +164,51 @@ def _warehouse_loads(path: Path) -> tuple[str, ...]:
     return tuple(sorted((str(v) for v in pc.unique(values).to_pylist() if v is not None), key=Decimal))
 
 
+@dataclass(frozen=True)
+class DeltaTableFailure:
+    """A Delta table that could not be written or compacted; the other tables were."""
+
+    table_name: str
+    target: Path
+    error: str
+
+    def __str__(self) -> str:
+        return (f"Delta table {self.table_name} could not be written ({self.error}); every other table was. Repair "
+                f"it, or remove {self.target} to have the next run rebuild it from the change log")
+
+
+class DeltaTablesFailed(Exception):
+    """Some Delta tables could not be written or compacted (`failures`); every other table was (`done`)."""
+
+    def __init__(self, failures: Sequence[DeltaTableFailure], done: Sequence[Any]) -> None:
+        super().__init__("; ".join(str(f) for f in failures))
+        self.failures = list(failures)
+        self.done = list(done)
+
+
+def _failure(target: Path, error: Exception) -> DeltaTableFailure:
+    text = " ".join(re.split(r"\n\s*0: ", str(error), maxsplit=1)[0].split())
+    return DeltaTableFailure(target.name, target, f"{type(error).__name__}: {text[:300]}")
+
+
 def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
-    """Mirror every warehouse load of the change log of `lake_root` that Delta does not hold yet, oldest first."""
+    """Mirror every warehouse load of the change log of `lake_root` that Delta does not hold yet, oldest first.
+
+    A table that cannot be written (a broken log, a foreign schema) does not stop the others: its later loads wait,
+    since each table takes its loads in order, and once every other table is mirrored `DeltaTablesFailed` names it.
+    """
     delta_root = lake_root / "bronze" / "delta"
     files = change_log_files(lake_root / "bronze" / "parquet")
-    tables = {name: _MirrorTarget.of(delta_root / name) for name in files}
+    failed: dict[str, DeltaTableFailure] = {}
+    tables: dict[str, _MirrorTarget] = {}
+    for name in files:
+        try:
+            tables[name] = _MirrorTarget.of(delta_root / name)
+        except Exception as error:  # a table that cannot even be opened; reported, never swallowed
+            failed[name] = _failure(delta_root / name, error)
     groups: dict[str, dict[str, list[ChangeLogFile]]] = {}
-    for name, table_files in files.items():
-        target = tables[name]
-        for file in table_files:
+    for name, target in tables.items():
+        for file in files[name]:
             if Decimal(file.lake_load) <= target.source_version:
                 continue
             for load in file.warehouse_loads:
@@ -183,9 +219,12 @@ def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[Mirrore
     for load in sorted(groups, key=Decimal):
         by_table = groups[load]
         manifest = [f.path for f in by_table.get(MANIFEST_TABLE, [])] or _files_of(files, MANIFEST_TABLE, load)
-        _apply_resets(delta_root, _files_of(files, TABLE_RESETS, load), load)
+        for name, problem in _apply_resets(delta_root, _files_of(files, TABLE_RESETS, load), load, skip=set(failed)):
+            failed[name] = _failure(delta_root / name, problem)
         redelivered = _redelivered_files(manifest, load)
         for name in sorted(by_table):
+            if name in failed:
+                continue
             plan = mirror_plan(name, specs)
             if not plan.keys and name in names:
                 plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(name, ()))))
@@ -193,11 +232,32 @@ def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[Mirrore
             lake_load = max((f.lake_load for f in table_files), key=Decimal)
             mixed = any(len(f.warehouse_loads) > 1 for f in table_files)
             source = PackageRows.of([f.path for f in table_files], only_load=load if mixed else None)
-            result = mirror_table(delta_root / name, source, load, lake_load, plan)
+            try:
+                result = mirror_table(delta_root / name, source, load, lake_load, plan)
+            except Exception as error:  # any failure of one table's write; reported, never swallowed
+                failed[name] = _failure(delta_root / name, error)
+                continue
             if result is not None:
                 written.append(MirroredTable(load, name, *result))
                 crash_point("delta_table_mirrored")
+    if failed:
+        raise DeltaTablesFailed(list(failed.values()), written)
     return written
+
+
+def mirror_and_compact(lake_root: Path, specs: Sequence[TableSpec]
+                       ) -> tuple[list[MirroredTable], list[Compaction], list[DeltaTableFailure]]:
+    """`mirror_to_delta`, then `compact_tables` on the tables it did not fail on: what was mirrored, what was
+    compacted, and the tables that could not be written (each once)."""
+    try:
+        mirrored, failures = mirror_to_delta(lake_root, specs), []
+    except DeltaTablesFailed as incomplete:
+        mirrored, failures = incomplete.done, incomplete.failures
+    try:
+        compacted = compact_tables(lake_root / "bronze" / "delta", skip={f.table_name for f in failures})
+    except DeltaTablesFailed as incomplete:
+        compacted, failures = incomplete.done, [*failures, *incomplete.failures]
+    return mirrored, compacted, failures
 
 
 def _files_of(files: dict[str, list[ChangeLogFile]], table: str, load: str) -> list[str]:
@@ -222,25 +282,30 @@ class _MirrorTarget:
         return cls(version, Decimal(source) / 1_000_000 if source is not None else version)
 
 
-def _apply_resets(delta_root: Path, reset_files: list[str], load: str) -> None:
+def _apply_resets(delta_root: Path, reset_files: list[str], load: str,
+                  skip: set[str]) -> list[tuple[str, Exception]]:
     """Remove the earlier rows of the tables reset by warehouse load `load`, and their earlier reject and manifest
-    records (records of `load` itself stay: the step may be redone after a kill)."""
+    records (records of `load` itself stay: the step may be redone after a kill); return the tables that failed."""
     if not reset_files:
-        return
+        return []
     resets = pq.read_table(reset_files, columns=["table_name", LOAD_ID])
     reset = sorted(set(resets.filter(pc.equal(resets[LOAD_ID], load))["table_name"].to_pylist()))
+    failed: list[tuple[str, Exception]] = []
     for name in reset:
-        path = delta_root / name
-        if DeltaTable.is_deltatable(str(path)):
-            table = DeltaTable(str(path))
-            if (table.transaction_version(APP_ID) or -1) < load_id_version(load):
-                table.delete(predicate=f"{LOAD_ID} <> {quote_literal(load)}")
-        for shared, column in ((REJECTS_TABLE, "load_id"), (MANIFEST_TABLE, "load_id")):
-            shared_path = delta_root / shared
-            if DeltaTable.is_deltatable(str(shared_path)):
-                DeltaTable(str(shared_path)).delete(
-                    predicate=f"table_name = {quote_literal(name)} AND ({column} IS NULL OR {column} <> "
-                              f"{quote_literal(load)})")
+        deletes = [(name, f"{LOAD_ID} <> {quote_literal(load)}")]
+        deletes += [(shared, f"table_name = {quote_literal(name)} AND (load_id IS NULL OR load_id <> "
+                             f"{quote_literal(load)})") for shared in (REJECTS_TABLE, MANIFEST_TABLE)]
+        for table_name, predicate in deletes:
+            path = delta_root / table_name
+            if table_name in skip or not DeltaTable.is_deltatable(str(path)):
+                continue
+            try:
+                table = DeltaTable(str(path))
+                if table_name != name or (table.transaction_version(APP_ID) or -1) < load_id_version(load):
+                    table.delete(predicate=predicate)
+            except Exception as error:  # one table's failure; reported by the caller, never swallowed
+                failed.append((table_name, error))
+    return failed
 
 
 def mirror_table(target: Path, source: PackageRows, load_id: str, lake_load: str,
@@ -298,7 +363,7 @@ def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, lo
     """Upsert the package one partition at a time, so that delta-rs rewrites (and buffers) one partition's files at
     once; only the last commit carries the load's application transaction, and a partial run is redone whole (an
     upsert of the same rows is idempotent)."""
-    with tempfile.TemporaryDirectory(prefix="retail_bronze_merge_") as tmp:
+    with staging_dir("merge") as tmp:
         with _PartitionFiles(Path(tmp), source.schema, plan.partition_by, "source", keep_partitions=True) as split:
             for batch in source.batches():
                 split.write(batch)
@@ -611,22 +676,41 @@ class Compaction:
     files_after: int
 
 
-def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False) -> list[Compaction]:
-    """Rewrite small files of every Delta table under `delta_root` into files of about `TARGET_FILE_SIZE`.
+def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False,
+                   skip: Iterable[str] = ()) -> list[Compaction]:
+    """Rewrite small files of every Delta table under `delta_root` (but those named in `skip`) into files of about
+    `TARGET_FILE_SIZE`.
 
     A table is compacted when it has at least `min_files` files averaging under a quarter of the target size (or
     always with `force`). Vacuum then removes only files unreferenced for longer than the default retention (7 days),
-    so readers of older versions are never broken.
+    so readers of older versions are never broken. A table that cannot be read or compacted does not stop the
+    others: `DeltaTablesFailed` names it at the end.
     """
     done = []
+    failed = []
+    skipped = set(skip)
     for target in sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []:
-        table = DeltaTable(str(target))
-        sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
-        small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
-        if not sizes or not (force or small):
+        if target.name in skipped:
             continue
-        table.optimize.compact(target_size=TARGET_FILE_SIZE)
-        table.vacuum(dry_run=False)
-        after = len(DeltaTable(str(target)).file_uris())
-        done.append(Compaction(target.name, len(sizes), after))
+        try:
+            compaction = _compact(target, min_files=min_files, force=force)
+        except Exception as error:  # any failure of one table; reported, never swallowed
+            failed.append(_failure(target, error))
+            continue
+        if compaction is not None:
+            done.append(compaction)
+    if failed:
+        raise DeltaTablesFailed(failed, done)
     return done
+
+
+def _compact(target: Path, *, min_files: int, force: bool) -> Compaction | None:
+    table = DeltaTable(str(target))
+    sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
+    small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
+    if not sizes or not (force or small):
+        return None
+    table.optimize.compact(target_size=TARGET_FILE_SIZE)
+    table.vacuum(dry_run=False)
+    after = len(DeltaTable(str(target)).file_uris())
+    return Compaction(target.name, len(sizes), after)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import duckdb
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -32,11 +30,15 @@ from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from . import reasons
 from .audit import add_audit_columns, has_sheets, table_schema
 from .crash_points import crash_point
+from .discovery import discover_files as discover_files  # re-exported: callers import it from here
+from .discovery import raw_root_spellings
 from .readers import read
 from .readers.base import FileRejected, RawChunk, RawFile
 from .readers.delta import delta_version
 from .readers.records import records_as_json
+from .redact import reject_detail
 from .registry import EXTENSION_FORMATS, TableSpec
+from .staging import staging_dir
 from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
 OutputKind = Literal["rows", "rejects", "manifest"]
@@ -119,50 +121,6 @@ class _StagedFile:
     dropped: pa.Array | None = None
     """Position keys of valid rows not loaded: superseded by a newer version of their key in this load, or older
     than the version of their key already loaded (late)."""
-
-
-def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
-    """The raw inputs of `spec` under `raw_url` (a local path or any fsspec URL), sorted by path."""
-    fs, root = fsspec.core.url_to_fs(raw_url)
-    root = root.rstrip("/")
-    if spec.formats == ("delta",):
-        path = f"{root}/{spec.files}"
-        if not fs.isdir(path):
-            return []
-        return [RawFile(fs=fs, path=path, rel_path=spec.files)]
-    found: list[RawFile] = []
-    for path, info in sorted(fs.glob(f"{root}/{spec.files}", detail=True).items()):
-        if info.get("type") == "directory":
-            continue
-        rel = path[len(root) + 1:] if path.startswith(root + "/") else path
-        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-        found.append(RawFile(fs=fs, path=path, rel_path=rel, size=int(info.get("size") or 0),
-                             mtime=_as_timestamp(mtime), signature=file_signature(info)))
-    return found
-
-
-_CONTENT_TAGS = ("ETag", "etag", "md5Hash", "generation", "VersionId", "version_id")
-
-
-def file_signature(info: Mapping[str, Any]) -> str | None:
-    """`RawFile.signature` from an fsspec `info()` entry, or None when the file system gives nothing that changes
-    with every write."""
-    size = info.get("size")
-    if "ino" in info and "created" in info and "mtime" in info:
-        return f"local:{size}:{info['mtime']!r}:{info['created']!r}:{info['ino']}"
-    tags = [f"{key}={info[key]}" for key in _CONTENT_TAGS if info.get(key)]
-    if not tags:
-        return None
-    modified = info.get("LastModified") or info.get("last_modified") or info.get("mtime") or info.get("updated")
-    return f"object:{size}:{modified}:{';'.join(tags)}"
-
-
-def _as_timestamp(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return float(value)
 
 
 def file_format(spec: TableSpec, file: RawFile) -> str:
@@ -261,8 +219,8 @@ class TableExtractor:
 
         Files are staged by `STAGING_THREADS` threads at a time and emitted in the order of `files`.
         """
-        with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{self.spec.name}_") as tmp:
-            self.con.execute(f"SET temp_directory = '{tmp}/duckdb'")
+        with staging_dir(self.spec.name) as tmp:
+            self.con.execute(f"SET temp_directory = {quote_literal(f'{tmp}/duckdb')}")
             with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage") as pool:
                 found = list(pool.map(lambda i: self._stage_if_new(files[i], Path(tmp), i), range(len(files))))
             staged = [s for s in found if s is not None]
@@ -303,6 +261,13 @@ class TableExtractor:
         is_delta = self.spec.formats == ("delta",)
         if seen and not is_delta and file.signature is not None and seen.get("signature") == file.signature:
             return None  # the file was not written since its fingerprint was taken (see `RawFile.signature`)
+        if file.refused is not None:
+            # Refused by discovery without being opened (a link out of the raw root, a FIFO...): recorded once.
+            print_ = f"refused:{file.refused[0]}:size={file.size}"
+            if seen and seen.get("fingerprint") == print_:
+                return None
+            return self._file_rejected(file, print_, FileRejected(*file.refused), str(seen["fingerprint"]) if seen
+                                       else None)
         fmt: str | None = None
         unsupported: FileRejected | None = None
         try:
@@ -383,7 +348,8 @@ class TableExtractor:
 
     def _file_rejected(self, file: RawFile, print_: str, rejected: FileRejected,
                        replaced: str | None = None) -> _StagedFile:
-        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, rejected.reason_detail),
+        detail = reject_detail(rejected.reason_detail, raw_root_spellings(file))
+        return _StagedFile(file=file, fingerprint=print_, file_level=(rejected.reason_code, detail),
                            replaced_fingerprint=replaced)
 
     def _stage(self, staged: _StagedFile, fmt: str, options: Mapping[str, Any]) -> None:

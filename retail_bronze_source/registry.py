@@ -65,6 +65,11 @@ class TableSpec:
     evolve_schema: bool | None = None
     """Columns outside the contract are added to the table (True) or kept in `_rescued_data` (False); None follows
     the source's `evolve_schema` setting."""
+    allow_outside_raw_root: bool = False
+    """Read files that symbolic links lead to outside the raw root, and Delta data files outside the table directory
+    (absolute paths, URLs, `..` paths, as in a shallow clone). Off by default: such files are `OUTSIDE_RAW_ROOT`
+    rejects and are never read. Declared per table, in code: no configuration value or environment variable opens
+    the boundary."""
 
     def __post_init__(self) -> None:
         names = set(self.schema.names) | {d.name for d in self.derived}

@@ -12,7 +12,6 @@ own pipeline into any destination):
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from .extract import (
 from .loaded import LoadedVersions
 from .parquet_files import RowFiles, files_for
 from .registry import TableSpec
+from .staging import staging_dir
 
 SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
 """dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
@@ -196,7 +196,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
                 yield dlt.mark.with_hints(stamp(table), hints(kind, dispositions, replaces=replaces),
                                           create_table_variant=True)
             return
-        with tempfile.TemporaryDirectory(prefix=f"retail_bronze_{spec.name}_rows_") as tmp, ExitStack() as stack:
+        with staging_dir(f"{spec.name}_rows") as tmp, ExitStack() as stack:
             files: RowFiles | None = None
             for kind, table in outputs:
                 if kind != "rows":

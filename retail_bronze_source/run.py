@@ -28,7 +28,7 @@ from dlt.pipeline.pipeline import Pipeline
 from . import SOURCE_NAME, run_source
 from .change_log import sync_change_log
 from .crash_points import crash_point
-from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
+from .delta_mirror import Compaction, DeltaTableFailure, MirroredTable, mirror_and_compact, mirror_to_delta
 from .extract import MANIFEST_TABLE, REJECTS_TABLE, TableExtractor, discover_files
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 from .resources import DEFAULT_CHUNK_SIZE, SinkOptions
@@ -95,6 +95,8 @@ class RunResult:
     schema_changes: list[dict[str, Any]] = field(default_factory=list)
     """Columns this run added to existing tables (`--evolve-schema`), as recorded in `bronze.schema_history`."""
     warnings: list[str] = field(default_factory=list)
+    delta_failures: list[DeltaTableFailure] = field(default_factory=list)
+    """Delta tables this run could not write or compact (every other table and sink is complete)."""
     pipelines: tuple[str, str] = ("", "")
     """The names of the warehouse and lake pipelines (for `dlt pipeline <name> info`)."""
     notes: list[str] = field(default_factory=list)
@@ -272,11 +274,10 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
         reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, specs,
                               warnings=not _evolves(warehouse, specs))
-        mirrored = mirror_to_delta(layout.lake, specs)
-        compacted = compact_tables(layout.delta_root)
+        mirrored, compacted, delta_failures = mirror_and_compact(layout.lake, specs)
         files, summary, warnings = reports.result()
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
-                     warnings, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
+                     warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
 
 
 def _evolves(pipeline: Pipeline, specs: Sequence[TableSpec]) -> bool:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from dlt.common.destination.client import PreparedTableSchema
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
 from dlt.common.schema.typing import TColumnSchema
+from dlt.common.schema.utils import dlt_load_id_column
 from dlt.common.storages.load_package import PackageStorage
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
@@ -29,7 +30,8 @@ from dlt.pipeline.pipeline import Pipeline
 from . import reasons
 from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
 from .readers.records import records_as_json
-from .resources import DELETE_INSERT, MOSTLY_DISTINCT_HINT, REJECTS_MERGE_KEY, dlt_columns
+from .redact import spreadsheet_safe
+from .resources import DELETE_INSERT, LOAD_ID, LOAD_ID_FIELD, MOSTLY_DISTINCT_HINT, REJECTS_MERGE_KEY, dlt_columns
 from .sql import quote_ident, quote_literal
 from .validate import REJECT_SCHEMA
 
@@ -242,10 +244,17 @@ def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
 
 
 def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[str]) -> LoadInfo:
-    """Load an Arrow table into `table` with delete-insert on `merge_key` (a retried load replaces itself)."""
-    resource = dlt.resource(rows, name=table, write_disposition=DELETE_INSERT, merge_key=merge_key,
-                            columns=dlt_columns(rows.schema))
-    return pipeline.run(resource, loader_file_format=LOADER_FILE_FORMAT)
+    """Load an Arrow table into `table` with delete-insert on `merge_key` (a retried load replaces itself); every
+    row carries the load's `_dlt_load_id`."""
+    def stamped() -> Any:
+        load_id = dlt.current.load_package_state()["load_id"]
+        yield rows.append_column(LOAD_ID_FIELD, pa.repeat(pa.scalar(load_id), rows.num_rows))
+
+    resource = dlt.resource(stamped(), name=table, write_disposition=DELETE_INSERT, merge_key=merge_key,
+                            columns={**dlt_columns(rows.schema), LOAD_ID: dlt_load_id_column()})
+    pipeline.extract(resource, loader_file_format=LOADER_FILE_FORMAT)
+    pipeline.normalize()
+    return pipeline.load(raise_on_failed_jobs=False)
 
 
 def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
@@ -254,7 +263,12 @@ def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
 
 
 def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:
-    """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths."""
+    """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths.
+
+    The files are made to be opened in a spreadsheet: every text cell goes through `redact.spreadsheet_safe` (a cell
+    starting like a formula gets a leading `'`; control characters are shown as control pictures, `␊` for a line
+    feed), so each record is one line. The warehouse and the lake keep the exact values.
+    """
     written = []
     tables = sorted(pc.unique(rejects["table_name"]).to_pylist()) if rejects.num_rows else []
     for table in tables:
@@ -262,10 +276,17 @@ def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[
         target = rejects_root / table / f"{name}.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".csv.tmp")
-        pacsv.write_csv(_timestamps_as_text(part), tmp)
+        pacsv.write_csv(_spreadsheet_safe(_timestamps_as_text(part)), tmp)
         tmp.replace(target)
         written.append(target)
     return written
+
+
+def _spreadsheet_safe(table: pa.Table) -> pa.Table:
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            table = table.set_column(i, field, spreadsheet_safe(table.column(i)))
+    return table
 
 
 def _timestamps_as_text(table: pa.Table) -> pa.Table:

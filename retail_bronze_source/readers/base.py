@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -26,10 +28,54 @@ class RawFile:
     """What the file system says about the file that changes whenever its content can have changed: size, mtime,
     ctime and inode on local disks (a program can set mtime back, never ctime), size, ETag and modification time on
     object stores. None where there is no such thing: the file is then always hashed."""
+    refused: tuple[str, str] | None = None
+    """Set by discovery for a file that is a file-level reject before anything of it is read (reason code, detail):
+    a link leading out of the raw root, a FIFO, socket or device, a name that is not UTF-8. It is never opened."""
+    confined: bool = True
+    """Reads stay inside the raw root: the Delta reader refuses data files outside the table directory. False only
+    for tables declared with `TableSpec(allow_outside_raw_root=True)`."""
+    local_root: str | None = None
+    """The resolved raw root of a file on the local disk (None on object stores): `open` checks what it opened."""
 
     def open(self) -> IO[bytes]:
-        """Open the file for binary reading."""
-        return self.fs.open(self.path, "rb")  # type: ignore[no-any-return]
+        """Open the file for binary reading; a file refused by discovery raises its `FileRejected`.
+
+        A local file is checked again once open, since it may have been replaced after discovery: what was opened
+        must be a regular file (a FIFO is opened without blocking, then refused) and, for a confined table, lie
+        inside the raw root wherever links lead (the opened descriptor's path is resolved, not the name).
+        """
+        self.check_not_refused()
+        if self.local_root is None:
+            return self.fs.open(self.path, "rb")  # type: ignore[no-any-return]
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileRejected(reasons.UNSUPPORTED_FILE, f"{self.rel_path} is no longer a regular file; it is not "
+                                                             "read")
+            if self.confined and not _inside(_opened_path(fd, self.path), self.local_root):
+                raise FileRejected(reasons.OUTSIDE_RAW_ROOT, f"{self.rel_path} leads outside the raw root since it "
+                                                             "was found; it is not read")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def check_not_refused(self) -> None:
+        """Raise the file's `FileRejected` if discovery refused it."""
+        if self.refused is not None:
+            raise FileRejected(*self.refused)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """The resolved path of the file open as `fd` (Linux: its `/proc/self/fd` link; elsewhere `path` resolved)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 @dataclass(frozen=True)
