@@ -15,6 +15,9 @@ UNSUPPORTED_FILE: Final = "UNSUPPORTED_FILE"
 COLUMN_TYPE_CHANGED: Final = "COLUMN_TYPE_CHANGED"
 """With schema evolution: a column outside the contract has another type than the table gave it; none of the file's
 rows load."""
+LIMIT_EXCEEDED: Final = "LIMIT_EXCEEDED"
+"""The file is over one of the readers' stated limits (columns, record length, unpacked size; `limits.py`); none of
+its rows load. The detail names the limit, the value found and the `reader_options` key that raises it."""
 
 MALFORMED_ROW: Final = "MALFORMED_ROW"
 """A record that cannot be tokenized (broken quoting, unterminated quoted field)."""
@@ -44,7 +47,7 @@ LOAD_FAILED: Final = "LOAD_FAILED"
 """A destination refused a load job; its rows are kept here with the job's error message."""
 
 FILE_LEVEL: Final = frozenset({FILE_UNREADABLE, FILE_ENCODING, MISSING_REQUIRED_COLUMN, UNSUPPORTED_FILE,
-                               COLUMN_TYPE_CHANGED})
+                               COLUMN_TYPE_CHANGED, LIMIT_EXCEEDED})
 ROW_PARSE: Final = frozenset({MALFORMED_ROW, TOO_MANY_COLUMNS, TOO_FEW_COLUMNS, INVALID_JSON, NOT_AN_OBJECT})
 CONTRACT: Final = frozenset({TYPE_MISMATCH, NOT_NULL, ACCEPTED_VALUES, OUT_OF_RANGE, PATTERN_MISMATCH, DUPLICATE_KEY})
 ALL: Final = FILE_LEVEL | ROW_PARSE | CONTRACT | {LOAD_FAILED}
