@@ -10,7 +10,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..reasons import FILE_UNREADABLE, UNSUPPORTED_FILE
+from .. import limits
+from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, UNSUPPORTED_FILE
 from .base import FileRejected, RawChunk, RawFile
 from .records import row_number_array
 
@@ -19,7 +20,8 @@ _CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 _ADDED_CHANGE_TYPES = pa.array(["insert", "update_postimage"])
 
 
-def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None = None) -> Iterator[RawChunk]:
+def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None = None,
+               max_columns: int = limits.MAX_COLUMNS) -> Iterator[RawChunk]:
     """Stream the Delta table at `file.path` in chunks of at most `chunk_size` rows, columns in their stored types
     (view types as their plain equivalents) with partition columns included.
 
@@ -40,6 +42,10 @@ def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None =
     with _delta_errors(file):
         table = _open(file)
         version = table.version()
+        width = len(table.schema().fields)
+        if width > max_columns:
+            raise FileRejected(LIMIT_EXCEEDED, f"max_columns: the Delta table {file.rel_path} has {width} columns, "
+                               f"over the limit of {max_columns} (reader_options['max_columns'] raises it)")
         if starting_version is None:
             batches: Iterable[pa.RecordBatch] = _scan(table, chunk_size)
         elif starting_version >= version:
