@@ -29,12 +29,15 @@ from .streams import open_text
 
 _BLOCK = 1 << 20
 _BYTES_PER_ROW = 64
-_WHITESPACE = re.compile(rb"[ \t\r\n]*")
-_FLAT_OBJECT = re.compile(rb'\{(?:[^{}\[\]"]|"(?:[^"\\]|\\.)*")*\}')
+_WHITESPACE = re.compile(rb"[ \t\r\n]*+")
+_FLAT_OBJECT = re.compile(rb'\{(?:[^{}\[\]"]++|"(?:[^"\\]++|\\.)*+")*+\}')
 """An object without nested objects or arrays, whole: most elements are cut by this one match."""
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|"|[\[\]{}]')
+_FLAT_THEN_COMMA = re.compile(rb'[ \t\r\n]*+(\{(?:[^{}\[\]"]++|"(?:[^"\\]++|\\.)*+")*+\})[ \t\r\n]*+,')
+"""A flat object and the comma after it: the common case, cut by one match per element."""
+_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|"|[\[\]{}]')
 """A whole string (skipped), a string the block cuts (a lone quote: read more), or a bracket."""
-_SCALAR = re.compile(rb'"(?:[^"\\]|\\.)*"|[^,\]\s]+')
+_SCALAR = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[^,\]\s]++')
+"""Possessive quantifiers (`*+`, `++`) never backtrack: a match fails or succeeds in one pass over the bytes."""
 
 
 def read_json(file: RawFile, chunk_size: int, *, encoding: str = "utf-8", max_columns: int = limits.MAX_COLUMNS,
@@ -137,9 +140,18 @@ class _ArraySplitter:
         else:
             number = 1
             while True:
+                while (flat := _FLAT_THEN_COMMA.match(self._buffer, self._position)) is not None:
+                    if flat.end(1) - flat.start(1) > self.limits.max_record_bytes:
+                        self.limits.too_long(number, flat.end(1) - flat.start(1), "array element")
+                    yield flat.group(1)
+                    number += 1
+                    self._position = flat.end()
                 if not self._skip_whitespace():
                     raise self._broken("a value")
-                yield self._element(number)
+                element = self._element(number)
+                if len(element) > self.limits.max_record_bytes:
+                    self.limits.too_long(number, len(element), "array element")
+                yield element
                 number += 1
                 if not self._skip_whitespace():
                     raise self._broken("',' or ']'")
