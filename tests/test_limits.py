@@ -167,3 +167,14 @@ def test_the_inflate_counter_rejects_once_the_budget_is_spent(tmp_path: Path) ->
             pass
     assert caught.value.reason_code == reasons.LIMIT_EXCEEDED
     assert caught.value.reason_detail.startswith("max_unpacked_bytes: x.xlsx inflates to more than 50000 bytes")
+
+
+def test_a_wide_file_comes_in_chunks_of_bounded_cells(tmp_path: Path) -> None:
+    path = wide_csv(tmp_path / "w.csv", 1024, rows=5000)
+    chunks = read_all(path, "csv", chunk_size=131_072)
+    assert all(c.data.num_rows * c.data.num_columns <= limits.MAX_CHUNK_CELLS for c in chunks)
+    assert [n for c in chunks for n in c.row_numbers.to_pylist()] == list(range(1, 5001))
+    parquet = tmp_path / "w.parquet"
+    pq.write_table(pa.table({f"c{i}": list(range(5000)) for i in range(1024)}), parquet)
+    assert max(c.data.num_rows for c in read_all(parquet, "parquet", chunk_size=131_072)) == limits.chunk_rows(
+        131_072, 1024) == 2048

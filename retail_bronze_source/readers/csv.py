@@ -157,7 +157,7 @@ def _read_delimited(file: RawFile, chunk_size: int, dialect: Dialect, *, keep_re
             ) from error
         names = unique_column_names(header)
         chunks = _chunks(reader, invalid, names, stream, dialect, file.rel_path, block_size)
-        for chunk in _joined(chunks, chunk_size):
+        for chunk in _joined(chunks, limits.chunk_rows(chunk_size, len(names))):
             yield _applied(chunk, dialect, keep_records)
 
 

@@ -46,6 +46,7 @@ def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None =
         if width > max_columns:
             raise FileRejected(LIMIT_EXCEEDED, f"max_columns: the Delta table {file.rel_path} has {width} columns, "
                                f"over the limit of {max_columns} (reader_options['max_columns'] raises it)")
+        chunk_size = limits.chunk_rows(chunk_size, width)
         if starting_version is None:
             batches: Iterable[pa.RecordBatch] = _scan(table, chunk_size)
         elif starting_version >= version:

@@ -31,7 +31,7 @@ def read_parquet(file: RawFile, chunk_size: int, *, max_columns: int = limits.MA
             if width > max_columns:
                 raise FileRejected(LIMIT_EXCEEDED, f"max_columns: {file.rel_path} has {width} columns, over the limit "
                                                    f"of {max_columns} (reader_options['max_columns'] raises it)")
-            for batch in parquet_file.iter_batches(batch_size=chunk_size):
+            for batch in parquet_file.iter_batches(batch_size=limits.chunk_rows(chunk_size, width)):
                 batch.validate(full=True)
                 chunk = RawChunk(data=pa.Table.from_batches([batch]), row_numbers=row_number_array(read + 1, batch.num_rows))
                 read += batch.num_rows

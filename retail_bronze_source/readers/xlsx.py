@@ -191,6 +191,7 @@ def _read_sheet(worksheet: Any, chunk_size: int, file: RawFile, max_columns: int
         raise FileRejected(LIMIT_EXCEEDED, f"max_columns: sheet {worksheet.title!r} of {file.rel_path} has {width} "
                                            f"header columns, over the limit of {max_columns} "
                                            f"(reader_options['max_columns'] raises it)")
+    rows_per_chunk = limits.chunk_rows(chunk_size, width)
     columns: list[list[str | None]] = [[] for _ in names]
     numbers: list[int] = []
     rejects: list[ParseReject] = []
@@ -204,7 +205,7 @@ def _read_sheet(worksheet: Any, chunk_size: int, file: RawFile, max_columns: int
             for i, column in enumerate(columns):
                 column.append(_text(cells[i]) if i < len(cells) else None)
             numbers.append(data_row)
-        if len(numbers) + len(rejects) >= chunk_size:
+        if len(numbers) + len(rejects) >= rows_per_chunk:
             yield _chunk(names, columns, numbers, rejects, worksheet.title)
             columns, numbers, rejects = [[] for _ in names], [], []
     if numbers or rejects:
