@@ -26,8 +26,9 @@ MAX_JSON_RECORD_BYTES: Final = 16 << 20
 """`max_record_bytes` of JSON Lines and JSON arrays: a line or element is parsed whole in memory (DuckDB's own
 `read_json` limit, `maximum_object_size`, has the same default)."""
 
-MAX_UNPACKED_BYTES: Final = 1 << 30
-"""`max_unpacked_bytes` of an XLSX workbook: what its zip members inflate to, which a zip bomb makes unbounded."""
+MAX_UNPACKED_BYTES: Final = 512 << 20
+"""`max_unpacked_bytes` of an XLSX workbook: what its zip members inflate to, which a zip bomb makes unbounded; openpyxl
+parses sheet XML slowly, so this also bounds the time a workbook takes (1M rows of 15 shared-string cells fit)."""
 
 
 def chunk_rows(chunk_size: int, columns: int) -> int:

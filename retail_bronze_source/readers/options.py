@@ -146,7 +146,8 @@ OPTIONS: tuple[ReaderOption, ...] = (
     ReaderOption("max_record_bytes", TEXT,
                  f"{limits.MAX_CSV_RECORD_BYTES} (delimited), {limits.MAX_JSON_RECORD_BYTES} (JSON)",
                  "the longest record (CSV record, JSON line or array element); a file holding a longer one is "
-                 "`LIMIT_EXCEEDED`. For delimited text it is also the parse block (the reader reads 32 ahead)",
+                 "`LIMIT_EXCEEDED`. For delimited text it is the parser's block, of which it reads 32 ahead: a "
+                 "record up to it is always read, one up to twice as long may be",
                  _record_bytes),
     ReaderOption("max_unpacked_bytes", frozenset({"xlsx"}), str(limits.MAX_UNPACKED_BYTES),
                  "the most bytes a workbook's zip members may inflate to (declared sizes and bytes counted while "
