@@ -81,7 +81,7 @@ def package(raw: Path, target: Path, table: str) -> Work:
         result = run_bronze(layout, table_names=[table], pipelines_dir=str(target / "pipelines"))
         summary = result.summary[table]
         return summary.rows_read, {"files": summary.files, "valid": summary.valid, "rejected": summary.rejected,
-                                   "failed_jobs": len(result.failed_jobs),
+                                   "reasons": dict(summary.reasons), "failed_jobs": len(result.failed_jobs),
                                    "delta_rows": sum(m.rows for m in result.mirrored if m.table_name == table)}
 
     return work

@@ -37,7 +37,7 @@ from .readers.base import FileRejected, RawChunk, RawFile
 from .readers.delta import delta_version
 from .readers.records import records_as_json
 from .redact import reject_detail
-from .registry import EXTENSION_FORMATS, TableSpec
+from .registry import EXTENSION_FORMATS, TableSpec, file_suffix
 from .staging import staging_dir
 from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
@@ -127,7 +127,7 @@ def file_format(spec: TableSpec, file: RawFile) -> str:
     """The format `file` is read as; raises `UNSUPPORTED_FILE` when the table does not accept it."""
     if spec.formats == ("delta",):
         return "delta"
-    suffix = Path(file.rel_path).suffix.lower()
+    suffix = file_suffix(file.rel_path)
     fmt = EXTENSION_FORMATS.get(suffix)
     if fmt is None or fmt not in spec.formats:
         raise FileRejected(reasons.UNSUPPORTED_FILE,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -15,13 +16,35 @@ import pyarrow as pa
 
 from schemas import schemas
 
-FileFormat = Literal["csv", "parquet", "xlsx", "jsonl", "delta"]
+from .readers.options import resolve_reader_options
+
+FileFormat = Literal["csv", "tsv", "txt", "parquet", "xlsx", "jsonl", "json", "delta"]
 WriteDisposition = Literal["append", "merge"]
 
-EXTENSION_FORMATS: Mapping[str, FileFormat] = MappingProxyType(
-    {".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_TEXT_EXTENSIONS: Mapping[str, FileFormat] = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+}
+COMPRESSED_EXTENSIONS: Mapping[str, str] = MappingProxyType(
+    {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 )
-"""File name endings and the format each one is read as."""
+"""Endings of compressed text files (`orders.csv.gz`) and their codec; the file is read decompressed as it streams."""
+
+EXTENSION_FORMATS: Mapping[str, FileFormat] = MappingProxyType({
+    **_TEXT_EXTENSIONS,
+    **{ext + packed: fmt for ext, fmt in _TEXT_EXTENSIONS.items() for packed in COMPRESSED_EXTENSIONS},
+    ".parquet": "parquet", ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx",
+})
+"""File name endings (see `file_suffix`) and the format each one is read as. `.xls` goes to the Excel reader, which
+reads a workbook that is really XLSX and rejects a legacy BIFF one as `UNSUPPORTED_FILE` saying what to do."""
+
+
+def file_suffix(name: str) -> str:
+    """The lower-case ending of `name` that `EXTENSION_FORMATS` is keyed by: `.csv`, or `.csv.gz` for a compressed
+    file (the last two suffixes when the last one is a compression)."""
+    suffixes = [s.lower() for s in PurePosixPath(name).suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] in COMPRESSED_EXTENSIONS:
+        return suffixes[-2] + suffixes[-1]
+    return suffixes[-1] if suffixes else ""
 
 
 @dataclass(frozen=True)
@@ -48,7 +71,8 @@ class TableSpec:
     sequence_column: str | None = None
     """Orders versions of one key: the highest value is the latest version."""
     reader_options: Mapping[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the format's reader, e.g. `delimiter` for CSV or `sheets` for XLSX."""
+    """Options of the formats' readers, e.g. `delimiter` for CSV or `sheets` for XLSX (`readers/options.py` lists them
+    all); checked when the table is declared."""
     source_time_zone: str = "UTC"
     """Time zone assumed for timestamps written without an offset."""
     derived: tuple[DerivedColumn, ...] = ()
@@ -85,6 +109,8 @@ class TableSpec:
             raise ValueError(f"table {self.name!r}: partition columns {unknown} are not in its schema")
         if not self.formats:
             raise ValueError(f"table {self.name!r}: declare at least one format")
+        object.__setattr__(self, "reader_options",
+                           resolve_reader_options(self.name, self.formats, self.reader_options, self.schema))
 
 
 def _spec(name: str, schema: pa.Schema, files: str, formats: Sequence[FileFormat], primary_key: Sequence[str],

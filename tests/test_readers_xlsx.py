@@ -179,10 +179,12 @@ def test_corpus_merged_cells_header_only() -> None:
 
 @needs_corpus
 @pytest.mark.parametrize("name", ["merged-cells.xls", "table-with-ints-floats-dates.xls"])
-def test_corpus_legacy_xls_is_unreadable(name: str) -> None:
+def test_corpus_legacy_xls_is_unsupported_saying_what_to_do(name: str) -> None:
     with pytest.raises(FileRejected) as info:
         list(read_xlsx(raw_file(CORPUS / name), 10))
-    assert info.value.reason_code == FILE_UNREADABLE
+    assert info.value.reason_code == UNSUPPORTED_FILE
+    assert "legacy Excel 97-2003 workbook" in info.value.reason_detail
+    assert "save it as Excel Workbook (.xlsx) or CSV UTF-8" in info.value.reason_detail
 
 
 def non_empty_data_rows(path: Path) -> int:

@@ -70,14 +70,14 @@ def test_a_deltalake_error_names_the_data_file_relative_to_the_raw_root(tmp_path
 
 def test_a_file_level_detail_quotes_at_most_a_bounded_part_of_the_file(tmp_path: Path) -> None:
     (tmp_path / "things").mkdir()
-    header = ",".join(f"SECRET_{i:05d}" for i in range(20_000))
-    (tmp_path / "things" / "wide.csv").write_text(f"{header}\n" + ",".join("1" for _ in range(20_000)) + "\n")
+    header = ",".join(f"SECRET_{i:05d}" for i in range(2_000))
+    (tmp_path / "things" / "wide.csv").write_text(f"{header}\n" + ",".join("1" for _ in range(2_000)) + "\n")
     spec = TableSpec(name="things", schema=pa.schema([col("id", pa.int64(), required=True)]), files="things/*",
                      formats=("csv",), primary_key=(), write_disposition="append", sequence_column=None)
     [reject] = _extract(spec, tmp_path)
     assert reject["reason_code"] == reasons.MISSING_REQUIRED_COLUMN
     assert len(reject["reason_detail"]) < DETAIL_MAX_CHARS + 40
-    assert "SECRET_19999" not in reject["reason_detail"]
+    assert "SECRET_01999" not in reject["reason_detail"]
 
 
 def test_spreadsheet_safe_neutralises_formulas_and_shows_control_characters() -> None:

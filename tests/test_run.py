@@ -124,8 +124,9 @@ def test_every_planted_reject_and_nothing_else(first_run: tuple[Sandbox, RunResu
 def test_every_reason_code_but_load_failed_is_planted_in_the_sample(expected: dict[str, Any]) -> None:
     # LOAD_FAILED needs a destination that refuses a job, COLUMN_TYPE_CHANGED a run with --evolve-schema,
     # OUTSIDE_RAW_ROOT a link leading out of the raw root (tests/test_discovery.py)
+    # LIMIT_EXCEEDED files over the readers' limits (tests/test_limits.py)
     assert {r["reason_code"] for r in expected["rejects"]} == reasons.ALL - {
-        reasons.LOAD_FAILED, reasons.COLUMN_TYPE_CHANGED, reasons.OUTSIDE_RAW_ROOT}
+        reasons.LOAD_FAILED, reasons.COLUMN_TYPE_CHANGED, reasons.OUTSIDE_RAW_ROOT, reasons.LIMIT_EXCEEDED}
 
 
 def test_manifest_conserves_rows_per_file(first_run: tuple[Sandbox, RunResult], expected: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..reasons import FILE_UNREADABLE, OUTSIDE_RAW_ROOT, UNSUPPORTED_FILE
+from .. import limits
+from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, OUTSIDE_RAW_ROOT, UNSUPPORTED_FILE
 from .base import FileRejected, RawChunk, RawFile
 from .records import row_number_array
 
@@ -24,7 +25,8 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _LOG = "_delta_log"
 
 
-def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None = None) -> Iterator[RawChunk]:
+def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None = None,
+               max_columns: int = limits.MAX_COLUMNS) -> Iterator[RawChunk]:
     """Stream the Delta table at `file.path` in chunks of at most `chunk_size` rows, columns in their stored types
     (view types as their plain equivalents) with partition columns included.
 
@@ -55,6 +57,11 @@ def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None =
         if starting_version is not None and starting_version >= version:
             return
         _check_data_files(table, file, version)
+        width = len(table.schema().fields)
+        if width > max_columns:
+            raise FileRejected(LIMIT_EXCEEDED, f"max_columns: the Delta table {file.rel_path} has {width} columns, "
+                               f"over the limit of {max_columns} (reader_options['max_columns'] raises it)")
+        chunk_size = limits.chunk_rows(chunk_size, width)
         if starting_version is None:
             batches: Iterable[pa.RecordBatch] = _scan(table, chunk_size)
         elif table.metadata().configuration.get("delta.enableChangeDataFeed", "false").lower() == "true":
