@@ -105,18 +105,20 @@ class RowDispositions:
     """The destination's merge strategies for this table; None outside a pipeline (then delete-insert is assumed)."""
 
     @classmethod
-    def of(cls, resource: DltResource | None) -> RowDispositions:
+    def current(cls) -> RowDispositions:
+        """The dispositions for the resource being extracted, from the destination of the pipeline extracting it
+        (and the table format given to that pipeline's `run`, such as `table_format="delta"`)."""
         from dlt.common.configuration.container import Container
         from dlt.common.pipeline import PipelineContext
 
         context = Container()[PipelineContext]
         pipeline: Any = context.pipeline() if context.is_active() else None
-        if pipeline is None or pipeline.destination is None or resource is None:
+        if pipeline is None or pipeline.destination is None:
             return cls(None)
         caps = pipeline.destination.capabilities()
         strategies: Sequence[str] = caps.supported_merge_strategies or []
         if caps.merge_strategies_selector:
-            table = resource.compute_table_schema()
+            table = dlt.current.resource().compute_table_schema()
             strategies = caps.merge_strategies_selector(strategies, table_schema=table)  # type: ignore[arg-type]
         return cls(tuple(strategies))
 
@@ -145,7 +147,6 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
     primary_key = list(spec.primary_key) if spec.write_disposition == "merge" else []
     merge_key = [] if spec.write_disposition == "merge" else APPEND_MERGE_KEY
     may_append = options.append_new_rows and not hard_delete
-    holder: list[DltResource] = []
 
     def hints(kind: str, dispositions: RowDispositions, *, replaces: bool) -> Any:
         """The hints of one item kind for this load (`replaces`: rows of this load may replace loaded rows)."""
@@ -182,7 +183,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         schema = dlt.current.source_schema()
         loaded = schema.tables.get(spec.name, {}).get("columns", {})
         types = {name: str(column["data_type"]) for name, column in loaded.items() if column.get("data_type")}
-        dispositions = RowDispositions.of(holder[0] if holder else None)
+        dispositions = RowDispositions.current()
         versions = LoadedVersions.of_active_pipeline()
         extractor = TableExtractor(spec, ingestion_ts=ingestion_ts, load_id=load_id, chunk_size=chunk_size,
                                    ledger=ledger, evolve_schema=evolve_schema, column_types=types,
@@ -219,7 +220,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
                                                  merge_key=row_hints.get("merge_key", merge_key))
                 yield dlt.mark.with_file_import(str(written.path), "parquet", written.rows, hints=file_hints)
 
-    resource = dlt.resource(
+    return dlt.resource(
         rows(),
         name=spec.name,
         table_name=spec.name,
@@ -228,8 +229,6 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
         merge_key=merge_key,
         schema_contract=EVOLVE_CONTRACT if evolve_schema else SCHEMA_CONTRACT,
     )
-    holder.append(resource)
-    return resource
 
 
 def _load_id_stamper(load_id: str) -> Callable[[pa.Table], pa.Table]:

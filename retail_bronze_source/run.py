@@ -217,13 +217,23 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
     if bind_local_state(warehouse, identity.sink_id, keep_unbound=had_loads) and not restored:
         notes.append(f"the local state of pipeline {warehouse_name} was made for another warehouse: restored it from "
                      f"{layout.warehouse}")
+    _repair_default_schema(warehouse)
     warehouse.sync_destination()
     lake = lake_pipeline(layout.lake, lake_name, pipelines_dir=pipelines_dir)
     if bind_local_state(lake, binding.lake_id, keep_unbound=lake_has_data(layout.lake)):
         notes.append(f"the local state of pipeline {lake_name} was made for another lake: restored it from "
                      f"{layout.lake}")
+    _repair_default_schema(lake)
     lake.sync_destination()
     return _Sinks(warehouse, lake, identity, notes)
+
+
+def _repair_default_schema(pipeline: Pipeline) -> None:
+    """Name the pipeline's only schema as its default when its state names none: dlt's own `dlt pipeline ... drop`
+    leaves the state so, and dlt then never loads the package that carries the drop."""
+    names = list(pipeline.schemas.keys())
+    if pipeline.default_schema_name is None and len(names) == 1:
+        pipeline.default_schema_name = names[0]
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
@@ -235,6 +245,12 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     if swept:
         sinks.notes.append(f"removed {swept} row(s) an interrupted load had left in the warehouse")
     failed = _finish_pending(warehouse, undo_interrupted=True)
+    if warehouse.refresh:
+        # dlt would drop the tables in the warehouse only; a reload replaces them in every sink.
+        sinks.notes.append(f"refresh={warehouse.refresh} is configured: every table of the run is reloaded from its "
+                           "raw files in every sink")
+        reload = [spec.name for spec in specs]
+        warehouse.refresh = None
     if reload:
         _drop_tables(warehouse, reload)
     seeds, resets = _reconcile_ledgers(warehouse, layout.warehouse, specs, reload)
