@@ -233,7 +233,7 @@ def _repair_default_schema(pipeline: Pipeline) -> None:
     leaves the state so, and dlt then never loads the package that carries the drop."""
     names = list(pipeline.schemas.keys())
     if pipeline.default_schema_name is None and len(names) == 1:
-        pipeline.default_schema_name = names[0]
+        pipeline.default_schema_name = names[0]  # type: ignore[assignment]
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
