@@ -19,7 +19,7 @@ from .delta_mirror import DeltaTablesFailed, compact_tables
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
-from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
+from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, promote_rescued, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
 from .sinks import WarehouseBusy
 from .targets import SinkMismatch, pipeline_names
@@ -49,6 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="add columns outside the contract to the tables (with their types) instead of keeping "
                              "them in _rescued_data; each addition is recorded in bronze.schema_history (default: "
                              "[sources.retail_bronze] evolve_schema in .dlt/config.toml, else off)")
+    parser.add_argument("--promote-rescued", action="store_true",
+                        help="promote the columns kept in _rescued_data of the loaded rows to real (text) columns in "
+                             "the warehouse and Delta (all tables, or those of --tables), then exit (no load)")
     parser.add_argument("--reload", default="",
                         help="comma-separated tables to load again from their raw files, replacing them (and their "
                              "rejects and manifest records) in every sink")
@@ -118,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_layout(layout, args.dry_run)
         if args.compact:
             return _compact(layout)
+        if args.promote_rescued:
+            return _promote(layout, names, args)
         if args.dry_run:
             ledgers = _existing_ledgers(layout, args.pipelines_dir)
             say("dry run: nothing is written; this is what a run would load and reject")
@@ -150,6 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = f" --pipelines-dir {args.pipelines_dir}" if args.pipelines_dir else ""
     say(f"inspect: dlt pipeline{inspect} {result.pipelines[0]} info|trace|load-package "
         f"(the lake: {result.pipelines[1]})")
+    for failure in result.delta_failures:
+        say(f"error: {failure}", error=True)
+    return 1 if result.delta_failures else 0
+
+
+def _promote(layout: Layout, names: list[str], args: argparse.Namespace) -> int:
+    result = promote_rescued(layout, table_names=names, pipelines_dir=args.pipelines_dir,
+                             lock_timeout=args.lock_timeout)
+    for done in result.promoted:
+        say(f"promoted {done.table_name}.{done.column_name} from _rescued_data key {done.key!r} ({done.rows} rows)")
+    for refused in result.refused:
+        say(f"not promoted: {refused.table_name} key {refused.key!r}: {refused.refused}")
+    if not result.promoted and not result.refused:
+        say("nothing to promote: no loaded row keeps columns in _rescued_data")
     for failure in result.delta_failures:
         say(f"error: {failure}", error=True)
     return 1 if result.delta_failures else 0

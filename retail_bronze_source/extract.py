@@ -209,8 +209,15 @@ class TableExtractor:
         """The calling thread's validator (each stages files on its own DuckDB connection)."""
         validator: Validator | None = getattr(self._local, "validator", None)
         if validator is None:
-            validator = self._local.validator = Validator(self.spec, self.con.cursor(), evolve=self.evolve_schema)
+            validator = self._local.validator = Validator(self.spec, self.con.cursor(), evolve=self.evolve_schema,
+                                                          added=self._is_added_column)
         return validator
+
+    def _is_added_column(self, source_name: str) -> bool:
+        """Whether a source column outside the contract is already a column of the loaded table (added by an
+        evolving run or promoted from `_rescued_data`)."""
+        name = self.column_name(source_name)
+        return name in self.column_types and name not in self.schema.names and not name.startswith("_dlt")
 
     def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
         """Yield ("rows" | "rejects" | "manifest", table) for the new and changed files of `files`: their valid rows
@@ -224,9 +231,8 @@ class TableExtractor:
             with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage") as pool:
                 found = list(pool.map(lambda i: self._stage_if_new(files[i], Path(tmp), i), range(len(files))))
             staged = [s for s in found if s is not None]
-            if self.evolve_schema:
-                types = dict(self.column_types)  # grows with the columns each accepted file adds
-                staged = [self._reject_type_change(s, types) for s in staged]
+            types = dict(self.column_types)  # grows with the columns each accepted file adds
+            staged = [self._reject_type_change(s, types) for s in staged]
             self._replaces_loaded_rows = self._loaded_before if self.spec.write_disposition == "merge" else any(
                 s.replaced_fingerprint is not None and not s.skipped and s.file_level is None for s in staged)
             self._resolve_keys(staged)

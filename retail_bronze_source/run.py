@@ -10,9 +10,9 @@ next run. Which state belongs to which sink is settled first (`targets`).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from .change_log import sync_change_log
 from .crash_points import crash_point
 from .delta_mirror import Compaction, DeltaTableFailure, MirroredTable, mirror_and_compact, mirror_to_delta
 from .extract import MANIFEST_TABLE, REJECTS_TABLE, TableExtractor, discover_files
+from .promote import Promotion, history_rows, plan_promotions, promote
 from .registry import RETAIL_TABLES, TableSpec, select_tables
 from .resources import DEFAULT_CHUNK_SIZE, SinkOptions
 from .restore import manifest_ledgers, restore_warehouse
@@ -158,6 +159,15 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     unknown = sorted(set(reload) - {s.name for s in specs})
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
+    with _locked(layout, pipelines_dir, lock_timeout):
+        return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
+                    reload=reload)
+
+
+@contextmanager
+def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> Iterator[None]:
+    """Hold the locks of the warehouse, the lake and the pipelines' working directories, and wait for a warehouse
+    open in another process (see `run_bronze`)."""
     working = Path(pipelines_dir or get_dlt_pipelines_dir())
     locks = [layout.warehouse.with_name(layout.warehouse.name + ".lock"), layout.lake / ".retail_bronze.lock",
              *(working / f".{name}.lock" for name in pipeline_names(layout.warehouse, layout.lake))]
@@ -165,8 +175,7 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
         for lock in locks:
             held.enter_context(run_lock(lock, lock_timeout))
         wait_for_warehouse(layout.warehouse, lock_timeout)
-        return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
-                    reload=reload)
+        yield
 
 
 @dataclass
@@ -277,12 +286,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         _record_load_failures(warehouse, failed, stamp)
     crash_point("warehouse_loaded")
 
-    lake_failed = _finish_pending(lake)
-    lake_info = sync_change_log(warehouse, layout.warehouse, lake)
-    lake_load_id = lake_info.loads_ids[-1] if lake_info and lake_info.loads_ids else None
-    lake_failed += failed_jobs(lake, lake_info) if lake_info else []
-    if lake_failed:
-        _record_load_failures(warehouse, lake_failed, stamp)
+    lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp)
     failed += lake_failed
     crash_point("lake_loaded")
 
@@ -294,6 +298,55 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         files, summary, warnings = reports.result()
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
                      warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
+
+
+def _follow_warehouse(layout: Layout, warehouse: Pipeline, lake: Pipeline,
+                      stamp: datetime) -> tuple[str | None, list[FailedJob]]:
+    """Bring the change log up to the warehouse (packages a killed run left first); return the lake load id and the
+    lake's refused jobs (recorded in the warehouse as `LOAD_FAILED` rejects)."""
+    lake_failed = _finish_pending(lake)
+    lake_info = sync_change_log(warehouse, layout.warehouse, lake)
+    lake_load_id = lake_info.loads_ids[-1] if lake_info and lake_info.loads_ids else None
+    lake_failed += failed_jobs(lake, lake_info) if lake_info else []
+    if lake_failed:
+        _record_load_failures(warehouse, lake_failed, stamp)
+    return lake_load_id, lake_failed
+
+
+@dataclass
+class PromoteResult:
+    """The outcome of `promote_rescued`: the columns promoted and those that could not be."""
+
+    promoted: list[Promotion]
+    refused: list[Promotion]
+    delta_failures: list[DeltaTableFailure]
+
+
+def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
+                    tables: Sequence[TableSpec] | None = None, pipelines_dir: str | None = None,
+                    lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> PromoteResult:
+    """Promote the columns kept in `_rescued_data` of the selected tables to real (text) columns of the rows already
+    loaded, in the warehouse and its Delta mirror, recorded in `bronze.schema_history` (see `promote`).
+
+    The lake is first brought up to the warehouse, so that both hold the same rows; nothing new is extracted."""
+    specs = select_tables(tables or RETAIL_TABLES, table_names)
+    with _locked(layout, pipelines_dir, lock_timeout):
+        stamp = datetime.now(UTC)
+        sinks = open_sinks(layout, specs, pipelines_dir)
+        warehouse, lake = sinks.warehouse, sinks.lake
+        _finish_pending(warehouse, undo_interrupted=True)
+        _follow_warehouse(layout, warehouse, lake, stamp)
+        mirror_and_compact(layout.lake, specs)
+        plans = plan_promotions(warehouse, layout.warehouse, [s.name for s in specs])
+        done = promote(warehouse, layout.warehouse, layout.delta_root, plans)
+        failures: list[DeltaTableFailure] = []
+        if done:
+            load_arrow(warehouse, pa.Table.from_pylist(history_rows(done), schema=SCHEMA_HISTORY_SCHEMA),
+                       SCHEMA_HISTORY_TABLE, ["table_name", "column_name"])
+            detach_shared_tables(warehouse, SHARED_TABLES)
+            _follow_warehouse(layout, warehouse, lake, stamp)
+            failures = mirror_and_compact(layout.lake, specs)[2]
+        return PromoteResult(done, [p for p in plans if p.refused is not None], failures)
 
 
 def _evolves(pipeline: Pipeline, specs: Sequence[TableSpec]) -> bool:
@@ -335,17 +388,28 @@ def _schema_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str
 
 
 def _rescue_warnings(warehouse: Path, load_id: str | None) -> list[str]:
-    """One warning per table whose files of this load had columns outside the contract."""
+    """One warning per table whose rows of this load keep columns in `_rescued_data` (columns outside the contract
+    that the table does not have: added and promoted columns are loaded into their own column)."""
     if load_id is None:
         return []
+    warnings = []
     with duckdb.connect(str(warehouse), read_only=True) as con:
         if not table_exists(con, MANIFEST_TABLE):
             return []
-        found = con.execute(f"SELECT table_name, string_agg(DISTINCT extra_columns, ',') FROM {DATASET}.{MANIFEST_TABLE} "
-                            f"WHERE load_id = ? AND extra_columns IS NOT NULL GROUP BY 1 ORDER BY 1", [load_id]).fetchall()
-    return [f"{table}: column(s) {', '.join(sorted(set(columns.split(','))))} are not in the contract and were kept in "
-            f"_rescued_data; declare them in schemas/schemas.py, run with --evolve-schema, or promote them later "
-            f"with --promote-rescued" for table, columns in found]
+        tables = [row[0] for row in con.execute(
+            f"SELECT DISTINCT table_name FROM {DATASET}.{MANIFEST_TABLE} WHERE load_id = ? AND extra_columns IS NOT "
+            "NULL ORDER BY 1", [load_id]).fetchall()]
+        for table in tables:
+            if not table_exists(con, table):
+                continue
+            keys = sorted(row[0] for row in con.execute(
+                f"SELECT DISTINCT unnest(json_keys(_rescued_data)) FROM {DATASET}.{quote_ident(table)} "
+                "WHERE _dlt_load_id = ? AND _rescued_data IS NOT NULL", [load_id]).fetchall())
+            if keys:
+                warnings.append(f"{table}: column(s) {', '.join(keys)} are not in the contract and were kept in "
+                                f"_rescued_data; declare them in schemas/schemas.py, run with --evolve-schema, or "
+                                f"promote them later with --promote-rescued")
+    return warnings
 
 
 def _finish_pending(pipeline: Pipeline, *, undo_interrupted: bool = False) -> list[FailedJob]:
@@ -475,4 +539,5 @@ def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     return {name: dict(state.get("files", {})) for name, state in resources.items()}
 
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "RunResult", "SinkMismatch", "TableSummary", "dry_run", "run_bronze"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "RunResult", "SinkMismatch", "TableSummary", "dry_run",
+           "promote_rescued", "run_bronze"]

@@ -9,6 +9,7 @@ gets one reject record per failed check and counts once as rejected.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -227,9 +228,12 @@ class Validator:
     """Validates the chunks of one table against its contract."""
 
     def __init__(self, spec: TableSpec, con: duckdb.DuckDBPyConnection | None = None, *,
-                 evolve: bool = False) -> None:
+                 evolve: bool = False, added: Callable[[str], bool] = lambda name: False) -> None:
         self.spec = spec
         self.evolve = evolve
+        self.added = added
+        """Whether a source column outside the contract is a column the table already has (added by an evolving run
+        or promoted from `_rescued_data`): it is loaded into that column even when the run does not evolve."""
         self.con = con or duckdb.connect()
         self.con.execute(f"SET TimeZone = {quote_literal(spec.source_time_zone)}")
         self.contract = spec.schema
@@ -313,7 +317,7 @@ class Validator:
         result = result.take(pc.sort_indices(result[POSITION]))
 
         hashes = row_hashes(data)
-        evolved = self.extra_columns(data) if self.evolve else []
+        evolved = [name for name in self.extra_columns(data) if self.evolve or self.added(name)]
         rescued = [k for k in data.column_names if k not in self.contract.names and k not in evolved]
         columns = {
             **{name: result[name] for name in result.column_names},

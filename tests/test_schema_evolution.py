@@ -80,3 +80,36 @@ def test_an_added_column_that_changes_type_rejects_its_file_and_the_run_goes_on(
     for table in (warehouse_table(box.warehouse, "order_items"), delta_table(box.lake, "order_items")):
         assert table.num_rows == valid and set(table["src_filename"].to_pylist()) == {"order_items/a.parquet"}
         assert table.schema.field("promo_code").type == pa.int64()
+
+
+def test_rescued_columns_are_promoted_in_every_sink_after_the_fact(tmp_path: Path, generator: ModuleType) -> None:
+    from retail_bronze_source.run import promote_rescued
+
+    box, commit, _ = _box_with_new_upstream_column(tmp_path, generator, evolve=False)
+    before = {r["return_id"]: json.loads(r["_rescued_data"])["return_reason_code"]
+              for r in warehouse_table(box.warehouse, "returns").to_pylist() if r["_rescued_data"]}
+    result = promote_rescued(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir))
+    assert [(p.table_name, p.column_name, p.rows) for p in result.promoted] == [
+        ("returns", "return_reason_code", len(before))]
+    for table in (warehouse_table(box.warehouse, "returns"), delta_table(box.lake, "returns")):
+        by_id = dict(zip(table["return_id"].to_pylist(), table["return_reason_code"].to_pylist(), strict=True))
+        assert {i: code for i, code in by_id.items() if code is not None} == before
+        assert pc.all(pc.is_null(table["_rescued_data"])).as_py()
+    assert query(box.warehouse, "SELECT table_name, column_name, data_type FROM bronze.schema_history") == [
+        ("returns", "return_reason_code", "text")]
+    assert "return_reason_code" in delta_table(box.lake, "schema_history")["column_name"].to_pylist()
+    assert promote_rescued(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir)).promoted == []
+    # Later deliveries fill the promoted column, in every sink, without --evolve-schema.
+    later = generator.append_returns_commit(box.raw, seed=4, n=5, with_reason_code=True)
+    again = run_bronze(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir))
+    assert again.failed_jobs == [] and again.warnings == []
+    for table in (warehouse_table(box.warehouse, "returns"), delta_table(box.lake, "returns")):
+        by_id = dict(zip(table["return_id"].to_pylist(), table["return_reason_code"].to_pylist(), strict=True))
+        assert all(by_id[i] is not None for i in set(later["new_ids"]) | set(later["updated_ids"]))
+
+
+def test_evolve_schema_can_be_configured(tmp_path: Path, generator: ModuleType, monkeypatch) -> None:
+    monkeypatch.setenv("SOURCES__RETAIL_BRONZE__EVOLVE_SCHEMA", "true")
+    box, commit, result = _box_with_new_upstream_column(tmp_path, generator, evolve=None)  # type: ignore[arg-type]
+    assert "return_reason_code" in warehouse_table(box.warehouse, "returns").column_names
+    assert [(c["table_name"], c["column_name"]) for c in result.schema_changes] == [("returns", "return_reason_code")]
