@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import threading
@@ -40,6 +41,7 @@ from .registry import EXTENSION_FORMATS, TableSpec
 from .validate import REJECT_SCHEMA, ROW_HASH, ROW_NUMBER, Validator, as_array, file_reject, quote_ident, quote_literal
 
 OutputKind = Literal["rows", "rejects", "manifest"]
+logger = logging.getLogger(__name__)
 
 REJECTS_TABLE = "rejects"
 MANIFEST_TABLE = "manifest_processed_files"
@@ -211,7 +213,8 @@ class TableExtractor:
         """The calling thread's validator (each stages files on its own DuckDB connection)."""
         validator: Validator | None = getattr(self._local, "validator", None)
         if validator is None:
-            validator = self._local.validator = Validator(self.spec, self.con.cursor(), evolve=self.evolve_schema)
+            validator = self._local.validator = Validator(self.spec, self.con.cursor(), evolve=self.evolve_schema,
+                                                          column_name=self.column_name)
         return validator
 
     def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
@@ -292,7 +295,12 @@ class TableExtractor:
         if fmt == "delta" and seen and str(seen.get("fingerprint", "")).startswith(DELTA_VERSION):
             options["starting_version"] = int(str(seen["fingerprint"])[len(DELTA_VERSION):])
         try:
-            self._stage(staged, fmt, options)
+            try:
+                self._stage(staged, fmt, options)
+            except (FileRejected, MemoryError):
+                raise
+            except Exception as error:
+                raise unexpected_error_reject(error, file.rel_path) from error
             crash_point("file_staged")
         except FileRejected as rejected:
             for path in [*staged.rows_paths, staged.rejects_path, staged.keys_path]:
@@ -535,6 +543,15 @@ class TableExtractor:
         if item.file_level is not None:
             row.update(row_count=0, valid_count=0, reject_count=0)
         return pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)
+
+
+def unexpected_error_reject(error: Exception, rel_path: str) -> FileRejected:
+    """The file-level `VALIDATION_FAILED` reject of an unexpected error raised while one file was validated, hashed
+    or staged (never memory exhaustion, which stops the run), naming the error: the file's rows are not loaded and
+    the other files go on. The traceback is logged."""
+    logger.warning("%s: validating or staging failed, the file is rejected", rel_path, exc_info=error)
+    message = " ".join(str(error).split())[:500]
+    return FileRejected(reasons.VALIDATION_FAILED, f"{type(error).__name__}: {message}")
 
 
 def _reader_errors_as_rejects(chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:

@@ -226,7 +226,7 @@ def test_reason_detail_shows_typed_and_nested_values_as_text() -> None:
     assert {(r["column_name"], r["reason_detail"]) for r in rejects} == {
         ("id", "'1.5' is not a valid int64"),
         ("amount", "'1.234' is not a valid decimal128(6, 2)"),
-        ("seen_at", "'<list<item: int64>>' is not a valid UTC timestamp"),
+        ("seen_at", "'[1,2]' is not a valid UTC timestamp"),
         ("day", "'2024-01-01 05:00:00' is not a valid date32[day]"),
     }
 
