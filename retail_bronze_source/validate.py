@@ -143,7 +143,7 @@ def _parse_text(v: str, type_: pa.DataType) -> str:
 def _parse_typed(r: str, source: pa.DataType, type_: pa.DataType) -> str:
     """SQL converting a typed source value `r` into `type_`, NULL where it does not convert exactly: the converted
     value must convert back to the source value (integers compared as HUGEINT, decimals at their own scale, floats as
-    DOUBLE), a timestamp keeps its sub-microsecond digits only when they are zero, a date is a midnight."""
+    DOUBLE), a date is a midnight. (DuckDB reads nanosecond timestamps as microseconds: see `_nanoseconds_lost`.)"""
     if pa.types.is_string(type_) or pa.types.is_large_string(type_):
         return f"CAST({r} AS VARCHAR)"
     cast = f"TRY_CAST({r} AS {_duck_type(type_)})"
@@ -161,8 +161,6 @@ def _parse_typed(r: str, source: pa.DataType, type_: pa.DataType) -> str:
         return f"CASE WHEN TRY_CAST({cast} AS DECIMAL(38,{scale})) = CAST({r} AS DECIMAL(38,{scale})) THEN {cast} END"
     if pa.types.is_floating(source):
         return f"CASE WHEN CAST({cast} AS DOUBLE) = CAST({r} AS DOUBLE) THEN {cast} END"
-    if pa.types.is_timestamp(source) and source.unit == "ns" and pa.types.is_timestamp(type_):
-        return f"CASE WHEN epoch_ns({r}) % 1000 = 0 THEN {cast} END"
     if pa.types.is_date(type_) and pa.types.is_timestamp(source):
         return f"CASE WHEN {r} = date_trunc('day', {r}) THEN {cast} END"
     return cast
@@ -374,6 +372,12 @@ class Validator:
                 raw = src
                 parsed = _parse_typed(src, typed.type, field.type)
                 shown[i] = _Shown(sql=f"CAST({src} AS VARCHAR)")
+                lost = _nanoseconds_lost(typed)
+                if lost is not None:
+                    inputs[src] = typed.cast(pa.timestamp("us", tz=typed.type.tz), safe=False)
+                    inputs[f"f{i}"] = lost
+                    parsed = f"CASE WHEN NOT f{i} THEN {parsed} END"
+                    shown[i] = _Shown(json=values)
             # Each value is parsed once, in an inner query; the checks refer to its results by name.
             parsing += [f"{raw} AS __r{i}", f"{parsed} AS __p{i}"]
             if field.name not in passthrough:
@@ -516,7 +520,8 @@ class Validator:
                 taken = as_array(text.take(bad_rows))
                 values[c] = taken if pa.types.is_string(taken.type) else taken.cast(pa.string())
             elif rendered is not None:
-                values[c] = pc.utf8_slice_codeunits(records_as_json(pa.table({"v": rendered.take(bad_rows)})), 5, -1)
+                json_text = pc.utf8_slice_codeunits(records_as_json(pa.table({"v": rendered.take(bad_rows)})), 5, -1)
+                values[c] = pc.replace_substring_regex(json_text, '^"(.*)"$', "\\1")  # a JSON string without quotes
         return {c: pc.utf8_slice_codeunits(v, 0, SHOWN_CHARACTERS) for c, v in values.items()}
 
     def _contract_rejects(self, bad_rows: pa.Array, failed: list[_Failed], checks: list[_Check],
@@ -528,6 +533,8 @@ class Validator:
             return REJECT_SCHEMA.empty_table()
         if chunk.raw_records is not None:
             raw = chunk.raw_records.take(bad_rows)
+        elif data.num_columns == 0:  # Arrow's take of a table without columns keeps no rows
+            raw = pa.repeat(pa.scalar("" if fmt == "csv" else "{}"), len(bad_rows))
         else:
             originals = data.take(bad_rows)
             raw = (format_csv_records(originals, self.spec.reader_options.get("delimiter", ",")) if fmt == "csv"
@@ -604,6 +611,16 @@ def _widened(values: pa.ChunkedArray) -> pa.ChunkedArray | None:
             return values.cast(pa.decimal128(type_.precision, type_.scale))
         return values.cast(pa.string())
     return None
+
+
+def _nanoseconds_lost(values: pa.ChunkedArray) -> pa.Array | None:
+    """For nanosecond timestamps, per row whether a digit below the microsecond is not zero (DuckDB would read the
+    value cut to microseconds); None for other types."""
+    if not pa.types.is_timestamp(values.type) or values.type.unit != "ns":
+        return None
+    below = pc.subtract(pc.cast(values, pa.int64()),
+                        pc.multiply(pc.divide(pc.cast(values, pa.int64()), 1000), pa.scalar(1000, pa.int64())))
+    return as_array(pc.fill_null(pc.not_equal(below, 0), False))
 
 
 def _scannable(values: pa.ChunkedArray) -> pa.ChunkedArray | None:
