@@ -11,7 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import SAMPLE, changelog_table, delta_table, generate, make_sandbox, query, warehouse_table
 
-from retail_bronze_source.run import run_bronze
+from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.run import RunResult, run_bronze
+from schemas.schemas import col
 
 
 def _box_with_new_upstream_column(tmp_path: Path, generator: ModuleType, evolve: bool):
@@ -79,3 +81,32 @@ def test_an_added_column_that_changes_type_rejects_its_file_and_the_run_goes_on(
     for table in (warehouse_table(box.warehouse, "order_items"), delta_table(box.lake, "order_items")):
         assert table.num_rows == valid and set(table["src_filename"].to_pylist()) == {"order_items/a.parquet"}
         assert table.schema.field("promo_code").type == pa.int64()
+
+
+def test_an_added_column_whose_name_collides_rejects_its_file_and_never_blocks_later_runs(tmp_path: Path) -> None:
+    # Order_ID is order_id in the warehouse: dlt failed the load, and every later one, with or without the flag.
+    spec = TableSpec(name="orders_x", schema=pa.schema([col("order_id", pa.int64(), required=True)]),
+                     files="orders_x/*.csv", formats=("csv",), primary_key=("order_id",), write_disposition="merge")
+    box = make_sandbox(tmp_path)
+    folder = box.raw / "orders_x"
+    folder.mkdir()
+    (folder / "a.csv").write_text("order_id,Order_ID\n1,1\n")
+    (folder / "b.csv").write_text("order_id,note\n2,fine\n")
+
+    def run(evolve: bool) -> RunResult:
+        return run_bronze(box.layout, tables=[spec], pipelines_dir=str(box.pipelines_dir), evolve_schema=evolve)
+
+    first = run(True)
+    assert first.failed_jobs == [] and first.summary["orders_x"].reasons == {"COLUMN_NAME_CONFLICT": 1}
+    assert query(box.warehouse, "SELECT src_filename, reason_detail FROM bronze.rejects") == [
+        ("orders_x/a.csv", "column 'Order_ID' would be added as 'order_id', the name of table column 'order_id'; "
+                           "rename it in the file or declare it in the contract")]
+    assert query(box.warehouse, "SELECT order_id, note FROM bronze.orders_x") == [(2, "fine")]
+    (folder / "a.csv").unlink()
+    (folder / "c.csv").write_text("order_id\n3\n")
+    assert run(False).summary["orders_x"].valid == 1
+    (folder / "d.csv").write_text("order_id,Order Note\n4,x\n")
+    assert run(True).summary["orders_x"].valid == 1
+    assert query(box.warehouse, "SELECT order_id, note, order_note FROM bronze.orders_x ORDER BY 1") == [
+        (2, "fine", None), (3, None, None), (4, None, "x")]
+    assert delta_table(box.lake, "orders_x").num_rows == 3
