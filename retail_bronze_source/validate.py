@@ -79,7 +79,10 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(value: str) -> str:
-    """Quote a string literal for DuckDB SQL."""
+    """Quote a string literal for DuckDB SQL (a NUL character, which DuckDB's parser takes for the end of the text,
+    as `chr(0)`)."""
+    if "\x00" in value:
+        return "(" + " || chr(0) || ".join(quote_literal(part) for part in value.split("\x00")) + ")"
     return "'" + value.replace("'", "''") + "'"
 
 

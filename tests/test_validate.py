@@ -399,3 +399,10 @@ def test_wide_files_are_validated_column_group_by_column_group() -> None:
     rescued = json.loads(valid["_rescued_data"])
     assert len(rescued) == width and rescued["extra_0"] == "a0" and rescued[f"extra_{width - 1}"] == f"a{width - 1}"
     assert [(r["src_row_number"], r["reason_code"]) for r in result.rejects.to_pylist()] == [(2, reasons.TYPE_MISMATCH)]
+
+
+def test_column_names_with_quotes_and_nul_characters_are_rescued_as_they_are() -> None:
+    # DuckDB's SQL parser ends a string at a NUL character: such a key failed the whole file.
+    data = pa.table({"id": ["1"], "foo\x00bar": ["x"], "it's": ["y"], '"': ["z"]})
+    result = Validator(SPEC).validate(RawChunk(data=data, row_numbers=pa.array([1])), "a.jsonl", fmt="jsonl")
+    assert json.loads(result.valid["_rescued_data"][0].as_py()) == {"foo\x00bar": "x", "it's": "y", '"': "z"}
