@@ -96,6 +96,15 @@ class TableSpec:
         if not self.formats:
             raise ValueError(f"table {self.name!r}: declare at least one format")
         _check_column_names(self.name, [*self.schema.names, *(d.name for d in self.derived)], normalized_name)
+        roles: dict[str, tuple[str, ...]] = {
+            "primary key": self.primary_key, "sequence column": (self.sequence_column,) if self.sequence_column else (),
+            "partition": self.partition_by, "delete marker": (self.delete_marker,) if self.delete_marker else ()}
+        for role, addressed in roles.items():
+            for name in addressed:
+                if normalized_name(name) != name:
+                    raise ValueError(f"table {self.name!r}: {role} column {name!r} is stored as "
+                                     f"{normalized_name(name)!r}; merges, late-version checks and Delta partitions "
+                                     "address it by its declared name, so declare it as stored")
         for contract_field in self.schema:
             problem = contract_type_problem(contract_field)
             if problem:

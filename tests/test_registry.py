@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pytest
 
@@ -71,3 +73,17 @@ def test_nested_and_binary_contract_types_are_accepted() -> None:
 def test_added_columns_name_every_column_the_package_adds(spec: TableSpec) -> None:
     added = [name for name in table_schema(spec).names if name not in spec.schema.names]
     assert set(added) - {d.name for d in spec.derived} <= set(ADDED_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"primary_key": ("Order ID",)}, {"sequence_column": "Order ID"}, {"partition_by": ("Order ID",)},
+     {"delete_marker": "Is Deleted"}],
+    ids=["primary-key", "sequence-column", "partition", "delete-marker"],
+)
+def test_a_column_a_table_addresses_by_name_must_be_declared_as_stored(options: dict[str, Any]) -> None:
+    # "Order ID" loads as order_id: the merge's late-version check and Delta's partitioning addressed "Order ID".
+    schema = pa.schema([col("Order ID", pa.int64(), required=True), col("Is Deleted", pa.bool_(), required=True)])
+    with pytest.raises(ValueError, match="is stored as"):
+        TableSpec(name="things", schema=schema, files="things/*", formats=("csv",), write_disposition="merge",
+                  **{"primary_key": (), **options})
