@@ -150,6 +150,8 @@ def _parse_typed(r: str, source: pa.DataType, type_: pa.DataType) -> str:
     if pa.types.is_string(type_) or pa.types.is_large_string(type_):
         return f"CAST({r} AS VARCHAR)"
     cast = f"TRY_CAST({r} AS {_duck_type(type_)})"
+    if _widens(source, type_):
+        return cast
     if pa.types.is_floating(type_):
         exact = f"isfinite({cast})"
         if pa.types.is_integer(source):
@@ -167,6 +169,20 @@ def _parse_typed(r: str, source: pa.DataType, type_: pa.DataType) -> str:
     if pa.types.is_date(type_) and pa.types.is_timestamp(source):
         return f"CASE WHEN {r} = date_trunc('day', {r}) THEN {cast} END"
     return cast
+
+
+def _widens(source: pa.DataType, type_: pa.DataType) -> bool:
+    """Whether every value of `source` converts into `type_` exactly (the same type or a wider one), so the
+    conversion needs no check."""
+    if source == type_:
+        return not pa.types.is_timestamp(source) or source.unit != "ns"
+    if pa.types.is_signed_integer(source) and pa.types.is_signed_integer(type_):
+        return bool(type_.bit_width >= source.bit_width)
+    if pa.types.is_unsigned_integer(source) and pa.types.is_signed_integer(type_):
+        return bool(type_.bit_width > source.bit_width)
+    if pa.types.is_decimal(source) and pa.types.is_decimal(type_):
+        return bool(type_.scale >= source.scale and type_.precision - type_.scale >= source.precision - source.scale)
+    return pa.types.is_float32(source) and pa.types.is_float64(type_)
 
 
 def _is_text(type_: pa.DataType) -> bool:
