@@ -273,6 +273,19 @@ class _Failed(NamedTuple):
     detail: pa.Array
 
 
+class _Queried(NamedTuple):
+    """The outcome of one group's validation query."""
+
+    result: pa.Table
+    """The group's converted columns, `__bad` and the failed-check masks, in row order."""
+    checks: list[_Check]
+    frame: pa.Table
+    """What the query read."""
+
+
+CONTRACT_GROUP_COLUMNS = 128
+"""Contract columns parsed and checked by one query: DuckDB's planning time grows faster than the size of a query, so a
+wide contract is checked in groups of columns (the shipped contracts fit in one)."""
 POSITION = "__pos"
 """Each row's position in its chunk, carried through DuckDB's queries to put their results back in row order."""
 PARALLEL_BATCH_ROWS = 16 * 1024
@@ -292,6 +305,7 @@ class Validator:
         self.con = con or duckdb.connect()
         self.con.execute(f"SET TimeZone = {quote_literal(spec.source_time_zone)}")
         self.contract = spec.schema
+        self.contract_names = frozenset(spec.schema.names)
         self.output_schema = pa.schema([
             *spec.schema,
             *(pa.field(d.name, d.type) for d in spec.derived),
@@ -349,12 +363,12 @@ class Validator:
         if not n:
             return Validated(self.output_schema.empty_table(), parse_rejects, len(chunk.rejects), len(chunk.rejects))
         present = set(data.column_names)
-        # The query sees the contract columns only, each under its position in the contract (`c<i>`).
+        # The queries see the contract columns only, each under its position in the contract (`c<i>`).
         inputs: dict[str, pa.Array | pa.ChunkedArray] = {}
         passthrough: dict[str, pa.Array | pa.ChunkedArray] = {}
-        selects: list[str] = [POSITION]
+        selects: dict[int, str] = {}
         checks: list[_Check] = []
-        parsing: list[str] = []
+        parsing: dict[int, list[str]] = {}
         shown: dict[int, _Shown] = {}
         text_passthrough: list[str] = []
         for i, field in enumerate(self.contract):
@@ -398,35 +412,32 @@ class Validator:
                     parsed = f"CASE WHEN NOT f{i} THEN {parsed} END"
                     shown[i] = _Shown(json=values)
             # Each value is parsed once, in an inner query; the checks refer to its results by name.
-            parsing += [f"{raw} AS __r{i}", f"{parsed} AS __p{i}"]
+            parsing[i] = [f"{raw} AS __r{i}", f"{parsed} AS __p{i}"]
             if field.name not in passthrough:
-                selects.append(f"__p{i} AS {quote_ident(field.name)}")
+                selects[i] = f"__p{i} AS {quote_ident(field.name)}"
             checks.extend(_checks(field, i, f"__r{i}", f"__p{i}"))
-        inputs[POSITION] = row_number_array(0, n)
-        contract = pa.table(inputs)
-        frame = pa.Table.from_batches(contract.to_batches(max_chunksize=PARALLEL_BATCH_ROWS), schema=contract.schema)
         by_name = {field.name: f"c{i}" for i, field in enumerate(self.contract)}
-
-        parsed_frame = f"(SELECT *, {', '.join(parsing)} FROM frame)" if parsing else "frame"
+        used = [name for name in text_passthrough if any(name in d.sql for d in self.spec.derived)]
+        groups = [range(start, min(start + CONTRACT_GROUP_COLUMNS, len(self.contract)))
+                  for start in range(0, len(self.contract), CONTRACT_GROUP_COLUMNS)] or [range(0)]
         derived = [f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}" for d in self.spec.derived]
-        any_violation = " OR ".join(f"COALESCE({c.condition}, false)" for c in checks) or "false"
-        # A row's failed checks come back with it, as bit masks computed for bad rows only: no second query.
-        checked_frame = f"(SELECT *, {any_violation} AS __bad FROM {parsed_frame})"
-        flags = ["__bad", *_failed_check_masks(checks)]
-        sql = f"SELECT {', '.join([*selects, *flags])} FROM {checked_frame}"
-        if derived:
-            used = [name for name in text_passthrough if any(name in d.sql for d in self.spec.derived)]
-            texts = [f"NULLIF({by_name[name]}, '') AS {quote_ident(name)}" for name in used]
-            sql = (f"SELECT * EXCLUDE ({', '.join(quote_ident(u) for u in used) or '__none'}), {', '.join(derived)} "
-                   f"FROM (SELECT {', '.join([*selects, *texts, *flags])} FROM {checked_frame})"
-                   if used else f"SELECT *, {', '.join(derived)} FROM ({sql})")
-        result = self.con.execute(sql).to_arrow_table()
-        # DuckDB scans the batches in parallel and may return them in any order; the row position puts them back.
-        result = result.take(pc.sort_indices(result[POSITION]))
+        queried = [self._query_group(group, inputs, parsing, selects, [c for c in checks if c.column in group],
+                                     n, derived=derived if len(groups) == 1 else [],
+                                     texts=[f"NULLIF({by_name[name]}, '') AS {quote_ident(name)}" for name in used])
+                   for group in groups]
+        result = pa.table({name: column for group in queried for name, column in
+                           zip(group.result.column_names, group.result.columns, strict=True)
+                           if name != "__bad" and not name.startswith("__m")})
+        if derived and len(groups) > 1:
+            result = self._derive(result, {name: passthrough[name] for name in used}, derived)
+        bad_mask = queried[0].result["__bad"]
+        for group in queried[1:]:
+            bad_mask = pc.or_(bad_mask, group.result["__bad"])
 
         hashes = row_hashes(data)
         evolved = self.extra_columns(data) if self.evolve else []
-        rescued = [k for k in data.column_names if k not in self.contract.names and k not in evolved]
+        kept = set(evolved)
+        rescued = [k for k in data.column_names if k not in self.contract_names and k not in kept]
         columns = {
             **{name: result[name] for name in result.column_names},
             **passthrough,
@@ -438,22 +449,64 @@ class Validator:
         }
         schema = pa.schema([*self.output_schema, *(pa.field(name, columns[name].type) for name in evolved)])
         assembled = pa.table({name: columns[name] for name in schema.names})
-        bad_mask = result["__bad"]
         n_bad = int(pc.sum(bad_mask).as_py() or 0)
         # Filtering copies every column, so a chunk without bad rows is passed on as it is.
         valid = (assembled.filter(pc.invert(bad_mask)) if n_bad else assembled).cast(schema)
         if not n_bad:
             return Validated(valid, parse_rejects, n + len(chunk.rejects), len(chunk.rejects))
         bad_rows = pc.indices_nonzero(as_array(bad_mask))
-        failed = self._failed_checks(result, bad_rows, checks, shown, frame)
+        failed = []
+        offset = 0  # the groups' checks follow each other in `checks`
+        for group in queried:
+            group_bad = pc.indices_nonzero(as_array(group.result["__bad"]))
+            if len(group_bad):
+                position = pc.index_in(group_bad, bad_rows)  # where the group's bad rows are among all bad rows
+                failed += [f._replace(check=offset + f.check, rows=position.take(f.rows))
+                           for f in self._failed_checks(group.result, group_bad, group.checks, shown, group.frame)]
+            offset += len(group.checks)
         contract_rejects = self._contract_rejects(bad_rows, failed, checks, columns[ROW_NUMBER], hashes, data, chunk,
                                                   src_filename, fmt)
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
         return Validated(valid, rejects, n + len(chunk.rejects), n_bad + len(chunk.rejects))
 
+    def _query_group(self, group: range, inputs: dict[str, pa.Array | pa.ChunkedArray],
+                     parsing: dict[int, list[str]], selects: dict[int, str], checks: list[_Check], n: int, *,
+                     derived: list[str], texts: list[str]) -> _Queried:
+        """Parse and check the contract columns `group` (positions) in one DuckDB query; with `derived`, the derived
+        columns are computed in it too (`texts`: the text columns they read, as text)."""
+        columns = {f"{prefix}{i}": inputs[f"{prefix}{i}"] for i in group for prefix in ("c", "f")
+                   if f"{prefix}{i}" in inputs}
+        table = pa.table({**columns, POSITION: row_number_array(0, n)})
+        frame = pa.Table.from_batches(table.to_batches(max_chunksize=PARALLEL_BATCH_ROWS), schema=table.schema)
+        parsed = [p for i in group for p in parsing[i]]
+        picked = [POSITION, *(selects[i] for i in group if i in selects)]
+        parsed_frame = f"(SELECT *, {', '.join(parsed)} FROM frame)" if parsed else "frame"
+        any_violation = " OR ".join(f"COALESCE({c.condition}, false)" for c in checks) or "false"
+        # A row's failed checks come back with it, as bit masks computed for bad rows only: no second query.
+        checked_frame = f"(SELECT *, {any_violation} AS __bad FROM {parsed_frame})"
+        flags = ["__bad", *_failed_check_masks(checks)]
+        sql = f"SELECT {', '.join([*picked, *flags])} FROM {checked_frame}"
+        if derived:
+            used = [t.rsplit(" AS ", 1)[1] for t in texts]
+            sql = (f"SELECT * EXCLUDE ({', '.join(used)}), {', '.join(derived)} "
+                   f"FROM (SELECT {', '.join([*picked, *texts, *flags])} FROM {checked_frame})"
+                   if used else f"SELECT *, {', '.join(derived)} FROM ({sql})")
+        result = self.con.from_arrow(frame).query("frame", sql).to_arrow_table()
+        # DuckDB scans the batches in parallel and may return them in any order; the row position puts them back.
+        return _Queried(result.take(pc.sort_indices(result[POSITION])), checks, frame)
+
+    def _derive(self, parsed: pa.Table, texts: dict[str, pa.Array | pa.ChunkedArray], derived: list[str]) -> pa.Table:
+        """`parsed` (the contract columns as the group queries converted them, and their row position) with the
+        derived columns, which may also read the text columns `texts`."""
+        table = pa.table({**{name: parsed[name] for name in parsed.column_names}, **texts})
+        found = self.con.from_arrow(table).query("parsed", f"SELECT *, {', '.join(derived)} FROM parsed")
+        result = found.to_arrow_table()
+        result = result.take(pc.sort_indices(result[POSITION]))
+        return result.drop_columns([name for name in texts if name not in parsed.column_names])
+
     def extra_columns(self, data: pa.Table) -> list[str]:
         """Source columns outside the contract (never one named like an output or audit column)."""
-        return [k for k in data.column_names if k not in self.contract.names and k not in RESERVED_NAMES]
+        return [k for k in data.column_names if k not in self.contract_names and k not in RESERVED_NAMES]
 
     def _rescued(self, data: pa.Table, extra: list[str], n: int) -> pa.Array:
         """JSON object of the `extra` columns, per row (null when there are none): text as read, other values as

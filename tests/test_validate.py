@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source import reasons
+from retail_bronze_source import reasons, validate
 from retail_bronze_source.readers.base import FileRejected, ParseReject, RawChunk
-from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.registry import DerivedColumn, TableSpec
 from retail_bronze_source.row_hash import row_hashes
 from retail_bronze_source.validate import PARALLEL_BATCH_ROWS, Validator
 from schemas.schemas import col
@@ -406,3 +406,19 @@ def test_column_names_with_quotes_and_nul_characters_are_rescued_as_they_are() -
     data = pa.table({"id": ["1"], "foo\x00bar": ["x"], "it's": ["y"], '"': ["z"]})
     result = Validator(SPEC).validate(RawChunk(data=data, row_numbers=pa.array([1])), "a.jsonl", fmt="jsonl")
     assert json.loads(result.valid["_rescued_data"][0].as_py()) == {"foo\x00bar": "x", "it's": "y", '"': "z"}
+
+
+def test_a_wide_contract_is_checked_in_column_groups_with_the_same_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = TableSpec(name="things", schema=SCHEMA, files="things/*", formats=("csv",), primary_key=("id",),
+                     write_disposition="append",
+                     derived=(DerivedColumn("label", pa.string(), "status || '/' || CAST(amount AS VARCHAR)"),))
+    rows = [GOOD, {**GOOD, "id": "x", "flag": "maybe"}, {**GOOD, "status": "lost", "props": "{"},
+            {**GOOD, "amount": "2.5", "status": "done", "extra": "kept"}]
+    chunk = text_chunk([{**r, "extra": r.get("extra", "")} for r in rows])
+    one_query = Validator(spec).validate(chunk, "things/a.csv", fmt="csv")
+    monkeypatch.setattr(validate, "CONTRACT_GROUP_COLUMNS", 3)
+    grouped = Validator(spec).validate(chunk, "things/a.csv", fmt="csv")
+    assert grouped.valid.equals(one_query.valid) and grouped.rejects.equals(one_query.rejects)
+    assert grouped.valid["label"].to_pylist() == ["new/12.50", "done/2.50"]
+    assert [(r["src_row_number"], r["column_name"]) for r in grouped.rejects.to_pylist()] == [
+        (2, "id"), (2, "flag"), (3, "status"), (3, "props")]
