@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -45,6 +46,7 @@ OutputKind = Literal["rows", "rejects", "manifest"]
 NewerVersions = Callable[[list[str], str, Any, Callable[[pa.RecordBatchReader], None]], bool]
 """`(columns, sequence_column, oldest, sink) -> found`: hands `sink` the loaded `columns` (key and sequence, by
 destination column name) of rows whose sequence value is greater than `oldest`; see `loaded.LoadedVersions`."""
+logger = logging.getLogger(__name__)
 
 REJECTS_TABLE = "rejects"
 MANIFEST_TABLE = "manifest_processed_files"
@@ -210,13 +212,16 @@ class TableExtractor:
         validator: Validator | None = getattr(self._local, "validator", None)
         if validator is None:
             validator = self._local.validator = Validator(self.spec, self.con.cursor(), evolve=self.evolve_schema,
-                                                          added=self._is_added_column)
+                                                          added=self._is_added_column, column_name=self.column_name)
         return validator
 
     def _is_added_column(self, source_name: str) -> bool:
         """Whether a source column outside the contract is already a column of the loaded table (added by an
         evolving run or promoted from `_rescued_data`)."""
-        name = self.column_name(source_name)
+        try:
+            name = self.column_name(source_name)
+        except ValueError:  # a name dlt cannot normalize (blank) is never a column of the table
+            return False
         return name in self.column_types and name not in self.schema.names and not name.startswith("_dlt")
 
     def run(self, files: list[RawFile]) -> Iterator[tuple[OutputKind, pa.Table]]:
@@ -314,7 +319,12 @@ class TableExtractor:
         if fmt == "delta" and seen and str(seen.get("fingerprint", "")).startswith(DELTA_VERSION):
             options["starting_version"] = int(str(seen["fingerprint"])[len(DELTA_VERSION):])
         try:
-            self._stage(staged, fmt, options)
+            try:
+                self._stage(staged, fmt, options)
+            except (FileRejected, MemoryError):
+                raise
+            except Exception as error:
+                raise unexpected_error_reject(error, file.rel_path) from error
             crash_point("file_staged")
         except FileRejected as rejected:
             for path in [*staged.rows_paths, staged.rejects_path, staged.keys_path]:
@@ -603,6 +613,15 @@ class TableExtractor:
         if item.file_level is not None:
             row.update(row_count=0, valid_count=0, reject_count=0)
         return pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)
+
+
+def unexpected_error_reject(error: Exception, rel_path: str) -> FileRejected:
+    """The file-level `VALIDATION_FAILED` reject of an unexpected error raised while one file was validated, hashed
+    or staged (never memory exhaustion, which stops the run), naming the error: the file's rows are not loaded and
+    the other files go on. The traceback is logged."""
+    logger.warning("%s: validating or staging failed, the file is rejected", rel_path, exc_info=error)
+    message = " ".join(str(error).split())[:500]
+    return FileRejected(reasons.VALIDATION_FAILED, f"{type(error).__name__}: {message}")
 
 
 def _reader_errors_as_rejects(chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:

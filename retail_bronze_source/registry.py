@@ -6,13 +6,14 @@ below are simply the registry that ships.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
 
 import pyarrow as pa
+from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from schemas import schemas
 
@@ -45,6 +46,23 @@ def file_suffix(name: str) -> str:
     if len(suffixes) >= 2 and suffixes[-1] in COMPRESSED_EXTENSIONS:
         return suffixes[-2] + suffixes[-1]
     return suffixes[-1] if suffixes else ""
+
+ADDED_COLUMNS: tuple[str, ...] = ("_rescued_data", "ingestion_ts", "src_filename", "src_row_number", "src_sheet",
+                                  "src_row_hash", "_dlt_load_id", "_dlt_id")
+"""Columns the package (`audit`, `validate`) and dlt add to loaded tables: no contract, derived or added column may
+have one of these names once normalized."""
+
+CONTRACT_CHECKS = ("accepted_values", "min", "max", "pattern", "json")
+"""Field metadata keys of value checks (`schemas.schemas.col`); nested and binary columns take none of them."""
+
+
+def normalized_name(name: str) -> str:
+    """`name` as dlt's default naming convention (snake_case) stores it in the warehouse and the lake: `"Order ID"`
+    and `"order_id"` are one column there. Raises `ValueError` for a name that has no stored form (empty, blank)."""
+    return _SNAKE_CASE.normalize_identifier(name)  # type: ignore[no-any-return]
+
+
+_SNAKE_CASE = NamingConvention()
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,91 @@ class TableSpec:
             raise ValueError(f"table {self.name!r}: declare at least one format")
         object.__setattr__(self, "reader_options",
                            resolve_reader_options(self.name, self.formats, self.reader_options, self.schema))
+        _check_column_names(self.name, [*self.schema.names, *(d.name for d in self.derived)], normalized_name)
+        roles: dict[str, tuple[str, ...]] = {
+            "primary key": self.primary_key, "sequence column": (self.sequence_column,) if self.sequence_column else (),
+            "partition": self.partition_by, "delete marker": (self.delete_marker,) if self.delete_marker else ()}
+        for role, addressed in roles.items():
+            for name in addressed:
+                if normalized_name(name) != name:
+                    raise ValueError(f"table {self.name!r}: {role} column {name!r} is stored as "
+                                     f"{normalized_name(name)!r}; merges, late-version checks and Delta partitions "
+                                     "address it by its declared name, so declare it as stored")
+        for contract_field in self.schema:
+            problem = contract_type_problem(contract_field)
+            if problem:
+                raise ValueError(f"table {self.name!r}: column {contract_field.name!r} {problem}")
+
+
+def _check_column_names(table: str, names: Sequence[str], normalize: Callable[[str], str]) -> None:
+    """Refuse contract and derived column names that cannot be loaded: blank names, and names that are one column
+    once the destination normalizes them (between themselves or with a column the package or dlt adds)."""
+    owners = {normalize(added): f"{added!r}, a column the package or dlt adds" for added in ADDED_COLUMNS}
+    for name in names:
+        try:
+            stored = normalize(name)
+        except ValueError:
+            raise ValueError(f"table {table!r}: column name {name!r} cannot be loaded (it is empty or blank)") from None
+        if stored in owners:
+            raise ValueError(f"table {table!r}: column {name!r} is stored as {stored!r}, like {owners[stored]}; "
+                             f"rename one of them")
+        owners[stored] = repr(name)
+
+
+_SCALAR_CONTRACT_TYPES = "int8/16/32/64, float32/64, decimal128, bool, string, date32, timestamp('us')"
+
+
+def contract_type_problem(contract_field: pa.Field) -> str | None:
+    """Why a contract column cannot be validated or loaded as declared, or None.
+
+    Accepted: the scalar types the validator parses exactly (integers of 8 to 64 bits, float32/64, decimal128, bool,
+    string, date32, microsecond timestamps), binary, and lists, structs and maps of accepted types, whose inner
+    fields are nullable (only a column's own value is checked for `NOT_NULL`) and whose map keys are text or
+    integers. Value checks (accepted values, bounds, pattern, json) apply to scalar columns only.
+    """
+    type_ = contract_field.type
+    meta = {k.decode() for k in (contract_field.metadata or {})}
+    structured = (pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_struct(type_)
+                  or pa.types.is_map(type_) or pa.types.is_binary(type_) or pa.types.is_large_binary(type_))
+    if structured and meta & set(CONTRACT_CHECKS):
+        return f"has value checks ({', '.join(sorted(meta & set(CONTRACT_CHECKS)))}) that a {type_} value cannot take"
+    if schemas.MOSTLY_DISTINCT in meta and not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
+        return f"is declared mostly_distinct, which applies to text only, not to {type_}"
+    return _type_problem(type_, top=True)
+
+
+def _type_problem(type_: pa.DataType, *, top: bool) -> str | None:
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _inner_problem(type_.value_field)
+    if pa.types.is_struct(type_):
+        names = [type_.field(i).name for i in range(type_.num_fields)]
+        if len(set(names)) != len(names) or "" in names:
+            return f"has a struct type with blank or repeated field names ({type_})"
+        return next((p for p in (_inner_problem(type_.field(i)) for i in range(type_.num_fields)) if p), None)
+    if pa.types.is_map(type_):
+        key = type_.key_type
+        if not (pa.types.is_string(key) or pa.types.is_large_string(key) or key in (pa.int8(), pa.int16(),
+                                                                                      pa.int32(), pa.int64())):
+            return f"has a map type with {key} keys (map keys are text or integers)"
+        return _inner_problem(type_.item_field)
+    if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
+        return None
+    if pa.types.is_timestamp(type_):
+        return None if type_.unit == "us" else (f"has type {type_}: contract timestamps have microsecond precision "
+                                                 f"(pa.timestamp('us', tz='UTC'))")
+    if (type_ in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_(), pa.string(),
+                  pa.large_string(), pa.date32())
+            or pa.types.is_decimal128(type_)):
+        return None
+    return f"has type {type_}, which a contract cannot declare (types: {_SCALAR_CONTRACT_TYPES}, binary, list, " \
+           f"struct, map){'' if top else ' inside a nested type'}"
+
+
+def _inner_problem(inner: pa.Field) -> str | None:
+    if not inner.nullable:
+        return (f"declares the inner field {inner.name!r} not nullable: only a column's own value is checked for "
+                f"NOT_NULL, so fields inside nested types must be nullable")
+    return _type_problem(inner.type, top=False)
 
 
 def _spec(name: str, schema: pa.Schema, files: str, formats: Sequence[FileFormat], primary_key: Sequence[str],

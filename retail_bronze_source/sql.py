@@ -9,5 +9,8 @@ def quote_ident(name: str) -> str:
 
 
 def quote_literal(value: str) -> str:
-    """Quote a string literal (single quotes, inner ones doubled)."""
+    """Quote a string literal (single quotes, inner ones doubled; a NUL character, which DuckDB's parser takes for the
+    end of the text, as `chr(0)`)."""
+    if "\x00" in value:
+        return "(" + " || chr(0) || ".join(quote_literal(part) for part in value.split("\x00")) + ")"
     return "'" + value.replace("'", "''") + "'"

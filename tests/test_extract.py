@@ -11,7 +11,7 @@ import pytest
 
 from retail_bronze_source import extract, reasons
 from retail_bronze_source.extract import TableExtractor, discover_files, fingerprint
-from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.registry import DerivedColumn, TableSpec
 from schemas.schemas import col
 
 SPEC = TableSpec(
@@ -81,3 +81,23 @@ def test_reject_records_are_handed_on_once_their_batch_is_full(tmp_path: Path, m
     assert [t.column("src_filename").to_pylist() for t in out["rejects"]] == [
         ["things/0.csv"], ["things/1.csv"], ["things/2.csv"]]
     assert sum(t.num_rows for t in out["rows"]) == 9
+
+
+def test_an_unexpected_validation_error_rejects_its_file_and_the_others_load(tmp_path: Path) -> None:
+    # A derived column whose SQL fails on one file's values: DuckDB raises in the validation query.
+    spec = TableSpec(name="codes", schema=pa.schema([col("code", pa.string(), required=True)]), files="codes/*.csv",
+                     formats=("csv",), primary_key=(), write_disposition="append",
+                     derived=(DerivedColumn("code_number", pa.int64(), "CAST(code AS BIGINT)"),))
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "a.csv").write_text("code\n12\nabc\n")
+    (tmp_path / "codes" / "b.csv").write_text("code\n7\n")
+    extractor = TableExtractor(spec, ingestion_ts=datetime.now(UTC), load_id="1", chunk_size=1000, ledger={})
+    out: dict[str, list[pa.Table]] = {"rows": [], "rejects": [], "manifest": []}
+    for kind, table in extractor.run(discover_files(spec, str(tmp_path))):
+        out[kind].append(table)
+    assert [r["code_number"] for t in out["rows"] for r in t.to_pylist()] == [7]
+    [reject] = [r for t in out["rejects"] for r in t.to_pylist()]
+    assert (reject["src_filename"], reject["reason_code"]) == ("codes/a.csv", reasons.VALIDATION_FAILED)
+    assert reject["reason_detail"].startswith("ConversionException: Conversion Error")
+    assert [(r["src_path"], r["status"], r["row_count"]) for t in out["manifest"] for r in t.to_pylist()] == [
+        ("codes/a.csv", "file_rejected", 0), ("codes/b.csv", "ok", 1)]

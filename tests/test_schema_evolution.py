@@ -11,7 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import SAMPLE, changelog_table, delta_table, generate, make_sandbox, query, warehouse_table
 
-from retail_bronze_source.run import run_bronze
+from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.run import RunResult, run_bronze
+from schemas.schemas import col
 
 
 def _box_with_new_upstream_column(tmp_path: Path, generator: ModuleType, evolve: bool):
@@ -85,7 +87,7 @@ def test_an_added_column_that_changes_type_rejects_its_file_and_the_run_goes_on(
 def test_rescued_columns_are_promoted_in_every_sink_after_the_fact(tmp_path: Path, generator: ModuleType) -> None:
     from retail_bronze_source.run import promote_rescued
 
-    box, commit, _ = _box_with_new_upstream_column(tmp_path, generator, evolve=False)
+    box, _commit, _ = _box_with_new_upstream_column(tmp_path, generator, evolve=False)
     before = {r["return_id"]: json.loads(r["_rescued_data"])["return_reason_code"]
               for r in warehouse_table(box.warehouse, "returns").to_pylist() if r["_rescued_data"]}
     result = promote_rescued(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir))
@@ -110,6 +112,35 @@ def test_rescued_columns_are_promoted_in_every_sink_after_the_fact(tmp_path: Pat
 
 def test_evolve_schema_can_be_configured(tmp_path: Path, generator: ModuleType, monkeypatch) -> None:
     monkeypatch.setenv("SOURCES__RETAIL_BRONZE__EVOLVE_SCHEMA", "true")
-    box, commit, result = _box_with_new_upstream_column(tmp_path, generator, evolve=None)  # type: ignore[arg-type]
+    box, _commit, result = _box_with_new_upstream_column(tmp_path, generator, evolve=None)  # type: ignore[arg-type]
     assert "return_reason_code" in warehouse_table(box.warehouse, "returns").column_names
     assert [(c["table_name"], c["column_name"]) for c in result.schema_changes] == [("returns", "return_reason_code")]
+
+
+def test_an_added_column_whose_name_collides_rejects_its_file_and_never_blocks_later_runs(tmp_path: Path) -> None:
+    # Order_ID is order_id in the warehouse: dlt failed the load, and every later one, with or without the flag.
+    spec = TableSpec(name="orders_x", schema=pa.schema([col("order_id", pa.int64(), required=True)]),
+                     files="orders_x/*.csv", formats=("csv",), primary_key=("order_id",), write_disposition="merge")
+    box = make_sandbox(tmp_path)
+    folder = box.raw / "orders_x"
+    folder.mkdir()
+    (folder / "a.csv").write_text("order_id,Order_ID\n1,1\n")
+    (folder / "b.csv").write_text("order_id,note\n2,fine\n")
+
+    def run(evolve: bool) -> RunResult:
+        return run_bronze(box.layout, tables=[spec], pipelines_dir=str(box.pipelines_dir), evolve_schema=evolve)
+
+    first = run(True)
+    assert first.failed_jobs == [] and first.summary["orders_x"].reasons == {"COLUMN_NAME_CONFLICT": 1}
+    assert query(box.warehouse, "SELECT src_filename, reason_detail FROM bronze.rejects") == [
+        ("orders_x/a.csv", "column 'Order_ID' would be added as 'order_id', the name of table column 'order_id'; "
+                           "rename it in the file or declare it in the contract")]
+    assert query(box.warehouse, "SELECT order_id, note FROM bronze.orders_x") == [(2, "fine")]
+    (folder / "a.csv").unlink()
+    (folder / "c.csv").write_text("order_id\n3\n")
+    assert run(False).summary["orders_x"].valid == 1
+    (folder / "d.csv").write_text("order_id,Order Note\n4,x\n")
+    assert run(True).summary["orders_x"].valid == 1
+    assert query(box.warehouse, "SELECT order_id, note, order_note FROM bronze.orders_x ORDER BY 1") == [
+        (2, "fine", None), (3, None, None), (4, None, "x")]
+    assert delta_table(box.lake, "orders_x").num_rows == 3

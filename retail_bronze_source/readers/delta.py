@@ -236,8 +236,11 @@ def _added_files(table: Any, starting_version: int, chunk_size: int, file: RawFi
     before = DeltaTable(table.table_uri, version=starting_version).to_pyarrow_dataset()
     known = {fragment.path for fragment in before.get_fragments()}
     dataset = table.to_pyarrow_dataset()
-    fragments = [fragment for fragment in dataset.get_fragments() if fragment.path not in known]
-    added = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+    # INT96 timestamps (Spark's default) read as nanoseconds wrap beyond 1677-2262; Delta timestamps are microseconds.
+    parquet = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us"))
+    fragments = [parquet.make_fragment(fragment.path, dataset.filesystem, fragment.partition_expression)
+                 for fragment in dataset.get_fragments() if fragment.path not in known]
+    added = ds.FileSystemDataset(fragments, dataset.schema, parquet, dataset.filesystem)
     yield from added.to_batches(batch_size=chunk_size)
 
 

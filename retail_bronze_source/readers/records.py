@@ -29,7 +29,8 @@ def records_as_json(table: pa.Table) -> pa.Array:
     text at the stored precision (`YYYY-MM-DDTHH:MM:SS[.fraction][offset]`; inside nested values Arrow's
     `YYYY-MM-DD HH:MM:SS` form when Python cannot hold the value), durations the integer count of their unit,
     decimals strings keeping their scale, binary values base64 strings, NaN and infinities the strings "NaN",
-    "Infinity" and "-Infinity", structs JSON objects, lists JSON arrays, maps arrays of `[key, value]` pairs.
+    "Infinity" and "-Infinity", structs JSON objects, lists JSON arrays, maps arrays of `[key, value]` pairs,
+    month-day-nanosecond intervals `[months, days, nanoseconds]`, union values their member's value.
     Out-of-range timestamps keep Arrow's text for them.
 
     Runs per row in Python: it is meant for rows already rejected, never for the whole file.
@@ -44,7 +45,7 @@ def records_as_json(table: pa.Table) -> pa.Array:
 
 
 def _column_values(column: pa.ChunkedArray) -> list[Any]:
-    if pa.types.is_temporal(column.type):
+    if pa.types.is_temporal(column.type) and not pa.types.is_interval(column.type):
         text = pc.replace_substring_regex(column.cast(pa.string()), _DATE_TIME_SPACE, r"\1T")
         return text.to_pylist()  # type: ignore[no-any-return]
     try:
@@ -94,6 +95,8 @@ def _plain(value: Any) -> Any:
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
+    if hasattr(value, "isoformat"):  # nanosecond timestamps inside nested values come as pandas Timestamps
+        return value.isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     raise TypeError(f"cannot render {type(value).__name__} as JSON")

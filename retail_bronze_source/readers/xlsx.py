@@ -48,8 +48,9 @@ def read_xlsx(file: RawFile, chunk_size: int, *, sheets: str | Sequence[str] = "
     - Merged cells: only the top-left cell holds the value, the other cells of the range are empty.
     - The sheet is read to its real end, ignoring a declared dimension that may be stale; rows that openpyxl drops
       because the file repeats or reorders row indices are not seen.
-    - A named sheet that does not exist or is a chart sheet rejects the file (`UNSUPPORTED_FILE`), and so does a
-      legacy Excel 97-2003 workbook (BIFF in an OLE2 file, whatever its name), with what to do about it. Other bytes
+    - A named sheet that does not exist or is a chart sheet rejects the file (`UNSUPPORTED_FILE`), and so do a
+      workbook in which openpyxl finds no worksheet at all (Strict Open XML workbooks) and a legacy Excel 97-2003
+      workbook (BIFF in an OLE2 file, whatever its name), with what to do about it. Other bytes
       that are not a readable XLSX workbook reject it as `FILE_UNREADABLE`, possibly after earlier chunks.
     - Limits (`LIMIT_EXCEEDED`): the zip members' declared sizes may add up to `max_unpacked_bytes`, and the bytes
       inflated for the sheets are counted as they are read (a member cannot inflate past its declared size: Python's
@@ -166,6 +167,11 @@ def _select_sheets(workbook: Any, sheets: str | Sequence[str], file: RawFile) ->
     from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
     if sheets == "*":
+        if not workbook.worksheets:
+            # openpyxl lists no sheet of a Strict Open XML workbook: a file it cannot see into is no empty file.
+            raise FileRejected(UNSUPPORTED_FILE, f"{file.rel_path} has no worksheet this reader can read (a workbook "
+                                                 "saved as Strict Open XML, or chart sheets only); save it as an "
+                                                 "Excel Workbook (.xlsx)")
         return list(workbook.worksheets)
     names = [sheets] if isinstance(sheets, str) else list(dict.fromkeys(sheets))
     selected = []
