@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.csv as pacsv
 import pytest
 from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, query, warehouse_table
 from conftest import snapshot as snapshot_of
@@ -58,6 +59,14 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[
     return state
 
 
+def _assert_rejects_csv_complete(box: Sandbox) -> None:
+    """The rejects CSVs hold every reject record of the warehouse, one file per table and load."""
+    expected = sorted(query(box.warehouse, "SELECT table_name, load_id, count(*) FROM bronze.rejects GROUP BY ALL"))
+    written = sorted((path.parent.name, path.stem, pacsv.read_csv(path).num_rows)
+                     for path in (box.lake / "_rejects").glob("*/*.csv"))
+    assert written == expected
+
+
 def _assert_sinks_agree_on_run_columns(box: Sandbox) -> None:
     for name in TABLES:
         stamps = [set(t["ingestion_ts"].to_pylist()) for t in (warehouse_table(box.warehouse, name),
@@ -83,6 +92,7 @@ def test_kill_at_a_point_then_a_normal_run_equals_a_clean_run(tmp_path: Path, po
     assert _run(box) == 0
     assert snapshot(box) == clean
     _assert_sinks_agree_on_run_columns(box)
+    _assert_rejects_csv_complete(box)
 
 
 @pytest.mark.slow
@@ -101,6 +111,7 @@ def test_random_kills_over_several_rounds_then_a_normal_run_equals_a_clean_run(t
     assert killed >= 1
     assert snapshot(box) == clean
     _assert_sinks_agree_on_run_columns(box)
+    _assert_rejects_csv_complete(box)
 
 
 KILL_AROUND_JOB_COMMIT = """
