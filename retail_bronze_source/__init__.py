@@ -17,17 +17,10 @@ from dlt.extract.resource import DltResource
 from dlt.extract.source import DltSource
 
 from . import reasons
+from .outputs import DELETE_INSERT, dlt_columns
 from .registry import RETAIL_TABLES, TableSpec, select_tables
-from .resources import (
-    DEFAULT_CHUNK_SIZE,
-    DELETE_INSERT,
-    EVOLVE_CONTRACT,
-    SCHEMA_CONTRACT,
-    SinkOptions,
-    bronze_resources,
-    dlt_columns,
-    table_resource,
-)
+from .resources import EVOLVE_CONTRACT, SCHEMA_CONTRACT, SinkOptions, bronze_resources, table_resource
+from .settings import DEFAULT_CHUNK_SIZE
 
 SECTION = "retail_bronze"
 """The config section of the source: `[sources.retail_bronze]` in `.dlt/config.toml`, `SOURCES__RETAIL_BRONZE__*`."""

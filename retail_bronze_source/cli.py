@@ -15,14 +15,14 @@ import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from . import SECTION
-from .delta_mirror import DeltaTablesFailed, compact_tables
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
 from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, promote_rescued, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
-from .sinks import WarehouseBusy
-from .targets import SinkMismatch, pipeline_names
+from .sinks.delta import DeltaTablesFailed, compact_tables
+from .sinks.identity import SinkMismatch, pipeline_names
+from .sinks.warehouse import WarehouseBusy
 
 
 class CliError(Exception):

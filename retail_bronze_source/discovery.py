@@ -29,7 +29,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 from . import reasons
-from .readers.base import RawFile
+from .raw import RawFile
 from .redact import redact
 from .registry import TableSpec
 
@@ -44,7 +44,7 @@ def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
     local = is_local(fs)
     real_root = os.path.realpath(root) if local else ""
     confined = not spec.allow_outside_raw_root
-    if spec.formats == ("delta",):
+    if spec.reads_directory:
         path = f"{root}/{spec.files}"
         if not fs.isdir(path):
             return []

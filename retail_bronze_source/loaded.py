@@ -23,10 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .sql import quote_ident
-
-VERSION_BATCH_ROWS = 256 * 1024
-"""Rows per Arrow batch read from a SQL destination."""
+from . import settings
+from .helpers import quote_ident
 
 VersionsSink = Callable[[pa.RecordBatchReader], None]
 """Consumes the loaded versions while the destination connection is open (e.g. copies them into a DuckDB table)."""
@@ -70,7 +68,7 @@ class LoadedVersions:
                     return False
                 dataset = delta.to_pyarrow_dataset()
                 scanner = dataset.scanner(columns=list(columns), filter=pc.field(sequence) > pa.scalar(oldest),
-                                          batch_size=VERSION_BATCH_ROWS)
+                                          batch_size=settings.BATCH_ROWS)
                 sink(scanner.to_reader())
                 return True
             if not isinstance(client, WithSqlClient):
@@ -88,7 +86,7 @@ def _sql_versions(sql_client: Any, table: str, columns: Sequence[str], sequence:
     try:
         with sql_client.execute_query(f"SELECT {selected} FROM {name} WHERE {quote_ident(sequence)} > %s",
                                       oldest) as cursor:
-            parts = cursor.iter_arrow(chunk_size=VERSION_BATCH_ROWS)
+            parts = cursor.iter_arrow(chunk_size=settings.BATCH_ROWS)
             first = next(parts, None)
             if first is not None:
                 sink(pa.RecordBatchReader.from_batches(first.schema, _batches(first, parts)))

@@ -19,12 +19,12 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from dlt.pipeline.pipeline import Pipeline
 
-from .delta_mirror import APP_ID, SOURCE_APP_ID
-from .sinks import DATASET, table_exists
-from .sql import quote_ident, quote_literal
-from .validate import RESCUED
-
-PROMOTE_BATCH_ROWS = 128 * 1024
+from . import settings
+from .helpers import quote_ident, quote_literal
+from .outputs import RESCUED
+from .sinks import DATASET
+from .sinks.delta import APP_ID, SOURCE_APP_ID
+from .sinks.warehouse import table_exists
 
 
 @dataclass(frozen=True)
@@ -144,9 +144,9 @@ def _promote_delta(target: Path, promotions: list[Promotion]) -> None:
     schema = pa.schema([before[name].remove_metadata() for name in order] +
                        [pa.field(p.column_name, pa.string()) for p in promotions])
     with duckdb.connect() as con:
-        con.execute("SET memory_limit = '256MB'")
+        con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         con.register("d", dataset)
-        reader = con.execute(f"SELECT {kept}, {', '.join(values)} FROM d").to_arrow_reader(PROMOTE_BATCH_ROWS)
+        reader = con.execute(f"SELECT {kept}, {', '.join(values)} FROM d").to_arrow_reader(settings.BATCH_ROWS)
         plain = pa.RecordBatchReader.from_batches(schema, (b.cast(schema) for b in reader))
         write_deltalake(table, plain, mode="overwrite", schema_mode="overwrite", partition_by=partitions or None,
                         commit_properties=CommitProperties(app_transactions=transactions,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-from types import MappingProxyType
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -17,40 +15,12 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from schemas import schemas
 
+from .outputs import ADDED_COLUMNS
+from .readers.formats import DIRECTORY_FORMATS, SHEET_FORMATS, FileFormat
 from .readers.options import resolve_reader_options
 
-FileFormat = Literal["csv", "tsv", "txt", "parquet", "xlsx", "jsonl", "json", "delta"]
 WriteDisposition = Literal["append", "merge"]
 
-_TEXT_EXTENSIONS: Mapping[str, FileFormat] = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-}
-COMPRESSED_EXTENSIONS: Mapping[str, str] = MappingProxyType(
-    {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
-)
-"""Endings of compressed text files (`orders.csv.gz`) and their codec; the file is read decompressed as it streams."""
-
-EXTENSION_FORMATS: Mapping[str, FileFormat] = MappingProxyType({
-    **_TEXT_EXTENSIONS,
-    **{ext + packed: fmt for ext, fmt in _TEXT_EXTENSIONS.items() for packed in COMPRESSED_EXTENSIONS},
-    ".parquet": "parquet", ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx",
-})
-"""File name endings (see `file_suffix`) and the format each one is read as. `.xls` goes to the Excel reader, which
-reads a workbook that is really XLSX and rejects a legacy BIFF one as `UNSUPPORTED_FILE` saying what to do."""
-
-
-def file_suffix(name: str) -> str:
-    """The lower-case ending of `name` that `EXTENSION_FORMATS` is keyed by: `.csv`, or `.csv.gz` for a compressed
-    file (the last two suffixes when the last one is a compression)."""
-    suffixes = [s.lower() for s in PurePosixPath(name).suffixes]
-    if len(suffixes) >= 2 and suffixes[-1] in COMPRESSED_EXTENSIONS:
-        return suffixes[-2] + suffixes[-1]
-    return suffixes[-1] if suffixes else ""
-
-ADDED_COLUMNS: tuple[str, ...] = ("_rescued_data", "ingestion_ts", "src_filename", "src_row_number", "src_sheet",
-                                  "src_row_hash", "_dlt_load_id", "_dlt_id")
-"""Columns the package (`audit`, `validate`) and dlt add to loaded tables: no contract, derived or added column may
-have one of these names once normalized."""
 
 CONTRACT_CHECKS = ("accepted_values", "min", "max", "pattern", "json")
 """Field metadata keys of value checks (`schemas.schemas.col`); nested and binary columns take none of them."""
@@ -113,6 +83,16 @@ class TableSpec:
     rejects and are never read. Declared per table, in code: no configuration value or environment variable opens
     the boundary."""
 
+    @property
+    def has_sheets(self) -> bool:
+        """Whether the table reads a format whose rows live in sheets (`src_sheet` is part of a row's position)."""
+        return any(fmt in SHEET_FORMATS for fmt in self.formats)
+
+    @property
+    def reads_directory(self) -> bool:
+        """Whether the table's input is one table directory (`files` names it), not files matched by a pattern."""
+        return any(fmt in DIRECTORY_FORMATS for fmt in self.formats)
+
     def __post_init__(self) -> None:
         names = set(self.schema.names) | {d.name for d in self.derived}
         missing = [c for c in (*self.primary_key, *([self.sequence_column] if self.sequence_column else [])) if c not in names]
@@ -127,6 +107,8 @@ class TableSpec:
             raise ValueError(f"table {self.name!r}: partition columns {unknown} are not in its schema")
         if not self.formats:
             raise ValueError(f"table {self.name!r}: declare at least one format")
+        if self.reads_directory and len(self.formats) > 1:
+            raise ValueError(f"table {self.name!r}: a table directory format ({', '.join(self.formats)}) is read alone")
         object.__setattr__(self, "reader_options",
                            resolve_reader_options(self.name, self.formats, self.reader_options, self.schema))
         _check_column_names(self.name, [*self.schema.names, *(d.name for d in self.derived)], normalized_name)

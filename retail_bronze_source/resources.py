@@ -21,66 +21,40 @@ from typing import Any, cast
 
 import dlt
 import pyarrow as pa
-from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
-from dlt.common.schema.typing import (
-    TDeleteInsertStrategyDict,
-    TSchemaContractDict,
-    TTableSchemaColumns,
-    TUpsertStrategyDict,
-)
+from dlt.common.schema.typing import TSchemaContractDict
 from dlt.common.schema.utils import dlt_load_id_column
 from dlt.extract.resource import DltResource
 
-from schemas.schemas import MOSTLY_DISTINCT
-
-from .audit import table_schema
-from .extract import (
+from . import settings
+from .discovery import discover_files
+from .extract import TableExtractor
+from .loaded import LoadedVersions
+from .outputs import (
+    APPEND_MERGE_KEY,
+    DELETE_INSERT,
+    LOAD_ID,
+    LOAD_ID_FIELD,
+    MANIFEST_KEY,
     MANIFEST_SCHEMA,
     MANIFEST_TABLE,
+    POSITION_KEY,
+    REJECTS_MERGE_KEY,
     REJECTS_OUTPUT_SCHEMA,
     REJECTS_TABLE,
-    TableExtractor,
-    discover_files,
+    SRC_SHEET,
+    UPSERT,
+    dlt_columns,
+    output_columns,
+    table_schema,
 )
-from .loaded import LoadedVersions
 from .parquet_files import RowFiles, files_for
 from .registry import TableSpec
-from .staging import staging_dir
+from .workdirs import staging_dir
 
 SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
 """dlt never adds, changes or drops a column silently: anything outside the contract fails the load loudly."""
 EVOLVE_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "evolve", "data_type": "freeze"}
 """With `evolve_schema`, columns outside the contract are added (with their types) instead of rescued."""
-DEFAULT_CHUNK_SIZE = 128 * 1024
-"""Rows read and validated at once. Two files are staged at a time and each holds about three chunks, so this bounds
-the extraction's memory."""
-LOAD_ID = "_dlt_load_id"
-LOAD_ID_FIELD = pa.field(LOAD_ID, pa.string(), nullable=False)
-"""dlt's load id column: the resource adds it to every item itself, so no normalizer setting is needed."""
-MOSTLY_DISTINCT_HINT = "x-mostly-distinct"
-"""dlt column hint of text declared `mostly_distinct` in its field metadata (see `schemas.schemas`); the warehouse
-stores such columns with FSST compression (`sinks.WarehouseTypeMapper`)."""
-
-DELETE_INSERT: TDeleteInsertStrategyDict = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
-"""dlt's delete-insert on data the extractor already reduced to one version per key (no second dedup)."""
-UPSERT: TUpsertStrategyDict = {"disposition": "merge", "strategy": "upsert"}
-APPEND_MERGE_KEY = ["src_filename"]
-"""Append tables replace the rows of a file delivered again under the same name; a retried load never doubles."""
-MANIFEST_KEY = ("src_path", "file_fingerprint")
-"""One manifest row per version of a file."""
-REJECTS_MERGE_KEY = ["table_name", "src_filename", "load_id", "reason_code"]
-"""A retried load replaces its own reject records; records of other loads and reasons stay."""
-POSITION_KEY = ("src_filename", "src_row_number")
-"""A row's place in its source file: the key of an append table where the destination can only upsert."""
-
-
-def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
-    """dlt column hints derived from a pyarrow schema (types, precision, scale, nullability, `MOSTLY_DISTINCT_HINT`)."""
-    columns = py_arrow_to_table_schema_columns(schema)
-    for field in schema:
-        if (field.metadata or {}).get(MOSTLY_DISTINCT.encode()) == b"true":
-            cast(dict[str, Any], columns[field.name])[MOSTLY_DISTINCT_HINT] = True
-    return columns
 
 
 @dataclass(frozen=True)
@@ -91,7 +65,7 @@ class SinkOptions:
     append_new_rows: bool = False
     """Rows that cannot replace loaded rows (the first load of a merge table, new files of an append table, reject
     records) load as plain append, without dlt's staging copy. Safe only where interrupted load jobs are undone
-    before they are retried (`sinks.undo_interrupted_jobs`), as a plain append is not idempotent."""
+    before they are retried (`sinks.warehouse.undo_interrupted_jobs`), as a plain append is not idempotent."""
     parquet_files: bool = False
     """The resource writes each table's rows to Parquet files itself and hands them to dlt as they are (needs
     `loader_file_format="parquet"` and a destination that loads Parquet)."""
@@ -131,7 +105,8 @@ class RowDispositions:
         return not self.deletes_and_inserts and "upsert" in (self.strategies or ())
 
 
-def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chunk_size: int = DEFAULT_CHUNK_SIZE,
+def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime,
+                   chunk_size: int = settings.DEFAULT_CHUNK_SIZE,
                    evolve_schema: bool = False, options: SinkOptions = SinkOptions(),
                    ledger_seed: Mapping[str, Any] | None = None) -> DltResource:
     """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
@@ -154,9 +129,9 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
             plain = options.append_new_rows or not dispositions.deletes_and_inserts
             return dlt.mark.make_hints(table_name=REJECTS_TABLE, write_disposition="append" if plain else DELETE_INSERT,
                                        primary_key=[], merge_key=[] if plain else REJECTS_MERGE_KEY,
-                                       columns={**dlt_columns(REJECTS_OUTPUT_SCHEMA), LOAD_ID: dlt_load_id_column()})
+                                       columns=output_columns(REJECTS_OUTPUT_SCHEMA))
         if kind == "manifest":
-            manifest_columns = {**dlt_columns(MANIFEST_SCHEMA), LOAD_ID: dlt_load_id_column()}
+            manifest_columns = output_columns(MANIFEST_SCHEMA)
             if dispositions.strategies == ():
                 return dlt.mark.make_hints(table_name=MANIFEST_TABLE, write_disposition="append", primary_key=[],
                                            merge_key=[], columns=manifest_columns)
@@ -169,7 +144,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
             return dlt.mark.make_hints(table_name=spec.name, columns=columns, write_disposition=DELETE_INSERT,
                                        primary_key=primary_key, merge_key=merge_key)
         if dispositions.upserts and (spec.write_disposition == "merge" or replaces):
-            keys = primary_key or [*POSITION_KEY, *(["src_sheet"] if "src_sheet" in columns else [])]
+            keys = primary_key or [*POSITION_KEY, *([SRC_SHEET] if spec.has_sheets else [])]
             return dlt.mark.make_hints(table_name=spec.name, columns=columns, write_disposition=UPSERT,
                                        primary_key=keys, merge_key=[])
         return dlt.mark.make_hints(table_name=spec.name, columns=columns, write_disposition="append",
@@ -190,35 +165,36 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime, chu
                                    column_name=schema.naming.normalize_identifier,
                                    newer_versions=_newer_versions(versions, spec.name))
         stamp = _load_id_stamper(load_id)
-        outputs = extractor.run(discover_files(spec, raw_url))
-        if not options.parquet_files:
-            for kind, table in outputs:
-                replaces = kind == "rows" and extractor.replaces_loaded_rows
-                yield dlt.mark.with_hints(stamp(table), hints(kind, dispositions, replaces=replaces),
-                                          create_table_variant=True)
-            return
-        with staging_dir(f"{spec.name}_rows") as tmp, ExitStack() as stack:
-            files: RowFiles | None = None
-            for kind, table in outputs:
-                if kind != "rows":
-                    yield dlt.mark.with_hints(stamp(table), hints(kind, dispositions, replaces=False),
+        with extractor.stage(discover_files(spec, raw_url)) as load:
+            outputs = extractor.outputs(load)
+            if not options.parquet_files:
+                for kind, table in outputs:
+                    replaces = kind == "rows" and load.replaces_loaded_rows
+                    yield dlt.mark.with_hints(stamp(table), hints(kind, dispositions, replaces=replaces),
                                               create_table_variant=True)
-                    continue
-                if files is None:
-                    files = stack.enter_context(RowFiles(Path(tmp), spec.name, files=files_for(extractor.rows_to_emit)))
-                files.write(stamp(table))
-            if files is None:
                 return
-            row_hints = hints("rows", dispositions, replaces=extractor.replaces_loaded_rows)
-            # Imported last: their hints become the resource's own, which table variants created later would copy.
-            for written in files.close():
-                data = pa.schema([f for f in written.schema if f.name != LOAD_ID])
-                file_columns = {**dlt_columns(data), **columns}
-                file_hints = dlt.mark.make_hints(table_name=spec.name, columns=file_columns,
-                                                 write_disposition=row_hints.get("write_disposition"),
-                                                 primary_key=row_hints.get("primary_key", primary_key),
-                                                 merge_key=row_hints.get("merge_key", merge_key))
-                yield dlt.mark.with_file_import(str(written.path), "parquet", written.rows, hints=file_hints)
+            with staging_dir(f"{spec.name}_rows") as tmp, ExitStack() as stack:
+                files: RowFiles | None = None
+                for kind, table in outputs:
+                    if kind != "rows":
+                        yield dlt.mark.with_hints(stamp(table), hints(kind, dispositions, replaces=False),
+                                                  create_table_variant=True)
+                        continue
+                    if files is None:
+                        files = stack.enter_context(RowFiles(Path(tmp), spec.name, files=files_for(load.rows_to_emit)))
+                    files.write(stamp(table))
+                if files is None:
+                    return
+                row_hints = hints("rows", dispositions, replaces=load.replaces_loaded_rows)
+                # Imported last: their hints become the resource's own, which table variants created later would copy.
+                for written in files.close():
+                    data = pa.schema([f for f in written.schema if f.name != LOAD_ID])
+                    file_columns = {**dlt_columns(data), **columns}
+                    file_hints = dlt.mark.make_hints(table_name=spec.name, columns=file_columns,
+                                                     write_disposition=row_hints.get("write_disposition"),
+                                                     primary_key=row_hints.get("primary_key", primary_key),
+                                                     merge_key=row_hints.get("merge_key", merge_key))
+                    yield dlt.mark.with_file_import(str(written.path), "parquet", written.rows, hints=file_hints)
 
     return dlt.resource(
         rows(),
@@ -255,3 +231,16 @@ def bronze_resources(specs: Sequence[TableSpec], raw_url: str, *, ingestion_ts: 
                            evolve_schema=evolve_schema if spec.evolve_schema is None else spec.evolve_schema,
                            options=options, ledger_seed=(ledger_seeds or {}).get(spec.name))
             for spec in specs]
+
+
+def preview(specs: Sequence[TableSpec], raw_url: str, ledgers: Mapping[str, Mapping[str, Any]]
+            ) -> Iterator[tuple[str, str, pa.Table]]:
+    """What a load would emit, table by table, without writing anything: (table, kind, table of that kind) for the
+    rejects and manifest of the files new or changed against `ledgers` (file ledgers by table, left unchanged)."""
+    stamp = datetime.now().astimezone()
+    for spec in specs:
+        extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=settings.DEFAULT_CHUNK_SIZE,
+                                   ledger=dict(ledgers.get(spec.name, {})))
+        for kind, table in extractor.run(discover_files(spec, raw_url)):
+            if kind != "rows":
+                yield spec.name, kind, table

@@ -9,8 +9,8 @@ type, dictionary-encoded values as their values. Example: `{"b": null, "a": "1"}
 escaping, so any language rebuilds it in a few lines, and neither the column order of a file nor the other keys of
 neighbouring JSON lines change the hash. A record with no column that has a value hashes the empty string.
 
-Cost is linear in rows and columns: up to `FLAT_COLUMNS` columns, one DataFusion expression builds and hashes the form;
-wider records are built in Arrow `GROUP_COLUMNS` columns at a time (DataFusion's planning of one expression grows with
+Cost is linear in rows and columns: up to `settings.HASH_FLAT_COLUMNS` columns, one DataFusion expression builds and hashes the form;
+wider records are built in Arrow `settings.HASH_GROUP_COLUMNS` columns at a time (DataFusion's planning of one expression grows with
 the square of its arguments), in row slices of bounded size, and only the finished form goes to DataFusion.
 """
 
@@ -23,23 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datafusion import SessionContext
 
-from .readers.records import records_as_json, row_number_array
+from . import settings
+from .helpers import quote_literal, records_as_json, row_number_array
 
-HASH_BATCH_ROWS = 16 * 1024
-"""Rows per DataFusion partition: partitions are hashed in parallel, and the intermediate arrays of the canonical form
-(a few per column) exist for one partition at a time instead of the whole chunk."""
-HASH_BATCH_BYTES = 16 << 20
-"""Estimated canonical-form bytes per DataFusion partition (and per row slice of wide records): a partition of wide or
-long records has fewer rows than `HASH_BATCH_ROWS`, so the form's memory stays bounded whatever the record width."""
-FLAT_COLUMNS = 512
-"""Records up to this many columns are hashed by one DataFusion expression."""
-GROUP_COLUMNS = 256
-"""Wider records are joined this many columns at a time."""
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def canonical_sql(columns: dict[str, str], nullable: set[str], fixed_lengths: dict[str, int] | None = None) -> str:
@@ -52,17 +40,17 @@ def canonical_sql(columns: dict[str, str], nullable: set[str], fixed_lengths: di
     for name in sorted(columns):
         ref, prefix = columns[name], _prefix(name)
         if name in nullable:
-            field = [_literal(prefix), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref, "';'"]
-            args += [*([_literal(text)] if text else []),
+            field = [quote_literal(prefix), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref, "';'"]
+            args += [*([quote_literal(text)] if text else []),
                      f"CASE WHEN {ref} IS NULL THEN '' ELSE concat({', '.join(field)}) END"]
             text = ""
         elif name in fixed:
-            args += [_literal(f"{text}{prefix}{fixed[name]}:"), ref]
+            args += [quote_literal(f"{text}{prefix}{fixed[name]}:"), ref]
             text = ";"
         else:
-            args += [_literal(text + prefix), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref]
+            args += [quote_literal(text + prefix), f"CAST(octet_length({ref}) AS VARCHAR)", "':'", ref]
             text = ";"
-    args += [_literal(text)] if text else []
+    args += [quote_literal(text)] if text else []
     return f"concat({', '.join(args)})" if args else "''"
 
 
@@ -129,14 +117,14 @@ def row_hashes(table: pa.Table) -> pa.Array:
     names = table.column_names
     texts = [_as_text(table.column(i)) for i in range(table.num_columns)]
     record_bytes = sum(t.nbytes for t in texts) / n + sum(len(_prefix(name).encode()) + 12 for name in names)
-    batch_rows = max(1, min(HASH_BATCH_ROWS, int(HASH_BATCH_BYTES // record_bytes)))
-    if len(names) <= FLAT_COLUMNS:
+    batch_rows = max(1, min(settings.HASH_BATCH_ROWS, int(settings.HASH_BATCH_BYTES // record_bytes)))
+    if len(names) <= settings.HASH_FLAT_COLUMNS:
         return _hash_flat(names, texts, batch_rows)
     return _hash_wide(names, texts, batch_rows)
 
 
 def _hash_flat(names: list[str], texts: list[pa.ChunkedArray], batch_rows: int) -> pa.Array:
-    """Hashes of records of at most `FLAT_COLUMNS` columns: one DataFusion expression builds the form and hashes it."""
+    """Hashes of records of at most `settings.HASH_FLAT_COLUMNS` columns: one DataFusion expression builds the form and hashes it."""
     positional = {name: f"c{i}" for i, name in enumerate(names)}
     text = pa.table(texts, names=list(positional.values()))
     text = text.append_column("__i", row_number_array(0, len(text)))
@@ -166,7 +154,7 @@ def _hash_wide(names: list[str], texts: list[pa.ChunkedArray], batch_rows: int) 
         row = pc.divide(k, pa.scalar(width, pa.int64()))
         column = pc.subtract(k, pc.multiply(row, pa.scalar(width, pa.int64())))
         taken = cells.take(pc.add(pc.multiply(column, pa.scalar(n, pa.int64())), pc.add(row, start)))
-        values = taken.cast(pa.string())  # a slice holds at most about HASH_BATCH_BYTES
+        values = taken.cast(pa.string())  # a slice holds at most about settings.HASH_BATCH_BYTES
         lengths = pc.cast(pc.binary_length(values), pa.string())
         # A null value makes its field null, and a null field joins as nothing.
         fields = pc.fill_null(pc.binary_join_element_wise(prefixes.take(column), lengths, ":", values, ";", ""), "")

@@ -1,15 +1,15 @@
 """One Bronze run: the source into DuckDB, then the Parquet change log, the Delta mirror and the rejects CSVs.
 
 Raw files are read and validated once, by the warehouse pipeline. Every other sink follows the warehouse and knows
-what it holds: the change log imports the warehouse loads it lacks (`change_log`), the Delta mirror writes the change
-log's loads it lacks (`delta_mirror`), the rejects CSVs are written for the loads that have none. So a run killed at
+what it holds: the change log imports the warehouse loads it lacks (`sinks.change_log`), the Delta mirror writes the change
+log's loads it lacks (`sinks.delta`), the rejects CSVs are written for the loads that have none. So a run killed at
 any point, a deleted lake or pipelines directory, or a lost warehouse (restored from the lake) all converge on the
-next run. Which state belongs to which sink is settled first (`targets`).
+next run. Which state belongs to which sink is settled first (`sinks.identity`).
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -26,47 +26,38 @@ from dlt.pipeline.helpers import pipeline_drop
 from dlt.pipeline.pipeline import Pipeline
 
 from . import SOURCE_NAME, run_source
-from .change_log import sync_change_log
 from .crash_points import crash_point
-from .delta_mirror import Compaction, DeltaTableFailure, MirroredTable, mirror_and_compact, mirror_to_delta
-from .extract import MANIFEST_TABLE, REJECTS_TABLE, TableExtractor, discover_files
+from .helpers import quote_ident
+from .outputs import (
+    MANIFEST_TABLE,
+    REJECTS_TABLE,
+    SCHEMA_HISTORY_SCHEMA,
+    SCHEMA_HISTORY_TABLE,
+    SHARED_TABLES,
+    TABLE_RESETS_SCHEMA,
+    TABLE_RESETS_TABLE,
+)
 from .promote import Promotion, history_rows, plan_promotions, promote
 from .registry import RETAIL_TABLES, TableSpec, select_tables
-from .resources import DEFAULT_CHUNK_SIZE, SinkOptions
-from .restore import manifest_ledgers, restore_warehouse
+from .resources import SinkOptions, preview
 from .run_lock import run_lock
-from .sinks import (
-    DATASET,
-    LOADER_FILE_FORMAT,
-    FailedJob,
+from .sinks import DATASET, LOADER_FILE_FORMAT, Layout
+from .sinks.change_log import sync_change_log
+from .sinks.delta import Compaction, DeltaTableFailure, MirroredTable, mirror_and_compact
+from .sinks.identity import SinkMismatch, completed_loads, open_sinks, pipeline_names
+from .sinks.packages import FailedJob, failed_jobs
+from .sinks.rejects_csv import sync_rejects_csv
+from .sinks.restore import manifest_ledgers
+from .sinks.warehouse import (
     detach_shared_tables,
-    failed_jobs,
-    lake_pipeline,
     load_arrow,
     load_failed_rejects,
     load_rejects,
     restore_merge_dispositions,
     sweep_orphans,
-    sync_rejects_csv,
     table_exists,
     undo_interrupted_jobs,
     wait_for_warehouse,
-    warehouse_pipeline,
-)
-from .sql import quote_ident
-from .targets import (
-    LakeBinding,
-    SinkMismatch,
-    WarehouseIdentity,
-    bind_local_state,
-    completed_loads,
-    lake_has_data,
-    new_identity,
-    pipeline_names,
-    read_lake_binding,
-    read_warehouse_identity,
-    write_lake_binding,
-    write_warehouse_identity,
 )
 
 
@@ -104,40 +95,7 @@ class RunResult:
     """What the run did to bring the sinks together before loading (a state dropped, a warehouse restored...)."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a run reads and writes."""
-
-    raw_url: str
-    lake: Path
-    warehouse: Path
-
-    @property
-    def delta_root(self) -> Path:
-        return self.lake / DATASET / "delta"
-
-    @property
-    def rejects_root(self) -> Path:
-        return self.lake / "_rejects"
-
-
 DEFAULT_LOCK_TIMEOUT = 60.0
-SCHEMA_HISTORY_TABLE = "schema_history"
-TABLE_RESETS_TABLE = "table_resets"
-SHARED_TABLES = (REJECTS_TABLE, MANIFEST_TABLE, SCHEMA_HISTORY_TABLE, TABLE_RESETS_TABLE)
-"""Tables every resource (or the run) writes: they belong to no data table's resource."""
-SCHEMA_HISTORY_SCHEMA = pa.schema([
-    pa.field("table_name", pa.string(), nullable=False),
-    pa.field("column_name", pa.string(), nullable=False),
-    pa.field("data_type", pa.string(), nullable=False),
-    pa.field("load_id", pa.string()),
-    pa.field("changed_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
-TABLE_RESETS_SCHEMA = pa.schema([
-    pa.field("table_name", pa.string(), nullable=False),
-    pa.field("reset_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-])
 WAREHOUSE_OPTIONS = SinkOptions(append_new_rows=True, parquet_files=True)
 """The warehouse loads new rows as plain appends (its interrupted jobs are undone before a retry) and takes Parquet
 files written by the resources."""
@@ -176,73 +134,6 @@ def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> I
             held.enter_context(run_lock(lock, lock_timeout))
         wait_for_warehouse(layout.warehouse, lock_timeout)
         yield
-
-
-@dataclass
-class _Sinks:
-    warehouse: Pipeline
-    lake: Pipeline
-    identity: WarehouseIdentity
-    notes: list[str]
-
-
-def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | None) -> _Sinks:
-    """The warehouse and lake pipelines of `layout`, their local state bound to the sinks it describes; a lost
-    warehouse restored from its lake. Raises `SinkMismatch` when the lake mirrors another warehouse."""
-    warehouse_name, lake_name = pipeline_names(layout.warehouse, layout.lake)
-    notes: list[str] = []
-    identity = read_warehouse_identity(layout.warehouse)
-    had_loads = completed_loads(layout.warehouse, DATASET)
-    binding = read_lake_binding(layout.lake)
-    location = str(layout.warehouse.resolve())
-    restored = False
-    if binding is not None and (identity is None or identity.sink_id != binding.warehouse_id):
-        if not lake_has_data(layout.lake):
-            binding = None  # an empty lake: it mirrors whatever warehouse this is
-        elif identity is None and not had_loads and binding.warehouse_location == location:
-            mirror_to_delta(layout.lake, specs)  # Delta first takes every load the change log holds
-            through = restore_warehouse(layout.warehouse, layout.delta_root)
-            identity = write_warehouse_identity(layout.warehouse, WarehouseIdentity(
-                binding.warehouse_id, datetime.now(UTC), through))
-            restored = True
-            if through is not None:
-                notes.append(f"the warehouse {layout.warehouse} was missing or empty: restored from the lake's Delta "
-                             f"tables (loads up to {through})")
-        else:
-            raise SinkMismatch(
-                f"the lake {layout.lake} mirrors the warehouse {binding.warehouse_location}, not {layout.warehouse}: "
-                f"run with --warehouse {binding.warehouse_location}, or give this warehouse a lake of its own "
-                f"(--lake)")
-    if identity is None:
-        identity = write_warehouse_identity(layout.warehouse, new_identity())
-    if binding is None:
-        binding = write_lake_binding(layout.lake, LakeBinding(new_identity().sink_id, identity.sink_id, location))
-    elif binding.warehouse_location != location:
-        binding = write_lake_binding(layout.lake, LakeBinding(binding.lake_id, identity.sink_id, location))
-
-    warehouse = warehouse_pipeline(layout.warehouse, warehouse_name, pipelines_dir=pipelines_dir)
-    if restored:
-        warehouse.drop()
-    if bind_local_state(warehouse, identity.sink_id, keep_unbound=had_loads) and not restored:
-        notes.append(f"the local state of pipeline {warehouse_name} was made for another warehouse: restored it from "
-                     f"{layout.warehouse}")
-    _repair_default_schema(warehouse)
-    warehouse.sync_destination()
-    lake = lake_pipeline(layout.lake, lake_name, pipelines_dir=pipelines_dir)
-    if bind_local_state(lake, binding.lake_id, keep_unbound=lake_has_data(layout.lake)):
-        notes.append(f"the local state of pipeline {lake_name} was made for another lake: restored it from "
-                     f"{layout.lake}")
-    _repair_default_schema(lake)
-    lake.sync_destination()
-    return _Sinks(warehouse, lake, identity, notes)
-
-
-def _repair_default_schema(pipeline: Pipeline) -> None:
-    """Name the pipeline's only schema as its default when its state names none: dlt's own `dlt pipeline ... drop`
-    leaves the state so, and dlt then never loads the package that carries the drop."""
-    names = list(pipeline.schemas.keys())
-    if pipeline.default_schema_name is None and len(names) == 1:
-        pipeline.default_schema_name = names[0]  # type: ignore[assignment]
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
@@ -515,22 +406,18 @@ def dry_run(layout: Layout, *, table_names: Sequence[str] | None = None, tables:
             ledgers: dict[str, dict[str, Any]] | None = None) -> dict[str, TableSummary]:
     """Read and validate what a run would load, writing nothing; `ledgers` are the file ledgers already recorded."""
     specs = select_tables(tables or RETAIL_TABLES, table_names)
-    stamp = datetime.now(UTC)
-    summary: dict[str, TableSummary] = defaultdict(TableSummary)
-    for spec in specs:
-        ledger = dict((ledgers or {}).get(spec.name, {}))
-        extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=DEFAULT_CHUNK_SIZE, ledger=ledger)
-        item = summary[spec.name]
-        for kind, table in extractor.run(discover_files(spec, layout.raw_url)):
-            if kind == "manifest":
-                item.files += table.num_rows
-                item.rows_read += pc.sum(table["row_count"]).as_py() or 0
-                item.valid += pc.sum(table["valid_count"]).as_py() or 0
-                item.rejected += pc.sum(table["reject_count"]).as_py() or 0
-            elif kind == "rejects":
-                for count in pc.value_counts(table["reason_code"]).to_pylist():
-                    item.reasons[count["values"]] += count["counts"]
-    return dict(summary)
+    summary: dict[str, TableSummary] = {spec.name: TableSummary() for spec in specs}
+    for table_name, kind, table in preview(specs, layout.raw_url, ledgers or {}):
+        item = summary[table_name]
+        if kind == "manifest":
+            item.files += table.num_rows
+            item.rows_read += pc.sum(table["row_count"]).as_py() or 0
+            item.valid += pc.sum(table["valid_count"]).as_py() or 0
+            item.rejected += pc.sum(table["reject_count"]).as_py() or 0
+        else:
+            for count in pc.value_counts(table["reason_code"]).to_pylist():
+                item.reasons[count["values"]] += count["counts"]
+    return summary
 
 
 def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:

@@ -26,40 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.libs.pyarrow import UnsupportedArrowTypeException, get_column_type_from_py_arrow
 
-from schemas.schemas import MOSTLY_DISTINCT
-
-from . import nested, reasons
-from .readers.base import FileRejected, RawChunk
-from .readers.csv import format_csv_records
-from .readers.records import records_as_json, row_number_array
-from .registry import ADDED_COLUMNS, TableSpec, normalized_name
+from . import nested, reasons, settings
+from .helpers import as_array, quote_ident, quote_literal, records_as_json, row_number_array
+from .outputs import ADDED_COLUMNS, REJECT_SCHEMA, RESCUED, ROW_HASH, ROW_NUMBER, reject_records
+from .raw import FileRejected, RawChunk
+from .registry import TableSpec, normalized_name
 from .row_hash import row_hashes
-from .sql import quote_ident, quote_literal
 
-ROW_NUMBER = "src_row_number"
-ROW_HASH = "src_row_hash"
-RESCUED = "_rescued_data"
 RESERVED_NAMES = frozenset(ADDED_COLUMNS)
 """Output and audit column names: a source column with one of these names is always kept in `_rescued_data`."""
-RESCUE_GROUP_COLUMNS = 256
-"""Columns outside the contract are turned into `_rescued_data` this many at a time (one DuckDB `json_object` each)."""
-
-REJECT_FIELDS = (
-    pa.field("table_name", pa.string(), nullable=False),
-    pa.field("src_filename", pa.string(), nullable=False),
-    pa.field("src_row_number", pa.int64()),
-    pa.field("src_sheet", pa.string()),
-    pa.field("reason_code", pa.string(), nullable=False),
-    pa.field("column_name", pa.string()),
-    pa.field("reason_detail", pa.string(), nullable=False),
-    pa.field("raw_record", pa.string(), metadata={MOSTLY_DISTINCT: "true"}),
-    pa.field("src_row_hash", pa.string(), metadata={MOSTLY_DISTINCT: "true"}),
-)
-"""Columns of a reject record known at validation time; the run adds `ingestion_ts` and `load_id`."""
-
-REJECT_SCHEMA = pa.schema(REJECT_FIELDS)
-
-_VIOLATION = pa.struct([("reason_code", pa.string()), ("column_name", pa.string()), ("reason_detail", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -271,14 +246,8 @@ class _Queried(NamedTuple):
     """What the query read."""
 
 
-CONTRACT_GROUP_COLUMNS = 128
-"""Contract columns parsed and checked by one query: DuckDB's planning time grows faster than the size of a query, so a
-wide contract is checked in groups of columns (the shipped contracts fit in one)."""
 POSITION = "__pos"
 """Each row's position in its chunk, carried through DuckDB's queries to put their results back in row order."""
-PARALLEL_BATCH_ROWS = 16 * 1024
-"""Rows per Arrow batch handed to DuckDB: it scans batches in parallel, so one chunk's query uses every core when
-the other staging threads are idle (the last file of a run), and small batches stay in the CPU caches."""
 
 
 class Validator:
@@ -346,8 +315,8 @@ class Validator:
                                    "rename it in the file or declare it in the contract")
             owners[stored] = f"column {name!r} of the file"
 
-    def validate(self, chunk: RawChunk, src_filename: str, *, fmt: str) -> Validated:
-        """Validate one chunk of `src_filename`, a file of format `fmt`."""
+    def validate(self, chunk: RawChunk, src_filename: str) -> Validated:
+        """Validate one chunk of the file `src_filename`."""
         self.check_columns(chunk)
         data = chunk.data
         n = data.num_rows
@@ -410,8 +379,8 @@ class Validator:
             checks.extend(_checks(field, i, f"__r{i}", f"__p{i}"))
         by_name = {field.name: f"c{i}" for i, field in enumerate(self.contract)}
         used = [name for name in text_passthrough if any(name in d.sql for d in self.spec.derived)]
-        groups = [range(start, min(start + CONTRACT_GROUP_COLUMNS, len(self.contract)))
-                  for start in range(0, len(self.contract), CONTRACT_GROUP_COLUMNS)] or [range(0)]
+        groups = [range(start, min(start + settings.CONTRACT_GROUP_COLUMNS, len(self.contract)))
+                  for start in range(0, len(self.contract), settings.CONTRACT_GROUP_COLUMNS)] or [range(0)]
         derived = [f"CAST({d.sql} AS {_duck_type(d.type)}) AS {quote_ident(d.name)}" for d in self.spec.derived]
         queried = [self._query_group(group, inputs, parsing, selects, [c for c in checks if c.column in group],
                                      n, derived=derived if len(groups) == 1 else [],
@@ -456,8 +425,8 @@ class Validator:
                 failed += [f._replace(check=offset + f.check, rows=position.take(f.rows))
                            for f in self._failed_checks(group.result, group_bad, group.checks, shown, group.frame)]
             offset += len(group.checks)
-        contract_rejects = self._contract_rejects(bad_rows, failed, checks, columns[ROW_NUMBER], hashes, data, chunk,
-                                                  src_filename, fmt)
+        contract_rejects = self._contract_rejects(bad_rows, failed, checks, columns[ROW_NUMBER], hashes, chunk,
+                                                  src_filename)
         rejects = pa.concat_tables([parse_rejects, contract_rejects]) if parse_rejects.num_rows else contract_rejects
         return Validated(valid, rejects, n + len(chunk.rejects), n_bad + len(chunk.rejects))
 
@@ -469,7 +438,7 @@ class Validator:
         columns = {f"{prefix}{i}": inputs[f"{prefix}{i}"] for i in group for prefix in ("c", "f")
                    if f"{prefix}{i}" in inputs}
         table = pa.table({**columns, POSITION: row_number_array(0, n)})
-        frame = pa.Table.from_batches(table.to_batches(max_chunksize=PARALLEL_BATCH_ROWS), schema=table.schema)
+        frame = pa.Table.from_batches(table.to_batches(max_chunksize=settings.PARALLEL_BATCH_ROWS), schema=table.schema)
         parsed = [p for i in group for p in parsing[i]]
         picked = [POSITION, *(selects[i] for i in group if i in selects)]
         parsed_frame = f"(SELECT *, {', '.join(parsed)} FROM frame)" if parsed else "frame"
@@ -502,13 +471,13 @@ class Validator:
 
     def _rescued(self, data: pa.Table, extra: list[str], n: int) -> pa.Array:
         """JSON object of the `extra` columns, per row (null when there are none): text as read, other values as
-        DuckDB's text of them (JSON text for values DuckDB cannot read). Built `RESCUE_GROUP_COLUMNS` columns at a
+        DuckDB's text of them (JSON text for values DuckDB cannot read). Built `settings.RESCUE_GROUP_COLUMNS` columns at a
         time, whose objects are then joined, so that no query grows with the file's width."""
         if not extra:
             return pa.nulls(n, pa.string())
         members = []
-        for start in range(0, len(extra), RESCUE_GROUP_COLUMNS):
-            group = extra[start:start + RESCUE_GROUP_COLUMNS]
+        for start in range(0, len(extra), settings.RESCUE_GROUP_COLUMNS):
+            group = extra[start:start + settings.RESCUE_GROUP_COLUMNS]
             values = {f"e{i}": _rescuable(data[k]) for i, k in enumerate(group)}
             rescued = self.con.from_arrow(pa.table({**values, POSITION: row_number_array(0, n)}))
             pairs = ", ".join(f"{quote_literal(k)}, {self._as_text(f'e{i}', values[f'e{i}'].type)}"
@@ -516,7 +485,7 @@ class Validator:
             found = rescued.query("rescued", f"SELECT {POSITION}, json_object({pairs}) AS r FROM rescued"
                                   ).to_arrow_table()
             objects = found["r"].take(pc.sort_indices(found[POSITION])).cast(pa.string())
-            members.append(pc.utf8_slice_codeunits(objects, 1, -1) if len(extra) > RESCUE_GROUP_COLUMNS else objects)
+            members.append(pc.utf8_slice_codeunits(objects, 1, -1) if len(extra) > settings.RESCUE_GROUP_COLUMNS else objects)
         if len(members) == 1:
             return as_array(members[0])
         return as_array(pc.binary_join_element_wise("{", pc.binary_join_element_wise(*members, ","), "}", ""))
@@ -527,20 +496,11 @@ class Validator:
 
     def _parse_rejects(self, chunk: RawChunk, src_filename: str) -> pa.Table:
         rows = chunk.rejects
-        return pa.table(
-            {
-                "table_name": _constant(self.spec.name, len(rows)),
-                "src_filename": _constant(src_filename, len(rows)),
-                "src_row_number": pa.array([r.row_number for r in rows], pa.int64()),
-                "src_sheet": _constant(chunk.sheet, len(rows)),
-                "reason_code": pa.array([r.reason_code for r in rows], pa.string()),
-                "column_name": pa.nulls(len(rows), pa.string()),
-                "reason_detail": pa.array([r.reason_detail for r in rows], pa.string()),
-                "raw_record": pa.array([r.raw_record for r in rows], pa.string()),
-                "src_row_hash": pa.nulls(len(rows), pa.string()),
-            },
-            schema=REJECT_SCHEMA,
-        )
+        return reject_records(
+            self.spec.name, src_filename, pa.array([r.reason_code for r in rows], pa.string()), count=len(rows),
+            detail=pa.array([r.reason_detail for r in rows], pa.string()),
+            row_number=pa.array([r.row_number for r in rows], pa.int64()), sheet=chunk.sheet,
+            raw_record=pa.array([r.raw_record for r in rows], pa.string()))
 
     def _failed_checks(self, result: pa.Table, bad_rows: pa.Array, checks: list[_Check], shown: dict[int, _Shown],
                        frame: pa.Table) -> list[_Failed]:
@@ -589,20 +549,11 @@ class Validator:
         return {c: pc.utf8_slice_codeunits(v, 0, SHOWN_CHARACTERS) for c, v in values.items()}
 
     def _contract_rejects(self, bad_rows: pa.Array, failed: list[_Failed], checks: list[_Check],
-                          row_numbers: pa.ChunkedArray, hashes: pa.Array, data: pa.Table, chunk: RawChunk,
-                          src_filename: str, fmt: str) -> pa.Table:
-        """Reject records of the rows that failed checks; `raw_record` is the original line for text formats (CSV
-        re-serialized as RFC 4180 with the file's delimiter) and the original values as JSON otherwise."""
+                          row_numbers: pa.ChunkedArray, hashes: pa.Array, chunk: RawChunk, src_filename: str) -> pa.Table:
+        """Reject records of the rows that failed checks, with each row's original record as the reader gives it."""
         if not failed:
             return REJECT_SCHEMA.empty_table()
-        if chunk.raw_records is not None:
-            raw = chunk.raw_records.take(bad_rows)
-        elif data.num_columns == 0:  # Arrow's take of a table without columns keeps no rows
-            raw = pa.repeat(pa.scalar("" if fmt == "csv" else "{}"), len(bad_rows))
-        else:
-            originals = data.take(bad_rows)
-            raw = (format_csv_records(originals, self.spec.reader_options.get("delimiter", ",")) if fmt == "csv"
-                   else records_as_json(originals))
+        raw = chunk.records_at(bad_rows)
         flat = pa.concat_tables([
             pa.table({"row": f.rows, "check": pa.repeat(pa.scalar(f.check, pa.int32()), len(f.rows)),
                       "detail": f.detail})
@@ -610,21 +561,11 @@ class Validator:
         ]).sort_by([("row", "ascending"), ("check", "ascending")])
         parents, check = flat["row"], flat["check"]
         positions = bad_rows.take(parents)
-        n = flat.num_rows
-        return pa.table(
-            {
-                "table_name": _constant(self.spec.name, n),
-                "src_filename": _constant(src_filename, n),
-                "src_row_number": row_numbers.take(positions),
-                "src_sheet": _constant(chunk.sheet, n),
-                "reason_code": pa.array([c.reason_code for c in checks], pa.string()).take(check),
-                "column_name": pa.array([c.column_name for c in checks], pa.string()).take(check),
-                "reason_detail": flat["detail"],
-                "raw_record": as_array(raw).take(parents),
-                "src_row_hash": hashes.take(positions),
-            },
-            schema=REJECT_SCHEMA,
-        )
+        return reject_records(
+            self.spec.name, src_filename, pa.array([c.reason_code for c in checks], pa.string()).take(check),
+            count=flat.num_rows, detail=flat["detail"], row_number=row_numbers.take(positions), sheet=chunk.sheet,
+            column_name=pa.array([c.column_name for c in checks], pa.string()).take(check),
+            raw_record=as_array(raw).take(parents), row_hash=hashes.take(positions))
 
 
 def _empty_as_null(values: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -728,24 +669,4 @@ def _has_wide_decimal(type_: pa.DataType) -> bool:
     return any(_has_wide_decimal(type_.field(i).type) for i in range(type_.num_fields))
 
 
-def _constant(value: str | None, n: int) -> pa.Array:
-    return pa.repeat(pa.scalar(value, pa.string()), n)
 
-
-def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """`values` as one contiguous array."""
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
-def file_reject(spec: TableSpec, src_filename: str, reason_code: str, detail: str,
-                sheet: str | None = None) -> pa.Table:
-    """One reject record standing for a whole rejected file."""
-    return pa.table(
-        {
-            "table_name": [spec.name], "src_filename": [src_filename], "src_row_number": pa.nulls(1, pa.int64()),
-            "src_sheet": pa.array([sheet], pa.string()), "reason_code": [reason_code],
-            "column_name": pa.nulls(1, pa.string()), "reason_detail": [detail],
-            "raw_record": pa.nulls(1, pa.string()), "src_row_hash": pa.nulls(1, pa.string()),
-        },
-        schema=REJECT_SCHEMA,
-    )

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 from conftest import CORPUS, Sandbox, changelog_table, delta_table, make_sandbox, query
 
-from retail_bronze_source.registry import FileFormat, TableSpec
+from retail_bronze_source.readers.formats import FileFormat
+from retail_bronze_source.registry import TableSpec
 from retail_bronze_source.run import RunResult, run_bronze
 from schemas.schemas import col
 

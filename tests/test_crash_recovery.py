@@ -18,7 +18,7 @@ from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_s
 from conftest import snapshot as snapshot_of
 
 from retail_bronze_source.crash_points import POINTS
-from retail_bronze_source.sinks import undo_interrupted_jobs, warehouse_pipeline
+from retail_bronze_source.sinks.warehouse import undo_interrupted_jobs, warehouse_pipeline
 
 TABLES = ["customers", "order_items", "events", "sensors"]
 OUTPUTS = [*TABLES, "rejects", "manifest_processed_files"]
@@ -167,8 +167,9 @@ from datetime import UTC, datetime
 import dlt
 import pyarrow as pa
 from dlt.common.storages.load_package import PackageStorage
-from retail_bronze_source.extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE
-from retail_bronze_source.sinks import LOADER_FILE_FORMAT, warehouse_pipeline
+from retail_bronze_source.outputs import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE
+from retail_bronze_source.sinks import LOADER_FILE_FORMAT
+from retail_bronze_source.sinks.warehouse import warehouse_pipeline
 
 record, completed = PackageStorage.save_pending_transition, []
 

@@ -22,7 +22,7 @@ from deltalake import write_deltalake
 from retail_bronze_source import reasons
 from retail_bronze_source.discovery import discover_files
 from retail_bronze_source.extract import TableExtractor
-from retail_bronze_source.readers.base import FileRejected
+from retail_bronze_source.raw import FileRejected
 from retail_bronze_source.registry import TableSpec
 from schemas.schemas import col
 

@@ -157,7 +157,8 @@ def test_a_file_that_could_not_be_read_is_read_again_by_the_next_run(tmp_path: P
     the manifest as `FILE_UNREADABLE`, never in the ledger, so the next run that can read it loads its rows."""
     from datetime import UTC, datetime
 
-    from retail_bronze_source.extract import TableExtractor, discover_files
+    from retail_bronze_source.discovery import discover_files
+    from retail_bronze_source.extract import TableExtractor
 
     box, folder = _events_box(tmp_path)
     path = folder / "a.jsonl"

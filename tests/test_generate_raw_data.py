@@ -21,7 +21,8 @@ import pytest
 from conftest import load_generator
 
 from retail_bronze_source import reasons
-from retail_bronze_source.registry import EXTENSION_FORMATS, RETAIL_TABLES, TableSpec
+from retail_bronze_source.readers.formats import EXTENSION_FORMATS
+from retail_bronze_source.registry import RETAIL_TABLES, TableSpec
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "scripts" / "generate_raw_data.py"

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from retail_bronze_source import limits, reasons
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers import read
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
 
 
 def read_all(path: Path, fmt: str, chunk_size: int = 1000, **options: Any) -> list[RawChunk]:

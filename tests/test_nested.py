@@ -14,7 +14,7 @@ from conftest import Sandbox, changelog_table, delta_table, query
 
 from retail_bronze_source import reasons
 from retail_bronze_source.nested import convert
-from retail_bronze_source.readers.base import RawChunk
+from retail_bronze_source.raw import RawChunk
 from retail_bronze_source.registry import TableSpec
 from retail_bronze_source.run import run_bronze
 from retail_bronze_source.validate import Validator
@@ -105,7 +105,7 @@ def test_the_validator_rejects_the_rows_and_shows_their_values() -> None:
     data = pa.table({"id": ["1", "2", "3"], "tags": ['["x"]', "[1]", None], "attrs": [None, None, '{"size": 1}'],
                      "blob": ["YQ==", None, "!"]})
     result = Validator(spec).validate(RawChunk(data=data, row_numbers=pa.array([1, 2, 3]), columns_per_record=True),
-                                      "n/a.jsonl", fmt="jsonl")
+                                      "n/a.jsonl")
     assert result.valid.to_pylist()[0] | {"src_row_hash": None} == {
         "id": 1, "tags": ["x"], "attrs": None, "counts": None, "blob": b"a", "src_row_number": 1,
         "src_row_hash": None, "_rescued_data": None}

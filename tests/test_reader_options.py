@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from retail_bronze_source import TableSpec
+from retail_bronze_source.readers.formats import EXTENSION_FORMATS, file_suffix
 from retail_bronze_source.readers.options import OPTIONS, options_for
-from retail_bronze_source.registry import EXTENSION_FORMATS, file_suffix
 from schemas.schemas import col
 
 SCHEMA = pa.schema([col("id", pa.int64(), required=True), col("price", pa.decimal128(10, 2)),

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from retail_bronze_source import reasons
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers.csv import format_csv_records, read_csv, unique_column_names
 
 CASES = Path(__file__).parent / "cases" / "csv"

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from retail_bronze_source import reasons
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers import read
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
 
 CASES = Path(__file__).parent / "cases"
 CORPUS = Path(__file__).parents[1] / ".." / "shared" / "corpus" / "csv" / "frictionless"

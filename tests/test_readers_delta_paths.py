@@ -17,7 +17,7 @@ from deltalake import write_deltalake
 from retail_bronze_source import reasons
 from retail_bronze_source.discovery import discover_files
 from retail_bronze_source.extract import TableExtractor
-from retail_bronze_source.readers.base import FileRejected, RawFile
+from retail_bronze_source.raw import FileRejected, RawFile
 from retail_bronze_source.readers.delta import read_delta
 from retail_bronze_source.registry import TableSpec
 from schemas.schemas import col

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retail_bronze_source.readers.base import FileRejected, RawFile
+from retail_bronze_source.helpers import records_as_json, row_number_array
+from retail_bronze_source.raw import FileRejected, RawFile
 from retail_bronze_source.readers.parquet import read_parquet
-from retail_bronze_source.readers.records import records_as_json, row_number_array
 from retail_bronze_source.reasons import FILE_UNREADABLE
 
 BAD_DATA = Path(__file__).parents[1] / ".." / "shared" / "corpus" / "parquet" / "parquet-testing" / "bad_data"

@@ -12,7 +12,7 @@ import openpyxl
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers.xlsx import read_xlsx
 from retail_bronze_source.reasons import FILE_UNREADABLE, TOO_MANY_COLUMNS, UNSUPPORTED_FILE
 

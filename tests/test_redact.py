@@ -12,7 +12,8 @@ import pytest
 from deltalake import write_deltalake
 
 from retail_bronze_source import reasons
-from retail_bronze_source.extract import TableExtractor, discover_files
+from retail_bronze_source.discovery import discover_files
+from retail_bronze_source.extract import TableExtractor
 from retail_bronze_source.redact import DETAIL_MAX_CHARS, redact, reject_detail, spreadsheet_safe
 from retail_bronze_source.registry import TableSpec
 from schemas.schemas import col

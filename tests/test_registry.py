@@ -7,8 +7,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source.audit import table_schema
-from retail_bronze_source.registry import ADDED_COLUMNS, RETAIL_TABLES, DerivedColumn, TableSpec
+from retail_bronze_source.outputs import ADDED_COLUMNS, table_schema
+from retail_bronze_source.registry import RETAIL_TABLES, DerivedColumn, TableSpec
 from schemas.schemas import col
 
 

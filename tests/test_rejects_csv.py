@@ -13,7 +13,7 @@ from conftest import changelog_table, delta_table, make_sandbox, warehouse_table
 from retail_bronze_source import reasons
 from retail_bronze_source.registry import TableSpec
 from retail_bronze_source.run import run_bronze
-from retail_bronze_source.sinks import write_rejects_csv
+from retail_bronze_source.sinks.rejects_csv import write_rejects_csv
 from schemas.schemas import col
 
 SPEC = TableSpec(

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from retail_bronze_source import settings
 from retail_bronze_source import row_hash
 from retail_bronze_source.row_hash import row_hashes
 
@@ -28,8 +29,8 @@ def _wide_table(columns: int, rows: int) -> pa.Table:
 
 @pytest.mark.parametrize("flat_columns", [10_000, 1], ids=["one-expression", "column-groups"])
 def test_wide_records_hash_to_the_documented_canonical_form(monkeypatch: pytest.MonkeyPatch, flat_columns: int) -> None:
-    monkeypatch.setattr(row_hash, "FLAT_COLUMNS", flat_columns)
-    monkeypatch.setattr(row_hash, "HASH_BATCH_BYTES", 20_000)  # many row slices
+    monkeypatch.setattr(settings, "HASH_FLAT_COLUMNS", flat_columns)
+    monkeypatch.setattr(settings, "HASH_BATCH_BYTES", 20_000)  # many row slices
     table = _wide_table(600, 40)
     expected = [canonical_hash(row) for row in table.to_pylist()]
     assert row_hashes(table).to_pylist() == expected

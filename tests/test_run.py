@@ -31,7 +31,7 @@ from conftest import (
 )
 
 from retail_bronze_source import reasons
-from retail_bronze_source.audit import table_schema
+from retail_bronze_source.outputs import table_schema
 from retail_bronze_source.registry import RETAIL_TABLES, DerivedColumn, TableSpec
 from retail_bronze_source.run import RunResult, run_bronze
 from schemas.schemas import col

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import REPO, SAMPLE, Sandbox, box_args, generate, make_sandbox, query, run_cli, snapshot
 
-from retail_bronze_source.targets import pipeline_names
+from retail_bronze_source.sinks.identity import pipeline_names
 
 TABLES = ["customers", "order_items", "events", "sensors"]
 Snapshot = dict[str, dict[str, list[tuple[Any, ...]]]]

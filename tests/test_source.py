@@ -12,7 +12,7 @@ import pytest
 from conftest import SAMPLE
 
 from retail_bronze_source import SCHEMA_CONTRACT, TableSpec, reasons, retail_source
-from retail_bronze_source.audit import table_schema
+from retail_bronze_source.outputs import table_schema
 from retail_bronze_source.registry import RETAIL_TABLES, select_tables
 from schemas.schemas import col
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .base import FileRejected, ParseReject, RawChunk, RawFile
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile
 from .csv import read_csv, read_tsv, read_txt
 from .delta import read_delta
 from .json import read_json

@@ -19,6 +19,7 @@ Policies:
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from .. import limits, reasons
-from .base import FileRejected, ParseReject, RawChunk, RawFile
+from ..helpers import arange
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile
 from .streams import LineFilter, open_text
 
 _PARSER_READ_AHEAD = 32
@@ -81,10 +83,14 @@ def read_csv(file: RawFile, chunk_size: int, **options: Any) -> Iterator[RawChun
     """Stream `file` as delimited text (by default RFC 4180 CSV with a header record): chunks of at most `chunk_size`
     rows (parsed blocks joined), in file order. `options` are the table's `reader_options` (`Dialect`)."""
     dialect = _dialect(options)
-    # Validation re-serializes a rejected CSV record itself when the reader hands over the values as written with
-    # RFC 4180 quotes; otherwise the reader keeps every record's text (before null tokens or decimal commas apply).
+    # A record of values as written with RFC 4180 quotes is re-serialized for a reject only when rejected (cheaper than
+    # keeping every record's text); otherwise the reader keeps every record's text (before null tokens or decimal
+    # commas apply).
     keep = dialect.quote_char != '"' or dialect.escape_char is not None or dialect.transforms_values
-    yield from _read_delimited(file, chunk_size, dialect, keep_records=keep)
+    render = None if keep else functools.partial(format_csv_records, delimiter=dialect.delimiter)
+    for chunk in _read_delimited(file, chunk_size, dialect, keep_records=keep):
+        chunk.render = render
+        yield chunk
 
 
 def read_tsv(file: RawFile, chunk_size: int, **options: Any) -> Iterator[RawChunk]:
@@ -135,8 +141,7 @@ def _read_delimited(file: RawFile, chunk_size: int, dialect: Dialect, *, keep_re
                 raise FileRejected(
                     reasons.LIMIT_EXCEEDED,
                     f"max_columns: the {'header' if dialect.header else 'file'} has {len(header)} columns, over the "
-                    f"limit of {dialect.max_columns} (reader_options['max_columns'] raises it)",
-                    rel_path=file.rel_path,
+                    f"limit of {dialect.max_columns} (reader_options['max_columns'] raises it)"
                 )
             invalid = _InvalidRows()
             reader = pacsv.open_csv(
@@ -152,9 +157,7 @@ def _read_delimited(file: RawFile, chunk_size: int, dialect: Dialect, *, keep_re
                 ),
             )
         except pa.ArrowException as error:
-            raise FileRejected(
-                *_unreadable(error, block_size), rel_path=file.rel_path
-            ) from error
+            raise FileRejected(*_unreadable(error, block_size)) from error
         names = unique_column_names(header)
         chunks = _chunks(reader, invalid, names, stream, dialect, file.rel_path, block_size)
         for chunk in _joined(chunks, limits.chunk_rows(chunk_size, len(names))):
@@ -300,7 +303,7 @@ def _chunks(
         except StopIteration:
             batch = None
         except pa.ArrowException as error:
-            raise FileRejected(*_unreadable(error, block_size), rel_path=rel_path) from error
+            raise FileRejected(*_unreadable(error, block_size)) from error
         # Per-record Python only for rejected records, which pyarrow reports one by one. pyarrow numbers records
         # from 1 with the header included.
         for number, expected, actual, text in invalid.take():
@@ -315,7 +318,7 @@ def _chunks(
                 chunk = RawChunk(data=_empty(names), row_numbers=pa.array([], pa.int64()), rejects=pending)
         else:
             rows = pa.Table.from_batches([batch]).rename_columns(names)
-            candidates = pc.add(_arange(rows.num_rows + len(pending)), last_row + 1)
+            candidates = pc.add(arange(rows.num_rows + len(pending)), last_row + 1)
             if pending:
                 known = pa.array([reject.row_number for reject in pending], pa.int64())
                 candidates = pc.filter(candidates, pc.invert(pc.is_in(candidates, value_set=known)))
@@ -364,10 +367,6 @@ def _join(chunks: list[RawChunk]) -> RawChunk:
         rejects=[reject for c in chunks for reject in c.rejects],
     )
 
-
-def _arange(n: int) -> pa.Array:
-    """0, 1, ..., n - 1 as int64."""
-    return pc.subtract(pc.cumulative_sum(pc.fill_null(pa.nulls(n, pa.int64()), 1)), 1)
 
 
 def _empty(names: list[str]) -> pa.Table:
@@ -574,8 +573,7 @@ class _CheckedStream(io.RawIOBase):
             offset = self._offset - pending + error.start
             raise FileRejected(
                 reasons.FILE_ENCODING,
-                f"invalid UTF-8 at byte offset {offset} (line {self._line_at(offset)}): {error.reason}",
-                rel_path=self._file.rel_path,
+                f"invalid UTF-8 at byte offset {offset} (line {self._line_at(offset)}): {error.reason}"
             ) from error
         raise AssertionError("pyarrow and Python disagree on UTF-8 validity")
 

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import limits
+from ..helpers import row_number_array
+from ..raw import FileRejected, RawChunk, RawFile
 from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, OUTSIDE_RAW_ROOT, UNSUPPORTED_FILE
-from .base import FileRejected, RawChunk, RawFile
-from .records import row_number_array
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")

@@ -22,13 +22,11 @@ from typing import IO, cast
 import duckdb
 import pyarrow as pa
 
-from .. import limits, reasons
-from .base import FileRejected, RawChunk, RawFile
+from .. import limits, reasons, settings
+from ..raw import FileRejected, RawChunk, RawFile
 from .jsonl import RecordLimits, parse_records, read_lines
 from .streams import open_text
 
-_BLOCK = 1 << 20
-_BYTES_PER_ROW = 64
 _WHITESPACE = re.compile(rb"[ \t\r\n]*+")
 _FLAT_OBJECT = re.compile(rb'\{(?:[^{}\[\]"]++|"(?:[^"\\]++|\\.)*+")*+\}')
 """An object without nested objects or arrays, whole: most elements are cut by this one match."""
@@ -47,10 +45,10 @@ def read_json(file: RawFile, chunk_size: int, *, encoding: str = "utf-8", max_co
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     with open_text(file, encoding) as handle:
-        head = handle.read(_BLOCK)
+        head = handle.read(settings.JSON_BLOCK_BYTES)
         start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
         while (first := _WHITESPACE.match(head, start)) is not None and first.end() == len(head):
-            more = handle.read(_BLOCK)
+            more = handle.read(settings.JSON_BLOCK_BYTES)
             if not more:
                 return
             head += more
@@ -62,7 +60,7 @@ def read_json(file: RawFile, chunk_size: int, *, encoding: str = "utf-8", max_co
         splitter = _ArraySplitter(handle, head, first.end() + 1, RecordLimits(max_columns, max_record_bytes, file.rel_path))
         con = duckdb.connect()
         try:
-            batch_bytes = max(chunk_size * _BYTES_PER_ROW, _BLOCK)
+            batch_bytes = max(chunk_size * settings.JSON_BYTES_PER_ROW, settings.JSON_BLOCK_BYTES)
             texts: list[bytes] = []
             size = 0
             number = 1
@@ -104,7 +102,7 @@ class _ArraySplitter:
         """Read the next block into the buffer, dropping what was consumed; False at the end of the text."""
         if self._ended:
             return False
-        data = self._handle.read(_BLOCK)
+        data = self._handle.read(settings.JSON_BLOCK_BYTES)
         if not data:
             self._ended = True
             return False
@@ -129,8 +127,7 @@ class _ArraySplitter:
         found = self._buffer[self._position:self._position + 20]
         what = f"found {found.decode('utf-8', 'backslashreplace')!r}" if found else "the file ends"
         return FileRejected(reasons.FILE_UNREADABLE,
-                            f"not a JSON array: expected {expected} at byte offset {at}, {what}",
-                            rel_path=self.limits.rel_path)
+                            f"not a JSON array: expected {expected} at byte offset {at}, {what}")
 
     def elements(self) -> Iterator[bytes]:
         if not self._skip_whitespace():

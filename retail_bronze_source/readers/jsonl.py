@@ -31,12 +31,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import limits, reasons
-from .base import FileRejected, ParseReject, RawChunk, RawFile
+from .. import limits, reasons, settings
+from ..helpers import arange
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile
 from .streams import open_text
 
-_MIN_BLOCK_BYTES = 1 << 20
-_BYTES_PER_ROW = 64
 _BOM = codecs.BOM_UTF8
 _KIND_NAMES = {
     "VARCHAR": "a string",
@@ -76,7 +75,7 @@ def read_lines(handle: IO[bytes], chunk_size: int, rel_path: str, *, max_columns
     Line ends are LF (a CR before it is dropped) or, in a file whose first line ends in a lone CR, CR: old Mac
     exports. Such a file's CRLF reads as two line ends, the second ending an empty line.
     """
-    block_size = max(chunk_size * _BYTES_PER_ROW, _MIN_BLOCK_BYTES)
+    block_size = max(chunk_size * settings.JSON_BYTES_PER_ROW, settings.JSON_BLOCK_BYTES)
     limits_ = RecordLimits(max_columns, max_record_bytes, rel_path)
     con = duckdb.connect()
     try:
@@ -135,8 +134,7 @@ class RecordLimits:
         raise FileRejected(
             reasons.LIMIT_EXCEEDED,
             f"max_record_bytes: {what} {record} is {'at least ' if what == 'line' else ''}{length} bytes long, over the "
-            f"limit of {self.max_record_bytes} (reader_options['max_record_bytes'] raises it)",
-            rel_path=self.rel_path,
+            f"limit of {self.max_record_bytes} (reader_options['max_record_bytes'] raises it)"
         )
 
     def check_columns(self, count: int) -> None:
@@ -144,8 +142,7 @@ class RecordLimits:
             raise FileRejected(
                 reasons.LIMIT_EXCEEDED,
                 f"max_columns: the objects of one chunk hold {count} distinct keys, over the limit of "
-                f"{self.max_columns} (reader_options['max_columns'] raises it)",
-                rel_path=self.rel_path,
+                f"{self.max_columns} (reader_options['max_columns'] raises it)"
             )
 
 
@@ -158,7 +155,7 @@ def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *
     )
     lines = pc.list_flatten(pc.split_pattern(whole, b"\n"))
     lines = pc.if_else(pc.ends_with(lines, b"\r"), pc.binary_slice(lines, 0, -1), lines)
-    line_numbers = pc.add(_arange(len(lines)), first_line)
+    line_numbers = pc.add(arange(len(lines)), first_line)
     lengths = pc.binary_length(lines)
     longest = pc.max(lengths).as_py() or 0
     if longest > limits_.max_record_bytes:
@@ -204,7 +201,7 @@ def parse_records(con: duckdb.DuckDBPyConnection, lines: pa.Array, line_numbers:
         except orjson.JSONDecodeError as error:
             not_strict[j] = f": {error}"
     if not_strict:
-        ok = pc.and_(ok, pc.invert(pc.is_in(_arange(len(ok)), value_set=pa.array(list(not_strict), pa.int64()))))
+        ok = pc.and_(ok, pc.invert(pc.is_in(arange(len(ok)), value_set=pa.array(list(not_strict), pa.int64()))))
     is_object = pc.and_(ok, pc.fill_null(pc.equal(kind, "OBJECT"), False))
     for j in pc.indices_nonzero(pc.invert(ok)).to_pylist():
         detail = "not valid RFC 8259 JSON" + not_strict.get(j, "")
@@ -286,7 +283,7 @@ def _numbers_as_written(objects: pa.Array, rows: list[int], keys: list[str], col
                 target[0].append(r)
                 target[1].append(str(value))
     for j, (row_ids, texts) in updates.items():
-        mask = pc.is_in(_arange(len(objects)), value_set=pa.array(row_ids, pa.int64()))
+        mask = pc.is_in(arange(len(objects)), value_set=pa.array(row_ids, pa.int64()))
         columns[j] = pc.replace_with_mask(columns[j], mask, pa.array(texts, pa.string()))
     return columns
 
@@ -298,10 +295,6 @@ def _is_utf8(value: bytes) -> bool:
         return False
     return True
 
-
-def _arange(n: int) -> pa.Array:
-    """0, 1, ..., n - 1 as int64."""
-    return pc.subtract(pc.cumulative_sum(pc.fill_null(pa.nulls(n, pa.int64()), 1)), 1)
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:

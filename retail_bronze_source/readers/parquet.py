@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import limits
+from ..helpers import records_as_json, row_number_array
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile, open_for_read
 from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, TYPE_MISMATCH, UNSUPPORTED_FILE
-from .base import FileRejected, ParseReject, RawChunk, RawFile, open_for_read
-from .records import records_as_json, row_number_array
 
 
 def read_parquet(file: RawFile, chunk_size: int, *, max_columns: int = limits.MAX_COLUMNS) -> Iterator[RawChunk]:

@@ -15,13 +15,12 @@ from typing import IO, Any, cast
 
 import pyarrow as pa
 
-from .. import reasons
-from .base import FileRejected, RawFile
+from .. import reasons, settings
+from ..raw import FileRejected, RawFile
 
 COMPRESSED_EXTENSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
-"""Endings of compressed text files (`orders.csv.gz`) and the codec pyarrow decompresses each with."""
-
-_BLOCK = 1 << 20
+"""Endings of compressed text files (`orders.csv.gz`) and the codec pyarrow decompresses each with; the file is read
+decompressed as it streams."""
 
 
 def compression_of(name: str) -> str | None:
@@ -92,7 +91,7 @@ class _Decompressed(_Source):
 
     def _next_block(self) -> bytes:
         try:
-            return cast(bytes, self._stream.read(_BLOCK))
+            return cast(bytes, self._stream.read(settings.TRANSCODE_BLOCK_BYTES))
         except (pa.ArrowException, OSError) as exc:
             raise FileRejected(reasons.FILE_UNREADABLE,
                                f"{self._rel_path} is not valid {self._codec} data: {exc}") from exc
@@ -116,7 +115,7 @@ class _Transcoded(_Source):
 
     def _next_block(self) -> bytes:
         while not self._ended:
-            data = self._inner.read(_BLOCK)
+            data = self._inner.read(settings.TRANSCODE_BLOCK_BYTES)
             self._ended = not data
             try:
                 text = self._decoder.decode(data, final=self._ended)
@@ -156,7 +155,7 @@ class LineFilter(_Source):
 
     def _next_block(self) -> bytes:
         while not self._ended:
-            data = self._inner.read(_BLOCK)
+            data = self._inner.read(settings.TRANSCODE_BLOCK_BYTES)
             self._ended = not data
             data, self._carry = self._carry + data, b""
             if self._after_cr and data.startswith(b"\n"):

@@ -13,8 +13,8 @@ import orjson
 import pyarrow as pa
 
 from .. import limits
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile, open_for_read
 from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, TOO_MANY_COLUMNS, UNSUPPORTED_FILE
-from .base import FileRejected, ParseReject, RawChunk, RawFile, open_for_read
 
 _DECODE_ERRORS = (BadZipFile, zlib.error, OSError, EOFError, ValueError, LookupError, TypeError, AttributeError,
                   NotImplementedError, SyntaxError)

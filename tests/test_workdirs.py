@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_sandbox, warehouse_table
 
-from retail_bronze_source import staging
-from retail_bronze_source.staging import remove_stale, staging_dir, staging_root
+from retail_bronze_source import workdirs
+from retail_bronze_source.workdirs import remove_stale, staging_dir, staging_root
 
 HOLDER = """
 import sys
-from retail_bronze_source.staging import staging_dir
+from retail_bronze_source.workdirs import staging_dir
 with staging_dir("other_target") as path:
     (path / "rows.arrow").write_bytes(b"staged")
     print(path, flush=True)
@@ -50,7 +50,7 @@ def test_staging_of_dead_processes_is_removed_and_staging_of_live_ones_is_kept(t
         live = Path(holder.stdout.readline().strip())
         root = staging_root()
         assert root is not None and live.parent == root
-        start = staging._start_time(holder.pid)
+        start = workdirs._start_time(holder.pid)
         assert start is not None
         killed = root / f"{_dead_pid()}-12345.orders.abc"
         reused = root / f"{holder.pid}-{start + 1}.orders.def"  # the holder's pid, another process's start time

@@ -12,8 +12,11 @@ import pytest
 from conftest import SAMPLE, delta_table, make_sandbox, query
 from deltalake import DeltaTable
 
-from retail_bronze_source import delta_mirror
-from retail_bronze_source.delta_mirror import (
+from retail_bronze_source import settings
+from retail_bronze_source.sinks import delta as delta_mirror
+from retail_bronze_source.registry import RETAIL_TABLES
+from retail_bronze_source.run import run_bronze
+from retail_bronze_source.sinks.delta import (
     APP_ID,
     MirrorPlan,
     PackageRows,
@@ -22,8 +25,6 @@ from retail_bronze_source.delta_mirror import (
     mirror_plan,
     mirror_to_delta,
 )
-from retail_bronze_source.registry import RETAIL_TABLES
-from retail_bronze_source.run import run_bronze
 
 
 def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
@@ -80,10 +81,10 @@ def test_a_load_id_is_mirrored_once_even_when_repeated(tmp_path: Path) -> None:
 @pytest.mark.parametrize("max_open_files", [32, 2], ids=["streamed", "sorted-first"])
 def test_partitioned_append_keeps_every_row_in_its_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              max_open_files: int) -> None:
-    monkeypatch.setattr(delta_mirror, "MAX_OPEN_FILES", max_open_files)
-    monkeypatch.setattr(delta_mirror, "MAX_ROWS_PER_FILE", 7)
-    monkeypatch.setattr(delta_mirror, "SORT_BATCH_ROWS", 4)
-    monkeypatch.setattr(delta_mirror, "MAX_PENDING_ROWS", 10)
+    monkeypatch.setattr(settings, "DELTA_MAX_OPEN_FILES", max_open_files)
+    monkeypatch.setattr(settings, "DELTA_MAX_ROWS_PER_FILE", 7)
+    monkeypatch.setattr(settings, "BATCH_ROWS", 4)
+    monkeypatch.setattr(settings, "DELTA_MAX_PENDING_ROWS", 10)
     regions = ["north", "a/b c", None, "zürich=1"]
     first = pa.table({"id": pa.array(range(40), pa.int64()),
                       "region": pa.array([regions[i % 4] for i in range(40)], pa.string()),

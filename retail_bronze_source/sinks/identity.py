@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,13 @@ from typing import Any
 
 import duckdb
 from dlt.pipeline.pipeline import Pipeline
+
+from ..registry import TableSpec
+from . import DATASET, Layout
+from .change_log import lake_pipeline
+from .delta import mirror_to_delta
+from .restore import restore_warehouse
+from .warehouse import warehouse_pipeline
 
 WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
@@ -160,3 +168,72 @@ def bind_local_state(pipeline: Pipeline, sink_id: str, *, keep_unbound: bool) ->
         pipeline.activate()
     pipeline.set_local_state_val(LOCAL_STATE_KEY, sink_id)
     return dropped
+
+
+@dataclass
+class Sinks:
+    """The pipelines of a layout, bound to its warehouse and lake, and what was done to bind them."""
+
+    warehouse: Pipeline
+    lake: Pipeline
+    identity: WarehouseIdentity
+    notes: list[str]
+
+
+def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | None) -> Sinks:
+    """The warehouse and lake pipelines of `layout`, their local state bound to the sinks it describes; a lost
+    warehouse restored from its lake. Raises `SinkMismatch` when the lake mirrors another warehouse."""
+    warehouse_name, lake_name = pipeline_names(layout.warehouse, layout.lake)
+    notes: list[str] = []
+    identity = read_warehouse_identity(layout.warehouse)
+    had_loads = completed_loads(layout.warehouse, DATASET)
+    binding = read_lake_binding(layout.lake)
+    location = str(layout.warehouse.resolve())
+    restored = False
+    if binding is not None and (identity is None or identity.sink_id != binding.warehouse_id):
+        if not lake_has_data(layout.lake):
+            binding = None  # an empty lake: it mirrors whatever warehouse this is
+        elif identity is None and not had_loads and binding.warehouse_location == location:
+            mirror_to_delta(layout.lake, specs)  # Delta first takes every load the change log holds
+            through = restore_warehouse(layout.warehouse, layout.delta_root)
+            identity = write_warehouse_identity(layout.warehouse, WarehouseIdentity(
+                binding.warehouse_id, datetime.now(UTC), through))
+            restored = True
+            if through is not None:
+                notes.append(f"the warehouse {layout.warehouse} was missing or empty: restored from the lake's Delta "
+                             f"tables (loads up to {through})")
+        else:
+            raise SinkMismatch(
+                f"the lake {layout.lake} mirrors the warehouse {binding.warehouse_location}, not {layout.warehouse}: "
+                f"run with --warehouse {binding.warehouse_location}, or give this warehouse a lake of its own "
+                f"(--lake)")
+    if identity is None:
+        identity = write_warehouse_identity(layout.warehouse, new_identity())
+    if binding is None:
+        binding = write_lake_binding(layout.lake, LakeBinding(new_identity().sink_id, identity.sink_id, location))
+    elif binding.warehouse_location != location:
+        binding = write_lake_binding(layout.lake, LakeBinding(binding.lake_id, identity.sink_id, location))
+
+    warehouse = warehouse_pipeline(layout.warehouse, warehouse_name, pipelines_dir=pipelines_dir)
+    if restored:
+        warehouse.drop()
+    if bind_local_state(warehouse, identity.sink_id, keep_unbound=had_loads) and not restored:
+        notes.append(f"the local state of pipeline {warehouse_name} was made for another warehouse: restored it from "
+                     f"{layout.warehouse}")
+    _repair_default_schema(warehouse)
+    warehouse.sync_destination()
+    lake = lake_pipeline(layout.lake, lake_name, pipelines_dir=pipelines_dir)
+    if bind_local_state(lake, binding.lake_id, keep_unbound=lake_has_data(layout.lake)):
+        notes.append(f"the local state of pipeline {lake_name} was made for another lake: restored it from "
+                     f"{layout.lake}")
+    _repair_default_schema(lake)
+    lake.sync_destination()
+    return Sinks(warehouse, lake, identity, notes)
+
+
+def _repair_default_schema(pipeline: Pipeline) -> None:
+    """Name the pipeline's only schema as its default when its state names none: dlt's own `dlt pipeline ... drop`
+    leaves the state so, and dlt then never loads the package that carries the drop."""
+    names = list(pipeline.schemas.keys())
+    if pipeline.default_schema_name is None and len(names) == 1:
+        pipeline.default_schema_name = names[0]  # type: ignore[assignment]

@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO, SAMPLE, Sandbox, delta_table, make_sandbox, query
 from deltalake import DeltaTable
 
-from retail_bronze_source.delta_mirror import DeltaTablesFailed, MirrorPlan, PackageRows, compact_tables, mirror_table
 from retail_bronze_source.run import run_bronze
+from retail_bronze_source.sinks.delta import DeltaTablesFailed, MirrorPlan, PackageRows, compact_tables, mirror_table
 
 TABLES = ["customers", "events"]
 

@@ -16,11 +16,11 @@ from typing import Any
 import duckdb
 from deltalake import DeltaTable
 
-from .extract import MANIFEST_TABLE
-from .sinks import DATASET, table_exists
-from .sql import quote_ident
-
-RESTORE_BATCH_ROWS = 128 * 1024
+from .. import settings
+from ..helpers import quote_ident
+from ..outputs import MANIFEST_TABLE
+from . import DATASET
+from .warehouse import table_exists
 
 
 def restore_warehouse(warehouse_db: Path, delta_root: Path) -> str | None:
@@ -30,12 +30,12 @@ def restore_warehouse(warehouse_db: Path, delta_root: Path) -> str | None:
     tables = sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []
     warehouse_db.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(warehouse_db)) as con:
-        con.execute("SET memory_limit = '256MB'")
+        con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {DATASET}")
         for path in tables:
             table = DeltaTable(str(path))
             order = table.schema().to_arrow().names  # the table's own column order (partition columns in place)
-            reader = table.to_pyarrow_dataset().scanner(batch_size=RESTORE_BATCH_ROWS).to_reader()
+            reader = table.to_pyarrow_dataset().scanner(batch_size=settings.BATCH_ROWS).to_reader()
             con.register("delta_rows", reader)
             try:
                 columns = ", ".join(quote_ident(c) for c in order)

@@ -39,36 +39,26 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
 
-from .crash_points import crash_point
-from .extract import MANIFEST_TABLE, REJECTS_TABLE
-from .parquet_files import TARGET_FILE_SIZE, parquet_options
-from .registry import TableSpec
-from .sql import quote_ident, quote_literal
-from .staging import staging_dir
+from .. import settings
+from ..crash_points import crash_point
+from ..helpers import quote_ident, quote_literal
+from ..outputs import LOAD_ID, MANIFEST_TABLE, REJECTS_TABLE, TABLE_RESETS_TABLE
+from ..parquet_files import parquet_options
+from ..registry import TableSpec
+from ..workdirs import staging_dir
 
 logger = logging.getLogger(__name__)
 
 APP_ID = "retail_bronze_mirror"
 SOURCE_APP_ID = "retail_bronze_mirror_source"
-TABLE_RESETS = "table_resets"
 NOT_MIRRORED = frozenset({"change_log_imports", "init"})
 """Change-log tables that are the lake's own bookkeeping, not warehouse data."""
-LOAD_ID = "_dlt_load_id"
 _CHANGE_LOG_FILE = re.compile(r"^(\d+\.\d+)\.")
 """A change log file name starts with its lake load id (`<load_id>.<file_id>.parquet`)."""
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-SORT_BATCH_ROWS = 128 * 1024
-MAX_OPEN_FILES = 32
-WRITER_THREADS = 2
-"""Threads encoding Parquet row groups of a partitioned append (the main thread reads and splits the package)."""
-MAX_PENDING_ROWS = 2 * SORT_BATCH_ROWS
-"""Rows held across all partitions before they are written out as row groups (bounds the append's memory)."""
-MAX_ROWS_PER_FILE = 4 * 1024 * 1024
-MERGE_WRITER = WriterProperties(max_row_group_size=SORT_BATCH_ROWS, compression="SNAPPY")
-"""Files an upsert rewrites: row groups of `SORT_BATCH_ROWS` (delta-rs buffers a whole row group; its default of
+MERGE_WRITER = WriterProperties(max_row_group_size=settings.BATCH_ROWS, compression="SNAPPY")
+"""Files an upsert rewrites: row groups of `settings.BATCH_ROWS` (delta-rs buffers a whole row group; its default of
 1M rows took about 250 MB more when a 1% update rewrote partitions of 1.5M rows)."""
-SMALL_FILES_THRESHOLD = 32
-"""A table with at least this many files, averaging under a quarter of the target size, is compacted after a run."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +209,7 @@ def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[Mirrore
     for load in sorted(groups, key=Decimal):
         by_table = groups[load]
         manifest = [f.path for f in by_table.get(MANIFEST_TABLE, [])] or _files_of(files, MANIFEST_TABLE, load)
-        for name, problem in _apply_resets(delta_root, _files_of(files, TABLE_RESETS, load), load, skip=set(failed)):
+        for name, problem in _apply_resets(delta_root, _files_of(files, TABLE_RESETS_TABLE, load), load, skip=set(failed)):
             failed[name] = _failure(delta_root / name, problem)
         redelivered = _redelivered_files(manifest, load)
         for name in sorted(by_table):
@@ -347,7 +337,7 @@ def _partition_wise(table: DeltaTable, source: PackageRows, plan: MirrorPlan) ->
     keys = ", ".join(quote_ident(k) for k in plan.keys)
     moved = " OR ".join(f"t.{quote_ident(c)} IS DISTINCT FROM s.{quote_ident(c)}" for c in plan.partition_by)
     with duckdb.connect() as con:
-        con.execute("SET memory_limit = '256MB'")
+        con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         con.register("target", table.to_pyarrow_dataset())
         found = con.execute(f"SELECT count(*) FROM (SELECT {keys}, {', '.join(map(quote_ident, plan.partition_by))} "
                             f"FROM target) t JOIN {source.duckdb_relation()} s USING ({keys}) WHERE {moved}").fetchone()
@@ -450,7 +440,7 @@ class PackageRows:
         return int(found[0]) if found else 0
 
     def batches(self, columns: Sequence[str] | None = None, kept: pc.Expression | None = None,
-                batch_size: int = SORT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+                batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
         """The rows (only `columns`, only rows where `kept` holds), each batch cast to the union schema.
 
         Files are read without pyarrow's pre-buffering, which would hold whole row groups of every column at once.
@@ -460,7 +450,7 @@ class PackageRows:
         for path in self.files:
             file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
             present = [c for c in read if c in file.schema_arrow.names]
-            for batch in file.iter_batches(batch_size=batch_size, columns=present):
+            for batch in file.iter_batches(batch_size=batch_size or settings.BATCH_ROWS, columns=present):
                 if self.only_load is not None:
                     load_ids = batch.column(LOAD_ID)
                     batch = batch.filter(pc.equal(load_ids.cast(pa.string()) if pa.types.is_dictionary(
@@ -486,7 +476,7 @@ def _append(target: Path, table: DeltaTable | None, source: PackageRows, partiti
     """Append to a table (partitioned or not) with bounded memory, then commit all files as one transaction.
 
     The package is read a batch at a time and split by partition into Parquet files (`_PartitionFiles`); a package
-    with more partitions than `MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
+    with more partitions than `settings.DELTA_MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
     partition is written once. Files of a killed attempt carry the same names and are overwritten by the next one;
     unreferenced files never become part of the table. Rows whose `deleted` column is true are left out."""
     if table is None:
@@ -497,13 +487,13 @@ def _append(target: Path, table: DeltaTable | None, source: PackageRows, partiti
         table.alter.add_columns(added)
     order = ", ".join(quote_ident(c) for c in partition_by)
     with duckdb.connect() as con, _PartitionFiles(target, source.schema, partition_by, f"part-{version}") as files:
-        con.execute("SET memory_limit = '256MB'")
+        con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})"
                             ).fetchone() if partition_by else None
-        if found and found[0] > MAX_OPEN_FILES:
+        if found and found[0] > settings.DELTA_MAX_OPEN_FILES:
             where = f"WHERE {quote_ident(deleted)} IS NOT TRUE" if deleted else ""
             batches: Iterable[pa.RecordBatch] = con.execute(
-                f"SELECT * FROM {source.duckdb_relation()} {where} ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS)
+                f"SELECT * FROM {source.duckdb_relation()} {where} ORDER BY {order}").to_arrow_reader(settings.BATCH_ROWS)
         else:
             batches = source.batches(kept=_kept(deleted))
         for batch in batches:
@@ -537,10 +527,10 @@ class _OpenFile:
 class _PartitionFiles:
     """Parquet data files of one append, under hive-style partition directories (`col=value/`).
 
-    Rows wait per partition until a partition has `SORT_BATCH_ROWS` of them (one row group) or all partitions hold
-    `MAX_PENDING_ROWS` together. Row groups are encoded by `WRITER_THREADS` threads while the next batches are read,
-    with at most `WRITER_THREADS` * 2 row groups in flight; at most `MAX_OPEN_FILES` files are open, and a file holds
-    at most `MAX_ROWS_PER_FILE` rows. Partition columns are not stored in the files (Delta keeps them in the log)."""
+    Rows wait per partition until a partition has `settings.BATCH_ROWS` of them (one row group) or all partitions hold
+    `settings.DELTA_MAX_PENDING_ROWS` together. Row groups are encoded by `settings.DELTA_WRITER_THREADS` threads while the next batches are read,
+    with at most `settings.DELTA_WRITER_THREADS` * 2 row groups in flight; at most `settings.DELTA_MAX_OPEN_FILES` files are open, and a file holds
+    at most `settings.DELTA_MAX_ROWS_PER_FILE` rows. Partition columns are not stored in the files (Delta keeps them in the log)."""
 
     def __init__(self, target: Path, schema: pa.Schema, partition_by: tuple[str, ...], prefix: str, *,
                  keep_partitions: bool = False) -> None:
@@ -555,7 +545,7 @@ class _PartitionFiles:
         self.in_flight: deque[Future[None]] = deque()
         self.written: list[tuple[str, int]] = []
         self.files = 0
-        self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="delta-write")
+        self.pool = ThreadPoolExecutor(max_workers=settings.DELTA_WRITER_THREADS, thread_name_prefix="delta-write")
 
     def __enter__(self) -> _PartitionFiles:
         return self
@@ -584,9 +574,9 @@ class _PartitionFiles:
     def _add(self, key: Partition, part: pa.Table) -> None:
         self.pending.setdefault(key, []).append(part)
         self.pending_rows += part.num_rows
-        if sum(t.num_rows for t in self.pending[key]) >= SORT_BATCH_ROWS:
+        if sum(t.num_rows for t in self.pending[key]) >= settings.BATCH_ROWS:
             self._flush(key)
-        if self.pending_rows >= MAX_PENDING_ROWS:
+        if self.pending_rows >= settings.DELTA_MAX_PENDING_ROWS:
             for key in list(self.pending):
                 self._flush(key)
 
@@ -604,20 +594,20 @@ class _PartitionFiles:
         offset = 0
         while offset < rows.num_rows:
             file = self._file(key, rows)
-            take = min(rows.num_rows - offset, MAX_ROWS_PER_FILE - file.rows)
+            take = min(rows.num_rows - offset, settings.DELTA_MAX_ROWS_PER_FILE - file.rows)
             self._submit(file, rows.slice(offset, take))
             file.rows += take
             offset += take
-            if file.rows >= MAX_ROWS_PER_FILE:
+            if file.rows >= settings.DELTA_MAX_ROWS_PER_FILE:
                 self._close(key)
 
     def _submit(self, file: _OpenFile, rows: pa.Table) -> None:
-        while len(self.in_flight) >= 2 * WRITER_THREADS:
+        while len(self.in_flight) >= 2 * settings.DELTA_WRITER_THREADS:
             self.in_flight.popleft().result()
 
         def write() -> None:
             with file.lock:
-                file.writer.write_table(rows, row_group_size=SORT_BATCH_ROWS)
+                file.writer.write_table(rows, row_group_size=settings.BATCH_ROWS)
 
         future = self.pool.submit(write)
         file.writes.append(future)
@@ -627,7 +617,7 @@ class _PartitionFiles:
         if key in self.open:
             self.open.move_to_end(key)
             return self.open[key]
-        if len(self.open) >= MAX_OPEN_FILES:
+        if len(self.open) >= settings.DELTA_MAX_OPEN_FILES:
             self._close(next(iter(self.open)))
         folder = self.target.joinpath(*(f"{quote(c, safe='')}={HIVE_NULL if v is None else quote(v, safe='')}"
                                         for c, v in zip(self.partition_by, key, strict=True)))
@@ -676,10 +666,10 @@ class Compaction:
     files_after: int
 
 
-def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False,
+def compact_tables(delta_root: Path, *, min_files: int | None = None, force: bool = False,
                    skip: Iterable[str] = ()) -> list[Compaction]:
     """Rewrite small files of every Delta table under `delta_root` (but those named in `skip`) into files of about
-    `TARGET_FILE_SIZE`.
+    `settings.TARGET_FILE_SIZE`.
 
     A table is compacted when it has at least `min_files` files averaging under a quarter of the target size (or
     always with `force`). Vacuum then removes only files unreferenced for longer than the default retention (7 days),
@@ -693,7 +683,7 @@ def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, 
         if target.name in skipped:
             continue
         try:
-            compaction = _compact(target, min_files=min_files, force=force)
+            compaction = _compact(target, min_files=min_files or settings.DELTA_SMALL_FILES_THRESHOLD, force=force)
         except Exception as error:  # any failure of one table; reported, never swallowed
             failed.append(_failure(target, error))
             continue
@@ -707,10 +697,10 @@ def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, 
 def _compact(target: Path, *, min_files: int, force: bool) -> Compaction | None:
     table = DeltaTable(str(target))
     sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
-    small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
+    small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < settings.TARGET_FILE_SIZE / 4
     if not sizes or not (force or small):
         return None
-    table.optimize.compact(target_size=TARGET_FILE_SIZE)
+    table.optimize.compact(target_size=settings.TARGET_FILE_SIZE)
     table.vacuum(dry_run=False)
     after = len(DeltaTable(str(target)).file_uris())
     return Compaction(target.name, len(sizes), after)

@@ -1,4 +1,4 @@
-"""Helpers shared by the binary-format readers: row number arrays and the JSON text of original records."""
+"""Generic helpers every layer shares: SQL quoting, row numbers, contiguous arrays and the JSON text of records."""
 
 from __future__ import annotations
 
@@ -12,6 +12,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 _DATE_TIME_SPACE = r"^(-?\d{4,}-\d{2}-\d{2}) "
+
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier (double quotes, inner ones doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """Quote a string literal (single quotes, inner ones doubled; a NUL character, which DuckDB's parser takes for the
+    end of the text, as `chr(0)`)."""
+    if "\x00" in value:
+        return "(" + " || chr(0) || ".join(quote_literal(part) for part in value.split("\x00")) + ")"
+    return "'" + value.replace("'", "''") + "'"
+
+
+
+def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`values` as one contiguous array."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def arange(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int64."""
+    return row_number_array(0, count)
 
 
 def row_number_array(first: int, count: int) -> pa.Array:

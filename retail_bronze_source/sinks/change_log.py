@@ -13,7 +13,6 @@ first, whatever happened in between (a run killed between the two loads, a lost 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,13 +24,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
-from dlt.common.pipeline import LoadInfo
+from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
 from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.extract.resource import DltResource
 from dlt.pipeline.pipeline import Pipeline
 
-from .sinks import DATASET, LOADER_FILE_FORMAT, package_files
-from .sql import quote_ident, quote_literal
+from ..helpers import quote_ident, quote_literal
+from ..workdirs import staging_dir
+from . import DATASET, LOADER_FILE_FORMAT
+from .packages import package_files
+from .warehouse import table_exists
 
 CHANGE_LOG_IMPORTS = "change_log_imports"
 """Lake table listing every warehouse load the change log holds (`warehouse_load_id`, `imported_at`, `source`)."""
@@ -43,12 +45,20 @@ IMPORTS_SCHEMA = pa.schema([
 _KEPT_HINTS = ("name", "data_type", "nullable", "precision", "scale", "timezone")
 
 
+def lake_pipeline(lake: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
+    """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`."""
+    destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
+                                              layout="{table_name}/{load_id}.{file_id}.{ext}")
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
+                        pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
+
+
 def warehouse_loads(warehouse_db: Path) -> list[str]:
     """The completed load ids of the warehouse's dataset, oldest first."""
     if not warehouse_db.exists():
         return []
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
-        if not _has_table(con, "_dlt_loads"):
+        if not table_exists(con, "_dlt_loads"):
             return []
         rows = con.execute(f"SELECT DISTINCT load_id FROM {DATASET}._dlt_loads WHERE status = 0").fetchall()
     return sorted((row[0] for row in rows), key=Decimal)
@@ -82,7 +92,7 @@ def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline) -> 
         else:
             exported.append(load_id)
             sources[load_id] = "warehouse"
-    with tempfile.TemporaryDirectory(prefix="retail_bronze_export_") as tmp:
+    with staging_dir("export") as tmp:
         for table, files in export_loads(warehouse_db, exported, Path(tmp)).items():
             by_table.setdefault(table, []).extend(files)
         resources = [_import_resource(warehouse, table, files) for table, files in sorted(by_table.items())]
@@ -142,8 +152,3 @@ def _imports_resource(load_ids: list[str], sources: dict[str, str]) -> DltResour
 
     return dlt.resource(record(), name=CHANGE_LOG_IMPORTS, table_name=CHANGE_LOG_IMPORTS, write_disposition="append")
 
-
-def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                        [DATASET, table]).fetchone()
-    return bool(found and found[0])

@@ -1,4 +1,11 @@
-"""The sinks: the DuckDB warehouse pipeline, the Parquet lake pipeline, failed load jobs and the rejects CSV files."""
+"""The DuckDB warehouse: its pipeline and load settings, and what the run does to keep it exact.
+
+- Interrupted load jobs are undone before dlt runs them again (`undo_interrupted_jobs`), and rows no load accounts
+  for are removed (`sweep_orphans`), so that a killed run never doubles a row.
+- A first load of a merge table goes in as a plain append (no staging copy) and is recorded as a merge table after it
+  (`restore_merge_dispositions`); the shared tables are filed under no data table's resource (`detach_shared_tables`).
+- A warehouse open in another process is waited for (`wait_for_warehouse`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,6 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, cast
@@ -14,8 +20,6 @@ from typing import Any, Final, cast
 import dlt
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from dlt.common.destination.client import PreparedTableSchema
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
@@ -27,22 +31,30 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.destinations.impl.duckdb.factory import DuckDbTypeMapper
 from dlt.pipeline.pipeline import Pipeline
 
-from . import reasons
-from .extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, RUN_FIELDS
-from .readers.records import records_as_json
-from .redact import spreadsheet_safe
-from .resources import DELETE_INSERT, LOAD_ID, LOAD_ID_FIELD, MOSTLY_DISTINCT_HINT, REJECTS_MERGE_KEY, dlt_columns
-from .sql import quote_ident, quote_literal
-from .validate import REJECT_SCHEMA
+from .. import reasons, settings
+from ..helpers import quote_ident, quote_literal, records_as_json
+from ..outputs import (
+    DELETE_INSERT,
+    LOAD_ID,
+    LOAD_ID_FIELD,
+    MOSTLY_DISTINCT_HINT,
+    REJECTS_MERGE_KEY,
+    REJECTS_OUTPUT_SCHEMA,
+    REJECTS_TABLE,
+    dlt_columns,
+    reject_records,
+    with_run_fields,
+)
+from ..redact import redact
+from . import DATASET, LOADER_FILE_FORMAT
+from .packages import FailedJob, package_files
 
-DATASET = "bronze"
-LOADER_FILE_FORMAT: Final = "parquet"
-WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": "256MB", "block_allocator_memory": "256MB",
+WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": settings.DUCKDB_MEMORY_LIMIT,
+                                   "block_allocator_memory": settings.WAREHOUSE_BLOCK_ALLOCATOR,
                                    "preserve_insertion_order": False}
 """DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it), held by DuckDB's block
 allocator for the connection's lifetime instead of being returned to the system and faulted in again after each
 task (a 2M-row load: half the kernel time, about 0.25 s less); row order is not kept."""
-
 
 class WarehouseTypeMapper(DuckDbTypeMapper):
     """dlt's DuckDB types, with FSST compression fixed for text columns hinted `MOSTLY_DISTINCT_HINT` (row hashes,
@@ -57,56 +69,23 @@ class WarehouseTypeMapper(DuckDbTypeMapper):
             return f"{db_type} USING COMPRESSION fsst"
         return db_type
 
-
-WAREHOUSE_PARALLELISM: Final = "table-sequential"
-"""dlt's load parallelism for the warehouse: one job per table at a time. Two appends to one DuckDB table from two
-connections both commit, but the later commit's rows are compressed again, on one thread, when the file is closed
-(0.75 s of a 3.3 s load of two 1M-row files); one after the other, each append uses every core."""
-
-
 def warehouse_pipeline(warehouse: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
     """The DuckDB pipeline: dataset `bronze` in the DuckDB file `warehouse`; merge tables keep the latest version."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     credentials = DuckDbCredentials(str(warehouse.resolve()), global_config=WAREHOUSE_DUCKDB_CONFIG)
-    destination = dlt.destinations.duckdb(credentials, loader_parallelism_strategy=WAREHOUSE_PARALLELISM,
+    destination = dlt.destinations.duckdb(credentials, loader_parallelism_strategy=settings.WAREHOUSE_PARALLELISM,
                                           type_mapper=WarehouseTypeMapper)
     return dlt.pipeline(pipeline_name=pipeline_name, destination=destination,
                         dataset_name=DATASET, pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
-
-def lake_pipeline(lake: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
-    """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`."""
-    destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
-                                              layout="{table_name}/{load_id}.{file_id}.{ext}")
-    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
-                        pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
-
-
-
-def loaded_load_ids(pipeline: Pipeline) -> list[str]:
-    """Load ids of the pipeline's fully loaded packages still on disk, oldest first."""
-    return sorted((lid for lid in pipeline.list_completed_load_packages()
-                   if pipeline.get_load_package_info(lid).state == "loaded"), key=Decimal)
-
-
-def package_files(pipeline: Pipeline, load_id: str, *, loaded_only: bool = False) -> dict[str, list[str]]:
-    """Parquet files of the data tables of one package, by table name (dlt's own tables excluded).
-
-    With `loaded_only`, tables with a failed job in the package (their rows are `LOAD_FAILED` rejects) are left out.
-    """
-    info = pipeline.get_load_package_info(load_id)
-    failed = {job.job_file_info.table_name for job in info.jobs.get("failed_jobs", [])} if loaded_only else set()
-    by_table: dict[str, list[str]] = {}
-    for job in info.jobs.get("completed_jobs", []):
-        table = job.job_file_info.table_name
-        if not table.startswith("_dlt") and table not in failed and job.file_path.endswith(".parquet"):
-            by_table.setdefault(table, []).append(job.file_path)
-    return {table: sorted(files) for table, files in by_table.items()}
-
+def table_exists(con: duckdb.DuckDBPyConnection, table: str, schema: str = DATASET) -> bool:
+    """Whether `schema.table` exists in the DuckDB database of `con`."""
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                        [schema, table]).fetchone()
+    return bool(found and found[0])
 
 POSITION_COLUMNS = ("_dlt_load_id", "src_filename", "src_row_number")
 """Columns that identify a data row of one load: the load, the source file and the row's position in it."""
-
 
 def undo_interrupted_jobs(pipeline: Pipeline) -> int:
     """Remove what interrupted load jobs of pending DuckDB packages may have committed; return the jobs undone.
@@ -137,13 +116,6 @@ def undo_interrupted_jobs(pipeline: Pipeline) -> int:
             undone += 1
     return undone
 
-
-def _table_exists(client: Any, table: str) -> bool:
-    found = client.execute_sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
-                               "AND table_name = %s", client.dataset_name, table)
-    return bool(found and found[0][0])
-
-
 def _undo_append_job(pipeline: Pipeline, table: str, job_file: Path, load_id: str, completed_files: list[str]) -> None:
     """Delete the rows an interrupted append job may have committed; rows of the package's completed jobs stay.
 
@@ -162,7 +134,7 @@ def _undo_append_job(pipeline: Pipeline, table: str, job_file: Path, load_id: st
     same = " AND ".join(f"j.{quote_ident(c)} IS NOT DISTINCT FROM t.{quote_ident(c)}" for c in identity)
     in_job = f"EXISTS (SELECT 1 FROM read_parquet(%s) AS j WHERE {same})"
     with pipeline.sql_client() as client:
-        if not _table_exists(client, table):
+        if not table_exists(client.native_connection, table, client.dataset_name):
             return
         name = client.make_qualified_table_name(table)
         with client.begin_transaction():
@@ -171,76 +143,32 @@ def _undo_append_job(pipeline: Pipeline, table: str, job_file: Path, load_id: st
                 client.execute_sql(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(%s, union_by_name = true) AS t "
                                    f"WHERE {in_job}", completed_files, str(job_file))
 
-
 def _rebuild_staging_table(pipeline: Pipeline, table: str, completed_files: list[str]) -> None:
     with pipeline.sql_client() as client, client.with_staging_dataset():
-        if not _table_exists(client, table):
+        if not table_exists(client.native_connection, table, client.dataset_name):
             return
         name = client.make_qualified_table_name(table)
         client.execute_sql(f"DELETE FROM {name}")
         if completed_files:
             client.execute_sql(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(%s)", completed_files)
 
-
-@dataclass(frozen=True)
-class FailedJob:
-    """A load job a destination refused, with the files holding the rows it carried."""
-
-    load_id: str
-    table_name: str
-    file_path: str
-    message: str
-    data_files: tuple[str, ...]
-    """The job's own Parquet file, or for a refused merge step (a `.sql` job) the table's files in its package."""
-
-
-def failed_jobs(pipeline: Pipeline, info: LoadInfo) -> list[FailedJob]:
-    """Every failed job of the packages in `info`."""
-    out = []
-    for package in info.load_packages:
-        for job in package.jobs.get("failed_jobs", []):
-            table = job.job_file_info.table_name
-            if job.file_path.endswith(".parquet"):
-                data_files: tuple[str, ...] = (job.file_path,)
-            else:
-                data_files = tuple(package_files(pipeline, package.load_id).get(table, []))
-            out.append(FailedJob(load_id=package.load_id, table_name=table, file_path=job.file_path,
-                                 message=job.failed_message or "no message from the destination",
-                                 data_files=data_files))
-    return out
-
-
 def load_failed_rejects(job: FailedJob, ingestion_ts: Any) -> pa.Table:
-    """The rows of a failed job as `LOAD_FAILED` reject records; nothing of the job is lost."""
+    """The rows of a failed job as `LOAD_FAILED` reject records, with the destination's message (its credentials
+    redacted); nothing of the job is lost."""
     data = pa.concat_tables([pq.read_table(f) for f in job.data_files]) if job.data_files else None
-    detail = re.sub(r"\s+", " ", job.message).strip()[:2000]
+    detail = redact(re.sub(r"\s+", " ", job.message).strip())[:2000]
     n = data.num_rows if data is not None else 1
 
-    def column(name: str, type_: pa.DataType) -> pa.Array:
-        if data is not None and name in data.column_names:
-            return data[name].combine_chunks().cast(type_)
-        return pa.nulls(n, type_)
+    def column(name: str) -> pa.ChunkedArray | None:
+        return data[name] if data is not None and name in data.column_names else None
 
-    filenames = column("src_filename", pa.string())
-    if data is None or "src_filename" not in data.column_names:
-        filenames = pa.repeat(pa.scalar(Path(job.file_path).name), n)
     business = data.drop_columns([c for c in data.column_names if c.startswith("_dlt")]) if data is not None else None
-    rejects = pa.table(
-        {
-            "table_name": pa.repeat(pa.scalar(job.table_name), n),
-            "src_filename": filenames,
-            "src_row_number": column("src_row_number", pa.int64()),
-            "src_sheet": column("src_sheet", pa.string()),
-            "reason_code": pa.repeat(pa.scalar(reasons.LOAD_FAILED), n),
-            "column_name": pa.nulls(n, pa.string()),
-            "reason_detail": pa.repeat(pa.scalar(detail), n),
-            "raw_record": records_as_json(business) if business is not None else pa.nulls(n, pa.string()),
-            "src_row_hash": column("src_row_hash", pa.string()),
-        },
-        schema=REJECT_SCHEMA,
-    )
-    return (rejects.append_column(RUN_FIELDS[0], pa.repeat(pa.scalar(ingestion_ts, RUN_FIELDS[0].type), n))
-            .append_column(RUN_FIELDS[1], pa.repeat(pa.scalar(job.load_id), n)))
+    filenames = column("src_filename")
+    rejects = reject_records(
+        job.table_name, filenames if filenames is not None else Path(job.file_path).name, reasons.LOAD_FAILED, count=n,
+        detail=detail, row_number=column("src_row_number"), sheet=column("src_sheet"),
+        raw_record=records_as_json(business) if business is not None else None, row_hash=column("src_row_hash"))
+    return with_run_fields(rejects, ingestion_ts, job.load_id)
 
 
 def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[str]) -> LoadInfo:
@@ -256,90 +184,9 @@ def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[s
     pipeline.normalize()
     return pipeline.load(raise_on_failed_jobs=False)
 
-
 def load_rejects(pipeline: Pipeline, rejects: pa.Table) -> LoadInfo:
     """Add reject records to the pipeline's `rejects` table."""
     return load_arrow(pipeline, rejects.cast(REJECTS_OUTPUT_SCHEMA), REJECTS_TABLE, REJECTS_MERGE_KEY)
-
-
-def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:
-    """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths.
-
-    The files are made to be opened in a spreadsheet: every text cell goes through `redact.spreadsheet_safe` (a cell
-    starting like a formula gets a leading `'`; control characters are shown as control pictures, `␊` for a line
-    feed), so each record is one line. The warehouse and the lake keep the exact values.
-    """
-    written = []
-    tables = sorted(pc.unique(rejects["table_name"]).to_pylist()) if rejects.num_rows else []
-    for table in tables:
-        part = rejects.filter(pc.equal(rejects["table_name"], table))
-        target = rejects_root / table / f"{name}.csv"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".csv.tmp")
-        pacsv.write_csv(_spreadsheet_safe(_timestamps_as_text(part)), tmp)
-        tmp.replace(target)
-        written.append(target)
-    return written
-
-
-def _spreadsheet_safe(table: pa.Table) -> pa.Table:
-    for i, field in enumerate(table.schema):
-        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            table = table.set_column(i, field, spreadsheet_safe(table.column(i)))
-    return table
-
-
-def _timestamps_as_text(table: pa.Table) -> pa.Table:
-    """`table` with its time-zone-aware timestamp columns as Arrow's text of them, each distinct value formatted once.
-
-    The CSV writer formats such timestamps value by value through the time zone database (0.18 s for 100k rows);
-    a run's reject records share one or two `ingestion_ts` values.
-    """
-    for i, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
-            values = table.column(i)
-            distinct = pc.unique(values)
-            text = pc.cast(distinct, pa.string()).take(pc.index_in(values, distinct))
-            table = table.set_column(i, pa.field(field.name, pa.string(), field.nullable), text)
-    return table
-
-
-def rejects_csv_name(load_id: str) -> str:
-    return f"{load_id}.csv"
-
-
-def sync_rejects_csv(warehouse_db: Path, rejects_root: Path) -> list[Path]:
-    """Write the rejects CSV of every (table, load) of the warehouse's rejects that has none yet; return the paths.
-
-    The CSV files are a sink like the others: a run killed before it wrote them, or a deleted CSV folder, is made
-    whole by the next run."""
-    if not warehouse_db.exists():
-        return []
-    present = {(path.parent.name, path.name) for path in rejects_root.glob("*/*.csv")} if rejects_root.is_dir() else set()
-    with duckdb.connect(str(warehouse_db), read_only=True) as con:
-        if not table_exists(con, REJECTS_TABLE):
-            return []
-        loads = con.execute(f"SELECT DISTINCT table_name, load_id FROM {DATASET}.{REJECTS_TABLE} "
-                            "WHERE load_id IS NOT NULL").fetchall()
-        missing = sorted({(table, load_id) for table, load_id in loads if (table, rejects_csv_name(load_id)) not in present})
-        written = []
-        for load_id in sorted({load_id for _, load_id in missing}):
-            tables = sorted(table for table, other in missing if other == load_id)
-            placeholders = ", ".join("?" for _ in tables)
-            rejects = con.execute(
-                f"SELECT {', '.join(REJECTS_OUTPUT_SCHEMA.names)} FROM {DATASET}.{REJECTS_TABLE} WHERE load_id = ? AND "
-                f"table_name IN ({placeholders}) ORDER BY table_name, src_filename, src_row_number, reason_code",
-                [load_id, *tables]).to_arrow_table()
-            written += write_rejects_csv(rejects, rejects_root, load_id)
-    return written
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, table: str, schema: str = DATASET) -> bool:
-    """Whether `schema.table` exists in the DuckDB database of `con`."""
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                        [schema, table]).fetchone()
-    return bool(found and found[0])
-
 
 def sweep_orphans(pipeline: Pipeline, tables: set[str], restored_through: str | None) -> int:
     """Delete rows that no completed load and no pending package accounts for; return how many.
@@ -376,11 +223,9 @@ def sweep_orphans(pipeline: Pipeline, tables: set[str], restored_through: str | 
                     removed += int(found[0][0])
     return removed
 
-
 SHARED_OUTPUTS_RESOURCE = "bronze_outputs"
 """The resource name the shared tables (rejects, manifest, schema history, table resets) are filed under, so that
 dlt's `drop <table>` never drops them with a data table."""
-
 
 def detach_shared_tables(pipeline: Pipeline, shared: Sequence[str]) -> None:
     """File the shared tables under `SHARED_OUTPUTS_RESOURCE` in the pipeline's schema (dlt files a table under the
@@ -395,7 +240,6 @@ def detach_shared_tables(pipeline: Pipeline, shared: Sequence[str]) -> None:
             changed = True
     if changed:
         pipeline.schemas.save_schema(schema)
-
 
 def restore_merge_dispositions(pipeline: Pipeline, merge_tables: Sequence[str]) -> None:
     """Record merge tables as merge tables in the pipeline's schema after a first load that went in as plain append
@@ -413,10 +257,8 @@ def restore_merge_dispositions(pipeline: Pipeline, merge_tables: Sequence[str]) 
     if changed:
         pipeline.schemas.save_schema(schema)
 
-
 class WarehouseBusy(Exception):
     """Another process holds the warehouse file open; the message names it."""
-
 
 def wait_for_warehouse(warehouse: Path, timeout: float, poll: float = 0.5) -> None:
     """Wait up to `timeout` seconds until no other process holds `warehouse` open (a BI tool, the DuckDB CLI, even

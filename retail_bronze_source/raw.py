@@ -1,16 +1,19 @@
-"""Types shared by every reader: the raw file handle, the chunk a reader yields, and file-level rejection."""
+"""What readers hand over to validation, and the raw file they read: the file handle, the chunk a reader yields, a
+record that could not be parsed, and file-level rejection. Validation knows these types and no reader."""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
-from .. import reasons
+from . import reasons
+from .helpers import records_as_json
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,22 @@ class RawChunk:
     rejects: list[ParseReject] = field(default_factory=list)
     sheet: str | None = None
     raw_records: pa.Array | None = None
-    """The original text of each row, when the format has one."""
+    """The original text of each row, when the reader keeps it."""
+    render: Callable[[pa.Table], pa.Array] | None = None
+    """Turns rows of `data` back into their record text when `raw_records` is not kept (a CSV reader re-serializes
+    them in the file's dialect); without either, a record is the JSON object of its values."""
     columns_per_record: bool = False
     """Records carry their own keys: a column absent from the chunk means the value is missing, not that the file lacks
     the column."""
+
+    def records_at(self, rows: pa.Array) -> pa.Array:
+        """The original record of each of the rows at positions `rows` of `data` (for reject records)."""
+        if self.raw_records is not None:
+            return self.raw_records.take(rows)
+        if self.data.num_columns == 0:  # Arrow's take of a table without columns keeps no rows
+            return pa.repeat(pa.scalar("" if self.render is not None else "{}"), len(rows))
+        originals = self.data.take(rows)
+        return self.render(originals) if self.render is not None else records_as_json(originals)
 
 
 def open_for_read(file: RawFile, chunk_size: int) -> IO[bytes]:
@@ -123,8 +138,7 @@ def open_for_read(file: RawFile, chunk_size: int) -> IO[bytes]:
 class FileRejected(Exception):
     """The whole file is rejected with a file-level reason code; none of its rows load."""
 
-    def __init__(self, reason_code: str, reason_detail: str, **context: Any) -> None:
+    def __init__(self, reason_code: str, reason_detail: str) -> None:
         super().__init__(f"{reason_code}: {reason_detail}")
         self.reason_code = reason_code
         self.reason_detail = reason_detail
-        self.context = context
