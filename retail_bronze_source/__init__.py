@@ -56,11 +56,15 @@ def run_source(specs: Sequence[TableSpec], raw_url: str, *, ingestion_ts: dateti
     plus the run's own `extra` resources. `ledger_seeds` are file ledgers for tables whose ledger is empty (rebuilt
     from the warehouse's manifest when its dlt state was lost).
 
-    `evolve_schema` None takes the configured value (`[sources.retail_bronze] evolve_schema`, default False)."""
+    `evolve_schema` and `chunk_size` None take the configured values (`[sources.retail_bronze]`, as for
+    `retail_source`)."""
     if evolve_schema is None:
         evolve_schema = bool(dlt.config.get(f"sources.{SECTION}.evolve_schema", bool) or False)
+    if chunk_size is None:
+        configured = dlt.config.get(f"sources.{SECTION}.chunk_size", int)
+        chunk_size = DEFAULT_CHUNK_SIZE if configured is None else configured
     resources = bronze_resources(specs, raw_url, ingestion_ts=_utc(ingestion_ts),
-                                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, evolve_schema=evolve_schema,
+                                 chunk_size=chunk_size, evolve_schema=evolve_schema,
                                  options=options, ledger_seeds=ledger_seeds)
 
     @dlt.source(section=SECTION, name=SOURCE_NAME, max_table_nesting=0)

@@ -227,6 +227,8 @@ def bronze_resources(specs: Sequence[TableSpec], raw_url: str, *, ingestion_ts: 
                      evolve_schema: bool, options: SinkOptions = SinkOptions(),
                      ledger_seeds: Mapping[str, Mapping[str, Any]] | None = None) -> list[DltResource]:
     """One resource per table of `specs`; a table's own `evolve_schema` setting wins over the source's."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, not {chunk_size!r}")
     return [table_resource(spec, raw_url, ingestion_ts=ingestion_ts, chunk_size=chunk_size,
                            evolve_schema=evolve_schema if spec.evolve_schema is None else spec.evolve_schema,
                            options=options, ledger_seed=(ledger_seeds or {}).get(spec.name))

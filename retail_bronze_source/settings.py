@@ -10,7 +10,7 @@ import os
 
 DEFAULT_CHUNK_SIZE = 128 * 1024
 """Rows read and validated at once. Two files are staged at a time and each holds about three chunks, so this bounds
-the extraction's memory; larger chunks were barely faster and peaked higher at 10M rows."""
+the extraction's memory; larger chunks were barely faster and peaked higher."""
 
 
 def staging_threads() -> int:

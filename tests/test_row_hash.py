@@ -11,7 +11,6 @@ import pyarrow as pa
 import pytest
 
 from retail_bronze_source import settings
-from retail_bronze_source import row_hash
 from retail_bronze_source.row_hash import row_hashes
 
 

@@ -13,9 +13,9 @@ from conftest import SAMPLE, delta_table, make_sandbox, query
 from deltalake import DeltaTable
 
 from retail_bronze_source import settings
-from retail_bronze_source.sinks import delta as delta_mirror
 from retail_bronze_source.registry import RETAIL_TABLES
 from retail_bronze_source.run import run_bronze
+from retail_bronze_source.sinks import delta as delta_mirror
 from retail_bronze_source.sinks.delta import (
     APP_ID,
     MirrorPlan,

@@ -112,3 +112,24 @@ def test_source_runs_from_an_fsspec_url(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "u.duckdb"), read_only=True) as con:
         files = con.execute("SELECT src_path, status FROM bronze.manifest_processed_files ORDER BY 1").fetchall()
     assert [f[0] for f in files] == sorted(p.relative_to(raw).as_posix() for p in (raw / "stores").iterdir())
+
+
+@pytest.mark.parametrize("chunk_size", [0, -5, True, 1.5])
+def test_chunk_size_must_be_a_positive_row_count(chunk_size: object, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="chunk_size must be a positive number of rows"):
+        retail_source(raw_url=str(tmp_path), chunk_size=chunk_size)  # type: ignore[arg-type]
+
+
+def test_the_run_takes_chunk_size_from_the_source_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line reads `[sources.retail_bronze] chunk_size` as a library caller's source does: a configured
+    0 is refused with one line, not replaced by the default."""
+    from retail_bronze_source.cli import main
+
+    raw = tmp_path / "raw"
+    shutil.copytree(SAMPLE / "stores", raw / "stores")
+    monkeypatch.setenv("SOURCES__RETAIL_BRONZE__CHUNK_SIZE", "0")
+    code = main(["--raw", str(raw), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                 "--tables", "stores", "--pipelines-dir", str(tmp_path / "pipelines")])
+    assert code == 1
+    assert capsys.readouterr().err == "error: ValueError: chunk_size must be a positive number of rows, not 0\n"

@@ -12,12 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source import settings
-from retail_bronze_source import reasons, validate
+from retail_bronze_source import reasons, settings
 from retail_bronze_source.raw import FileRejected, ParseReject, RawChunk
+from retail_bronze_source.readers.csv import format_csv_records
 from retail_bronze_source.registry import DerivedColumn, TableSpec
 from retail_bronze_source.row_hash import row_hashes
-from retail_bronze_source.readers.csv import format_csv_records
 from retail_bronze_source.validate import Validator
 from schemas.schemas import col
 

@@ -36,7 +36,7 @@ from .streams import LineFilter, open_text
 
 _PARSER_READ_AHEAD = 32
 """Blocks pyarrow's CSV reader reads ahead on its background thread: the block size (`max_record_bytes`) bounds what
-one file's reader holds to 32 times that (64 MB by default; with 8 MiB blocks it read a 165 MB file whole)."""
+one file's reader holds to 32 times that (64 MB by default)."""
 
 
 @dataclass(frozen=True)
@@ -474,8 +474,7 @@ class _CheckedStream(io.RawIOBase):
     """The file's bytes, validated as UTF-8 while read, ending in a line break, with the recent bytes kept.
 
     pyarrow's reader asks for blocks with `read_buffer`, which reads into buffers of Arrow's memory pool: the pool
-    reuses its memory, while each fresh `bytes` object of a block's size is mapped anew and faulted in page by page
-    (about 65k page faults in a run of 2M rows of CSV).
+    reuses its memory, while each fresh `bytes` object of a block's size is mapped anew and faulted in page by page.
     """
 
     def __init__(self, raw: IO[bytes], file: RawFile, block_size: int, reopen: Callable[[], IO[bytes]]) -> None:

@@ -57,8 +57,8 @@ _CHANGE_LOG_FILE = re.compile(r"^(\d+\.\d+)\.")
 """A change log file name starts with its lake load id (`<load_id>.<file_id>.parquet`)."""
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 MERGE_WRITER = WriterProperties(max_row_group_size=settings.BATCH_ROWS, compression="SNAPPY")
-"""Files an upsert rewrites: row groups of `settings.BATCH_ROWS` (delta-rs buffers a whole row group; its default of
-1M rows took about 250 MB more when a 1% update rewrote partitions of 1.5M rows)."""
+"""Files an upsert rewrites: row groups of `settings.BATCH_ROWS` (delta-rs buffers a whole row group, and its default
+of a million rows costs a partition-wise update hundreds of megabytes)."""
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,13 @@ WAREHOUSE_DUCKDB_CONFIG: Final = {"memory_limit": settings.DUCKDB_MEMORY_LIMIT,
                                    "preserve_insertion_order": False}
 """DuckDB settings of the warehouse load: bounded memory (DuckDB spills to disk beyond it), held by DuckDB's block
 allocator for the connection's lifetime instead of being returned to the system and faulted in again after each
-task (a 2M-row load: half the kernel time, about 0.25 s less); row order is not kept."""
+task; row order is not kept."""
+
 
 class WarehouseTypeMapper(DuckDbTypeMapper):
     """dlt's DuckDB types, with FSST compression fixed for text columns hinted `MOSTLY_DISTINCT_HINT` (row hashes,
     raw records, e-mail addresses). DuckDB would otherwise analyse each segment of such text for a dictionary in vain
-    before choosing FSST: row hashes, 0.3 to 0.5 s of a 2.7 s load of 2M orders; their e-mail addresses, another
-    0.15 s (0.35 CPU-s); the same file size."""
+    before choosing FSST, for the same file size."""
 
     def to_destination_type(self, column: TColumnSchema, table: PreparedTableSchema) -> str:
         db_type = super().to_destination_type(column, table)
