@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from dlt.pipeline.pipeline import Pipeline
 from . import SOURCE_NAME, run_source
 from .crash_points import crash_point
 from .helpers import quote_ident
+from .observe import ProgressReport, RunObserver, RunRecord
 from .outputs import (
     MANIFEST_TABLE,
     REJECTS_TABLE,
@@ -93,6 +94,8 @@ class RunResult:
     """The names of the warehouse and lake pipelines (for `dlt pipeline <name> info`)."""
     notes: list[str] = field(default_factory=list)
     """What the run did to bring the sinks together before loading (a state dropped, a warehouse restored...)."""
+    record: RunRecord | None = None
+    """What the run did, as kept in the warehouse and the lake (`observe`; `load_info` reads it back)."""
 
 
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -104,22 +107,27 @@ files written by the resources."""
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None,
                lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool | None = None,
-               reload: Sequence[str] = ()) -> RunResult:
+               reload: Sequence[str] = (), progress: ProgressReport | None = None) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
     The run holds the locks of its warehouse, its lake and its pipelines' working directories for its whole duration:
     a second run waits up to `lock_timeout` seconds and then raises `RunLocked` naming the holder; a warehouse open in another process
     (a BI tool, the DuckDB CLI) is waited for as long, then `WarehouseBusy`. `evolve_schema` None follows the
     configuration (`[sources.retail_bronze] evolve_schema`). `reload` names tables to load again from their raw files
-    in every sink (their tables, rejects and manifest records are replaced).
+    in every sink (their tables, rejects and manifest records are replaced). `progress` is called as each table's
+    extraction ends. What the run did is recorded (`RunResult.record`), a failed run's error too.
     """
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     unknown = sorted(set(reload) - {s.name for s in specs})
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
     with _locked(layout, pipelines_dir, lock_timeout):
-        return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
-                    reload=reload)
+        observer = RunObserver(layout, [spec.name for spec in specs], progress)
+        with observer.recording_failure():
+            result = _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size,
+                          evolve_schema=evolve_schema, reload=reload, observer=observer)
+        result.record = observer.finish(result)
+        return result
 
 
 @contextmanager
@@ -137,8 +145,8 @@ def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> I
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
-         evolve_schema: bool | None, reload: Sequence[str]) -> RunResult:
-    stamp = datetime.now(UTC)
+         evolve_schema: bool | None, reload: Sequence[str], observer: RunObserver) -> RunResult:
+    stamp = observer.started
     sinks = open_sinks(layout, specs, pipelines_dir)
     warehouse, lake = sinks.warehouse, sinks.lake
     swept = sweep_orphans(warehouse, {s.name for s in specs} | set(SHARED_TABLES), sinks.identity.restored_through)
@@ -156,14 +164,17 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     seeds, resets = _reconcile_ledgers(warehouse, layout.warehouse, specs, reload)
     if seeds:
         sinks.notes.append(f"the file ledger of {', '.join(sorted(seeds))} was rebuilt from the manifest")
+    observer.lap("prepare")
 
     source = run_source(specs, layout.raw_url, ingestion_ts=stamp, evolve_schema=evolve_schema, chunk_size=chunk_size,
-                        options=WAREHOUSE_OPTIONS, ledger_seeds=seeds,
+                        options=replace(WAREHOUSE_OPTIONS, progress=observer.progress), ledger_seeds=seeds,
                         extra=[_resets_resource(resets, stamp)] if resets else [])
     columns_before = _data_columns(warehouse)
     extracted = warehouse.extract(source, loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
+    observer.lap("extract")
     warehouse.normalize()
+    observer.lap("normalize")
     info = warehouse.load(raise_on_failed_jobs=False)
     restore_merge_dispositions(warehouse, [s.name for s in specs if s.write_disposition == "merge"])
     detach_shared_tables(warehouse, SHARED_TABLES)
@@ -175,18 +186,24 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
+    observer.lap("load")
     crash_point("warehouse_loaded")
 
     lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp)
     failed += lake_failed
+    observer.lap("change_log")
     crash_point("lake_loaded")
 
     # The warehouse is complete: its reports are read while the Delta mirror runs (both release the GIL).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
         reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, specs,
                               warnings=not _evolves(warehouse, specs))
+        drafted = pool.submit(observer.prepare, lake_load_id)
         mirrored, compacted, delta_failures = mirror_and_compact(layout.lake, specs)
+        observer.lap("delta")
         files, summary, warnings = reports.result()
+        drafted.result()
+        observer.lap("reports")
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
                      warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
 
