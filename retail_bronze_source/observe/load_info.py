@@ -162,6 +162,8 @@ def format_record(record: RunRecord) -> str:
         lines.append(f"rejects CSV: {len(record.rejects_csv)} file(s): {', '.join(record.rejects_csv)}")
     for note in record.notes:
         lines.append(f"note: {note}")
+    for warning in record.warnings:
+        lines.append(f"warning: {warning}")
     for error in record.errors:
         lines.append(f"error: {error}")
     return "\n".join(lines)
