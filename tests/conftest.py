@@ -140,3 +140,16 @@ def box_args(box: Sandbox, tables: list[str]) -> list[str]:
     """The command line arguments of a run on `box`."""
     return ["--raw", str(box.raw), "--lake", str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir",
             str(box.pipelines_dir), "--tables", ",".join(tables)]
+
+
+ARTIFACTS = REPO / "tests" / "artifacts"
+"""Files tests keep for a person to look at (screenshots); git-ignored."""
+
+
+@pytest.fixture(scope="session")
+def test_services() -> Any:
+    """Prometheus, the Pushgateway, node-exporter and Chromium from Debian's packages (`tests/services.py`),
+    fetched and unpacked on first use."""
+    import services
+
+    return services.install()

@@ -40,7 +40,7 @@ PROGRAMS = {
 """Program -> (Debian package, its path inside the package)."""
 EXTRA_PACKAGES = ("fonts-dejavu-core",)
 """Fonts for the browser's screenshots (taken from the machine when it has them)."""
-FORMAT = 1
+FORMAT = 2
 
 
 class ServicesUnavailable(RuntimeError):
@@ -87,8 +87,10 @@ def _library_dirs(root: Path) -> list[str]:
 def _fonts_conf(cache: Path, root: Path) -> Path:
     conf = cache / "fonts.conf"
     dirs = "".join(f"<dir>{d}</dir>" for d in ("/usr/share/fonts", str(root / "usr" / "share" / "fonts")))
+    sans = "<alias><family>sans-serif</family><prefer><family>DejaVu Sans</family></prefer></alias>"
     conf.write_text('<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
-                    f"{dirs}<cachedir>{cache / 'fontconfig'}</cachedir></fontconfig>")
+                    '<include ignore_missing="yes">/etc/fonts/fonts.conf</include>'
+                    f"{dirs}{sans}<cachedir>{cache / 'fontconfig'}</cachedir></fontconfig>")
     return conf
 
 

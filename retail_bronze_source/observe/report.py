@@ -145,7 +145,7 @@ def hbar_chart(items: Sequence[tuple[str, int, str]], *, title: str, figure: str
     return "".join(parts)
 
 
-def stacked_runs_chart(records: Sequence[RunRecord], *, width: int = 760, height: int = 240) -> str:
+def stacked_runs_chart(records: Sequence[RunRecord], *, width: int = 1180, height: int = 240) -> str:
     """Rows read per table across runs: a stacked column per run, a colour per table."""
     tables = sorted({name for r in records for name, f in r.tables.items() if f.rows_read})
     if not tables:
@@ -157,7 +157,7 @@ def stacked_runs_chart(records: Sequence[RunRecord], *, width: int = 760, height
     step = plot_w / max(len(records), 1)
     bar_w = max(4.0, min(36.0, step * 0.7))
     parts = [f'<svg class="chart" role="img" aria-label="rows read per table across runs" viewBox="0 0 {width} '
-             f'{height + 24 + 18 * ((len(tables) + 5) // 6)}" width="{width}" data-chart="rows_across_runs">']
+             f'{height + 24 + 18 * ((len(tables) + 7) // 8)}" width="100%" data-chart="rows_across_runs">']
     for k in range(5):
         value = top * k / 4
         y = top_pad + plot_h - plot_h * k / 4
@@ -180,15 +180,15 @@ def stacked_runs_chart(records: Sequence[RunRecord], *, width: int = 760, height
                          f'class="axis">{_e(_short_run(record))}</text>')
     legend_y = height + 6
     for j, name in enumerate(tables):
-        lx = left + (j % 6) * 115
-        ly = legend_y + (j // 6) * 18
+        lx = left + (j % 8) * 135
+        ly = legend_y + (j // 8) * 18
         parts.append(f'<rect x="{lx}" y="{ly}" width="11" height="11" rx="2" fill="{colours[name]}"/>'
                      f'<text x="{lx + 16}" y="{ly + 10}" class="legend">{_e(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def steps_chart(record: RunRecord, width: int = 760) -> str:
+def steps_chart(record: RunRecord, width: int = 1180) -> str:
     """The run's steps as one timeline bar, a segment per step."""
     total = sum(record.steps.values())
     if not total:
@@ -197,7 +197,7 @@ def steps_chart(record: RunRecord, width: int = 760) -> str:
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     height = 44 + 16 * ((len(names) + 5) // 6)
     parts = [f'<svg class="chart" role="img" aria-label="step durations" viewBox="0 0 {width} {height}" '
-             f'width="{width}" data-chart="steps">']
+             'width="100%" data-chart="steps">']
     x = 0.0
     for name in names:
         w = width * record.steps[name] / total
@@ -223,7 +223,7 @@ def _short(value: float) -> str:
 
 def _short_run(record: RunRecord) -> str:
     stamp = record.started_at
-    return datetime.fromisoformat(stamp).strftime("%m-%d %H:%M") if stamp else record.run_id[:10]
+    return datetime.fromisoformat(stamp).strftime("%m-%d %H:%M:%S") if stamp else record.run_id[:15]
 
 
 STYLE = """
@@ -232,9 +232,10 @@ STYLE = """
 *{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",
 sans-serif;color:var(--ink);background:var(--bg)}header{background:#1f2933;color:#fff;padding:18px 32px}
 header h1{margin:0;font-size:20px;font-weight:600}header .sub{color:#b8c2cc;font-size:13px;margin-top:4px}
-header a{color:#9cc3ff}main{padding:20px 32px 40px;max-width:1280px}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:4px 0 18px}.card{background:var(--card);border:1px solid
-var(--line);border-radius:10px;padding:12px 16px;min-width:140px;box-shadow:0 1px 2px rgba(0,0,0,.04)}
+header a{color:#9cc3ff}header code{background:rgba(255,255,255,.12);color:#fff}main{padding:20px 32px 40px;max-width:1280px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(132px,1fr));gap:12px;margin:4px 0 18px}.card{
+background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px 14px;box-shadow:0 1px 2px
+rgba(0,0,0,.04)}
 .card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}.card .v{font-size:24px;
 font-weight:600;margin-top:2px}.card.bad .v{color:var(--bad)}.card.good .v{color:var(--good)}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 18px;margin:0 0 16px;
@@ -250,7 +251,9 @@ svg.chart{max-width:100%;height:auto}svg .label{font-size:12px;fill:var(--ink)}s
 fill:var(--muted)}svg .axis{font-size:10px;fill:var(--muted)}svg .legend{font-size:11px;fill:var(--ink)}
 svg .grid{stroke:var(--line);stroke-width:1}code{font:12px ui-monospace,Menlo,Consolas,monospace;background:#eef1f5;
 padding:1px 5px;border-radius:4px}ul{margin:4px 0;padding-left:20px}a{color:var(--accent)}
-.fail td{color:var(--bad)}.pass td:last-child{color:var(--good)}
+.fail td{color:var(--bad)}.pass td:last-child{color:var(--good)}td.reasons{white-space:normal;min-width:260px}
+.chip{display:inline-block;margin:1px 3px 1px 0;padding:0 7px;border-radius:999px;background:#fdecea;color:#a61e1e;
+font-size:11.5px}.chip b{font-weight:600;margin-left:4px}.scroll{overflow-x:auto}
 """
 
 
@@ -324,8 +327,9 @@ def _tables_html(record: RunRecord) -> str:
             "<th>reject records by reason</th></tr>")
     rows = []
     for name, f in sorted(record.tables.items()):
-        reasons = ", ".join(f'<span data-figure="reject_records" data-table="{_e(name)}" data-reason="{_e(code)}" '
-                            f'data-value="{n}">{_e(code)}&nbsp;{n}</span>' for code, n in sorted(f.rejects.items()))
+        reasons = "".join(f'<span class="chip" data-figure="reject_records" data-table="{_e(name)}" '
+                          f'data-reason="{_e(code)}" data-value="{n}">{_e(code)}<b>{n}</b></span>'
+                          for code, n in sorted(f.rejects.items()))
         rows.append(f"<tr><td>{_e(name)}</td>{_figure(f.files_new, 'files_new', table=name)}"
                     f"{_figure(f.files_changed, 'files_changed', table=name)}"
                     f"{_figure(f.files_unchanged, 'files_unchanged', table=name)}"
@@ -334,7 +338,8 @@ def _tables_html(record: RunRecord) -> str:
                     f"{_figure(f.rows_superseded, 'rows_superseded', table=name)}"
                     f"{_figure(f.rows_late, 'rows_late', table=name)}"
                     f"{_figure(f.rows_rejected, 'rows_rejected', table=name)}"
-                    f"<td class=num>{f.bytes_read / 1e6:,.2f}</td><td>{reasons or '<span class=muted>-</span>'}</td>"
+                    f"<td class=num>{f.bytes_read / 1e6:,.2f}</td>"
+                    f"<td class=reasons>{reasons or '<span class=muted>-</span>'}</td>"
                     "</tr>")
     t = record.total()
     rows.append(f"<tr class=total><td>total</td>{_figure(t.files_new, 'files_new', table='*')}"
@@ -345,7 +350,7 @@ def _tables_html(record: RunRecord) -> str:
                 f"{_figure(t.rows_superseded, 'rows_superseded', table='*')}{_figure(t.rows_late, 'rows_late', table='*')}"
                 f"{_figure(t.rows_rejected, 'rows_rejected', table='*')}<td class=num>{t.bytes_read / 1e6:,.2f}</td>"
                 "<td></td></tr>")
-    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<div class=scroll><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
 def _sinks_html(record: RunRecord) -> str:
