@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from ..redact import redact
 from ..resources import TableProgress
 from ..sinks.identity import pipeline_names
 from .load_info import format_progress, format_record, format_records, load_info
@@ -117,7 +118,7 @@ class RunObserver:
             wh = Warehouse(con)
             record.audits = audit_results(wh, [record.run_id, *record.all_loads()])
             write_report(self.layout.lake, record, draft.recent, self.report_config)
-            record.warnings += publish_metrics(record, draft.successes, self.metrics_config)
+            record.warnings += [redact(w) for w in publish_metrics(record, draft.successes, self.metrics_config)]
             store_record(wh, self.layout.lake, record)
             # The record is in the write-ahead log, durable; the next run's load checkpoints it with its own rows.
             con.execute("PRAGMA disable_checkpoint_on_shutdown")

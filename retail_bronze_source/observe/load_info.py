@@ -176,8 +176,7 @@ def _count(value: int | None) -> str:
 def _tables_text(record: RunRecord) -> list[str]:
     header = (f"{'table':<16}{'new':>5}{'changed':>8}{'unchanged':>10}{'rejected':>9}   "
               f"{'read':>9}{'valid':>9}{'superseded':>11}{'late':>6}{'rejected':>9}  reject records by reason")
-    lines = [f"{'':<16}{'------------- files --------------':>32}   {'':-^53}".replace(
-        "-" * 53, "-" * 21 + " rows " + "-" * 26), header, "-" * len(header)]
+    lines = [f"{'':<16}{' files ':-^32}   {' rows ':-^44}", header, "-" * len(header)]
 
     def line(name: str, f: TableFigures) -> str:
         reasons = ", ".join(f"{code}={n}" for code, n in sorted(f.rejects.items())) or "-"
@@ -196,12 +195,12 @@ def _sinks_text(record: RunRecord) -> list[str]:
                or s.delta_version is not None}
     if not written:
         return []
-    header = f"{'written to':<26}{'duckdb rows':>12}{'change log files':>18}{'rows':>9}{'delta version':>15}{'rows':>9}"
+    header = f"{'written to':<28}{'duckdb rows':>12}{'change log files':>18}{'rows':>9}{'delta version':>15}{'rows':>9}"
     lines = [header]
     for name, s in sorted(written.items()):
         delta = "-" if s.delta_version is None else str(s.delta_version)
         delta_rows = "-" if s.delta_rows is None else str(s.delta_rows)
-        lines.append(f"{name:<26}{s.duckdb_rows:>12}{s.change_log_files:>18}{s.change_log_rows:>9}{delta:>15}"
+        lines.append(f"  {name:<26}{s.duckdb_rows:>12}{s.change_log_files:>18}{s.change_log_rows:>9}{delta:>15}"
                      f"{delta_rows:>9}")
     return lines
 

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ..helpers import quote_literal
 from ..outputs import MANIFEST_TABLE, REJECTS_TABLE, SCHEMA_HISTORY_TABLE, SHARED_TABLES, TABLE_RESETS_TABLE
+from ..redact import redact
 from ..resources import TableProgress
 from ..sinks import DATASET
 from ..sinks.identity import META_SCHEMA
@@ -561,15 +562,15 @@ def complete_run(record: RunRecord, lake: LakeRoot, result: RunResult | None, *,
         record.tables.setdefault(table, TableFigures()).files_unchanged = item.files_unchanged
     if error is not None:
         record.status = STATUS_FAILED
-        record.errors = [f"{type(error).__name__}: {str(error).strip()[:2000]}"]
+        record.errors = [redact(f"{type(error).__name__}: {str(error).strip()[:2000]}")]
     if result is not None:
         own = set(record.loads)
         if result.warehouse_load_id not in own:
             record.warehouse_load_id = None
         record.ingestion_ts = _iso(result.ingestion_ts)
         record.pipelines = {"warehouse": result.pipelines[0], "lake": result.pipelines[1]}
-        record.notes, record.warnings = list(result.notes), list(result.warnings)
-        record.errors = [str(f) for f in result.delta_failures]
+        record.notes, record.warnings = [redact(n) for n in result.notes], [redact(w) for w in result.warnings]
+        record.errors = [redact(str(f)) for f in result.delta_failures]
         record.status = STATUS_INCOMPLETE if result.delta_failures else STATUS_OK
         for mirrored in result.mirrored:
             if mirrored.load_id in own:
