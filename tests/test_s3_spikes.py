@@ -301,6 +301,31 @@ def test_s3fs_reports_a_failed_condition_on_seaweedfs_as_einval_not_file_exists(
 ROWS = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]})
 
 
+@dlt.source(section="s3_spike", name="s3_spike")
+def _listing_source(raw_url: str = dlt.config.value, credentials: AwsCredentials = dlt.secrets.value) -> Any:
+    fs, root = url_to_fs(raw_url, **credentials.to_s3fs_credentials())
+
+    @dlt.resource
+    def files() -> Iterator[list[dict[str, str]]]:
+        yield [{"path": path} for path in fs.find(root)]
+
+    return files
+
+
+@pytest.mark.parametrize("configured_by", ["dlt_section", "plain_aws_variables"])
+def test_a_source_resolves_its_bucket_credentials_from_its_config_section_or_plain_aws_variables(
+        s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, configured_by: str) -> None:
+    s3_server.client().put_object(Bucket=s3_bucket, Key="raw/orders/a.csv", Body=b"id\n1\n")
+    monkeypatch.setenv("SOURCES__S3_SPIKE__RAW_URL", f"s3://{s3_bucket}/raw")
+    if configured_by == "dlt_section":
+        for name, value in s3_server.dlt_env("SOURCES__S3_SPIKE__CREDENTIALS").items():
+            monkeypatch.setenv(name, value)
+    else:
+        for name, value in s3_server.delta_storage_options().items():
+            monkeypatch.setenv(name, value)
+    assert list(_listing_source().files) == [{"path": f"{s3_bucket}/raw/orders/a.csv"}]
+
+
 @pytest.mark.parametrize("configured_by", ["environment", "code"])
 def test_dlt_filesystem_destination_writes_parquet_and_delta_to_the_bucket(
         s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
