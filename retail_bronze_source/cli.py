@@ -13,21 +13,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dlt
-import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from . import SECTION
 from .observe import format_progress, format_record
+from .observe.lake import lake_store
 from .observe.load_info import RunNotFound, format_records, load_info, records_json
 from .observe.report import REPORT_FOLDER, page_name, write_pages
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
-from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, promote_rescued, recorded_ledgers, run_bronze
+from .run import (
+    DEFAULT_LOCK_TIMEOUT,
+    Layout,
+    TableSummary,
+    check_layout,
+    dry_run,
+    promote_rescued,
+    recorded_ledgers,
+    run_bronze,
+)
 from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
 from .sinks.warehouse import WarehouseBusy
+from .storage import LOCAL_PROTOCOLS, StoreError, protocol_of
 
 
 class CliError(Exception):
@@ -45,8 +55,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--raw", default=None,
                         help="raw files: a directory or an fsspec URL (default: raw_url of [sources.retail_bronze] in "
                              "dlt's config or SOURCES__RETAIL_BRONZE__RAW_URL, else data_raw)")
-    parser.add_argument("--lake", default="lake", type=Path, help="lake root (default lake)")
-    parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb", type=Path,
+    parser.add_argument("--lake", default="lake",
+                        help="lake root: a directory or an s3:// URL (default lake)")
+    parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb",
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     parser.add_argument("--tables", default="", help="comma-separated tables to load (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
@@ -68,20 +79,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_layout(layout: Layout, dry: bool) -> None:
-    fs, root = fsspec.core.url_to_fs(layout.raw_url)
-    if not fs.isdir(root):
-        raise CliError(f"raw directory {layout.raw_url!r} does not exist")
-    if dry:
-        return
-    for folder in (layout.lake, layout.warehouse.parent):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write_probe"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as error:
-            raise CliError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from error
+def _layout(args: argparse.Namespace) -> Layout:
+    if protocol_of(args.warehouse) not in LOCAL_PROTOCOLS:
+        raise CliError(f"the warehouse is a local DuckDB file, not {redact(args.warehouse)}; put the lake on object "
+                       "storage with --lake")
+    return Layout(raw_url=args.raw or raw_url_from_config(), lake=args.lake, warehouse=Path(args.warehouse))
 
 
 def format_summary(summary: dict[str, TableSummary]) -> str:
@@ -124,12 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()  # this process is the command line's own
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
-        layout = Layout(raw_url=args.raw or raw_url_from_config(), lake=args.lake, warehouse=args.warehouse)
+        layout = _layout(args)
         known = {t.name for t in RETAIL_TABLES}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise CliError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        _check_layout(layout, args.dry_run)
+        check_layout(layout, write=not args.dry_run)
         if args.compact:
             return _compact(layout)
         if args.promote_rescued:
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
                             evolve_schema=args.evolve_schema, reload=reload,
                             progress=lambda done: say(format_progress(done)))
-    except (CliError, RunLocked, WarehouseBusy, SinkMismatch) as error:
+    except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError) as error:
         say(f"error: {error}", error=True)
         return 2
     except Exception as error:
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(the lake: {result.pipelines[1]})")
     if result.record is not None:
         say(f"this run later: bronze_dlt_pipeline.py load-info {result.record.run_id}; its page: "
-            f"{layout.lake / REPORT_FOLDER / page_name(result.record)}")
+            f"{layout.lake_store.url_of(*REPORT_FOLDER.split('/'), page_name(result.record))}")
     for failure in result.delta_failures:
         say(f"error: {failure}", error=True)
     return 1 if result.delta_failures else 0
@@ -196,7 +198,7 @@ def _compact(layout: Layout) -> int:
 
 def _existing_ledgers(layout: Layout, pipelines_dir: str | None) -> dict[str, dict[str, object]]:
     root = Path(pipelines_dir) if pipelines_dir else Path(get_dlt_pipelines_dir())
-    name = pipeline_names(layout.warehouse, layout.lake)[0]
+    name = pipeline_names(layout.warehouse, layout.lake_store)[0]
     if not (root / name).is_dir():
         return {}
     return recorded_ledgers(dlt.attach(name, pipelines_dir=str(root)))
@@ -212,7 +214,7 @@ def parse_inspect_args(command: str, argv: Sequence[str]) -> argparse.Namespace:
                             help="a run id, or a warehouse or lake load id (default: the last run)")
         parser.add_argument("--json", action="store_true", help="print the records as JSON")
     parser.add_argument("--last", type=int, default=None, help="the last N runs (default 1)")
-    parser.add_argument("--lake", default="lake", type=Path, help="lake root (default lake)")
+    parser.add_argument("--lake", default="lake", help="lake root: a directory or an fsspec URL (default lake)")
     parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb", type=Path,
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     args = parser.parse_args(argv)
@@ -227,18 +229,19 @@ def inspect_runs(command: str, argv: Sequence[str]) -> int:
     """`load-info`: print what runs did; `report`: write their pages. Exit 2 when there is nothing to read."""
     args = parse_inspect_args(command, argv)
     try:
-        if not args.warehouse.exists() and not args.lake.is_dir():
-            raise CliError(f"neither the warehouse {str(args.warehouse)!r} nor the lake {str(args.lake)!r} exists")
-        records = load_info(warehouse=args.warehouse, lake=args.lake, load_id=getattr(args, "load_id", None),
+        lake = lake_store(args.lake)
+        if not args.warehouse.exists() and not lake.fs.isdir(lake.root):
+            raise CliError(f"neither the warehouse {str(args.warehouse)!r} nor the lake {str(lake)!r} exists")
+        records = load_info(warehouse=args.warehouse, lake=lake, load_id=getattr(args, "load_id", None),
                             last=args.last)
-    except (CliError, RunNotFound) as error:
+    except (CliError, RunNotFound, StoreError) as error:
         say(f"error: {error}", error=True)
         return 2
     if not records:
         say("no runs recorded yet")
         return 0
     if command == "report":
-        written = write_pages(args.lake, records, records)
+        written = write_pages(lake, records, records)
         say(f"wrote {len(written)} page(s): {written[-1]}")
     elif args.json:
         say(json.dumps(records_json(records), indent=2))

@@ -79,7 +79,7 @@ class RunObserver:
         the Delta versions to read and the record to write."""
         with duckdb.connect(str(self.layout.warehouse), read_only=True) as con:
             wh = Warehouse(con)
-            record = draft_run(wh, self.layout.lake, started=self.started, tables=self.tables,
+            record = draft_run(wh, self.layout.lake_store, started=self.started, tables=self.tables,
                                lake_load_id=lake_load_id, failed=failed)
             recent = recent_records(wh, self.report_config.runs) if self.report_config.enabled else []
             successes = stored_successes(wh) if self.metrics_config.enabled else {}
@@ -109,17 +109,17 @@ class RunObserver:
     def _publish(self, result: RunResult | None, error: BaseException | None) -> RunRecord:
         assert self._draft is not None
         draft = self._draft
-        record = complete_run(draft.record, self.layout.lake, result, clock=self.clock, progress=self.progress,
+        record = complete_run(draft.record, self.layout.lake_store, result, clock=self.clock, progress=self.progress,
                               error=error)
         if not record.pipelines:
-            names = pipeline_names(self.layout.warehouse, self.layout.lake)
+            names = pipeline_names(self.layout.warehouse, self.layout.lake_store)
             record.pipelines = {"warehouse": names[0], "lake": names[1]}
         with duckdb.connect(str(self.layout.warehouse)) as con:
             wh = Warehouse(con)
             record.audits = audit_results(wh, [record.run_id, *record.all_loads()])
-            write_report(self.layout.lake, record, draft.recent, self.report_config)
+            write_report(self.layout.lake_store, record, draft.recent, self.report_config)
             record.warnings += [redact(w) for w in publish_metrics(record, draft.successes, self.metrics_config)]
-            store_record(wh, self.layout.lake, record)
+            store_record(wh, self.layout.lake_store, record)
             # The record is in the write-ahead log, durable; the next run's load checkpoints it with its own rows.
             con.execute("PRAGMA disable_checkpoint_on_shutdown")
         if result is not None:

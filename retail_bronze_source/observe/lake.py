@@ -1,9 +1,9 @@
 """The one door of this package's observability files to the lake: `<lake>/_retail_bronze/...` (run records, the
 report) and the lake's own files it reads (change log listings, Delta commit logs).
 
-Every access goes through fsspec, so that a lake given as a URL (`s3://bucket/lake`) needs no other change. A file is
-written atomically: on a local disk to a temporary name and renamed, on an object store in one PUT (an object is
-never seen half written).
+Every access goes through the lake's `Store` (its fsspec filesystem, with the lake's credentials), so that a lake on an
+object store needs no other code. A file is written atomically: on a local disk to a temporary name and renamed, on an
+object store in one PUT (an object is never seen half written).
 """
 
 from __future__ import annotations
@@ -12,24 +12,29 @@ import uuid
 from pathlib import Path
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
-LakeRoot = str | Path
-"""A lake: a local directory or an fsspec URL."""
+from ..storage import LAKE_SECTION, Store, open_store
+
+LakeRoot = Store
+"""A lake, opened once (`lake_store`) and handed to every function here."""
 META_DIR = "_retail_bronze"
 """The lake folder of the package's own files (`sink.json`, `runs/`, `report/`)."""
 
 
+def lake_store(lake: Store | str | Path) -> Store:
+    """The lake as a `Store`: given, or opened with the credentials of `[destination.retail_bronze_lake]`."""
+    return lake if isinstance(lake, Store) else open_store(lake, LAKE_SECTION)
+
+
 def _fs(lake: LakeRoot) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(str(lake))
-    return fs, root.rstrip("/")
+    return lake.fs, lake.root
 
 
 def write_lake_file(lake: LakeRoot, relative: str, data: bytes) -> str:
     """Write `data` to `<lake>/<relative>` atomically; return the path written."""
     fs, root = _fs(lake)
     target = f"{root}/{relative}"
-    if isinstance(fs, LocalFileSystem):
+    if lake.is_local:
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         temporary = f"{target}.{uuid.uuid4().hex}.tmp"
         fs.pipe_file(temporary, data)
@@ -79,7 +84,3 @@ def open_lake_file(lake: LakeRoot, relative: str) -> fsspec.core.OpenFile:
     """An fsspec file object of `<lake>/<relative>` for reading (Parquet footers, for example)."""
     fs, root = _fs(lake)
     return fs.open(f"{root}/{relative}", "rb")
-
-
-def is_local_lake(lake: LakeRoot) -> bool:
-    return isinstance(_fs(lake)[0], LocalFileSystem)

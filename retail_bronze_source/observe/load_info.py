@@ -18,7 +18,8 @@ from typing import Any
 import duckdb
 
 from ..sinks import Layout
-from .lake import LakeRoot
+from ..storage import Store
+from .lake import LakeRoot, lake_store
 from .record import (
     RunRecord,
     TableFigures,
@@ -47,20 +48,22 @@ def _key(record: RunRecord) -> Decimal:
     return Decimal(str(datetime.fromisoformat(stamp).timestamp())) if stamp else Decimal(0)
 
 
-def load_info(layout: Layout | None = None, *, warehouse: Path | str | None = None, lake: LakeRoot | None = None,
+def load_info(layout: Layout | None = None, *, warehouse: Path | str | None = None, lake: Store | Path | str | None = None,
               load_id: str | None = None, last: int | None = None) -> list[RunRecord]:
     """The records of runs, oldest first: the run or load `load_id` (a run id, a warehouse or a lake load id), else
-    the `last` runs (default 1). Give a `Layout`, or the `warehouse` file and the `lake`.
+    the `last` runs (default 1). Give a `Layout`, or the `warehouse` file and the `lake` (a `Store`, a path or a URL,
+    opened with the credentials of `[destination.retail_bronze_lake]`).
 
     Works from the lake alone when the warehouse is missing or held by a running run (loads no record holds are
     then not derived). Raises `RunNotFound` for an unknown id."""
     warehouse = Path(warehouse) if warehouse is not None else layout.warehouse if layout is not None else None
-    lake = lake if lake is not None else layout.lake if layout is not None else None
-    if warehouse is None or lake is None:
+    where = lake if lake is not None else layout.lake_store if layout is not None else None
+    if warehouse is None or where is None:
         raise ValueError("load_info needs a layout, or a warehouse and a lake")
+    store = lake_store(where)
     con = _open(warehouse)
     try:
-        return _select(Warehouse(con) if con is not None else None, lake, load_id, last)
+        return _select(Warehouse(con) if con is not None else None, store, load_id, last)
     finally:
         if con is not None:
             con.close()
