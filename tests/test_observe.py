@@ -23,7 +23,7 @@ from retail_bronze_source.observe.load_info import RunNotFound
 from retail_bronze_source.observe.metrics import MetricsConfig
 from retail_bronze_source.observe.record import RunRecord
 from retail_bronze_source.observe.report import ReportConfig
-from retail_bronze_source.run import run_bronze
+from retail_bronze_source.run import Layout, run_bronze
 
 TABLES = ["customers", "orders", "stores", "events"]
 
@@ -291,3 +291,25 @@ def test_a_killed_run_is_answered_from_the_sinks_and_the_next_run_names_it(tmp_p
     assert derived.lake_load_id == completing.lake_load_id is not None
     assert derived.sinks["customers"].delta_version == _delta_version_with(box, "customers", load)
     assert derived.sinks["customers"].change_log_rows == derived.sinks["customers"].duckdb_rows > 0
+
+
+def test_records_and_report_of_a_lake_on_s3(tmp_path: Path, s3_server: Any, s3_bucket: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record and the report go through the lake's store: on a bucket, read back with only the lake left."""
+    for key, value in s3_server.dlt_env("DESTINATION__RETAIL_BRONZE_LAKE__CREDENTIALS").items():
+        monkeypatch.setenv(key, value)
+    lake = f"s3://{s3_bucket}/lake"
+    layout = Layout(raw_url=str(_raw(tmp_path)), lake=lake, warehouse=tmp_path / "warehouse.duckdb")
+    result = run_bronze(layout, table_names=TABLES, pipelines_dir=str(tmp_path / "pipelines"))
+    assert result.record is not None and result.record.warehouse_load_id is not None
+    history = DeltaTable(f"{lake}/bronze/delta/orders", storage_options=s3_server.delta_storage_options()).history()
+    assert result.record.sinks["orders"].delta_version == max(
+        h["version"] for h in history if h.get("retail_bronze.load_id") == result.record.warehouse_load_id)
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="lake/_retail_bronze/")[
+        "Contents"]}
+    run_id = result.record.run_id
+    assert {f"lake/_retail_bronze/runs/{run_id}.json", f"lake/_retail_bronze/report/{run_id}.html",
+            "lake/_retail_bronze/report/index.html"} <= keys
+    (tmp_path / "warehouse.duckdb").unlink()
+    [read] = load_info(warehouse=tmp_path / "warehouse.duckdb", lake=lake)
+    assert read.to_json() == result.record.to_json()
