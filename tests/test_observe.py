@@ -263,6 +263,12 @@ def test_cli_prints_the_recorded_figures_and_load_info(tmp_path: Path) -> None:
     assert text.returncode == 0 and f"run {records[0]['run_id']}: ok" in text.stdout
     missing = run_cli("load-info", "42.0", "--lake", str(box.lake), "--warehouse", str(box.warehouse))
     assert missing.returncode == 2 and "no run or load '42.0'" in missing.stderr
+    report = box.lake / "_retail_bronze" / "report"
+    shutil.rmtree(report)
+    pages = run_cli("report", "--last", "5", "--lake", str(box.lake), "--warehouse", str(box.warehouse))
+    assert pages.returncode == 0, pages.stderr
+    assert sorted(p.name for p in report.iterdir()) == sorted([*(f"{r['run_id']}.html" for r in records),
+                                                               "index.html"])
 
 
 @pytest.mark.slow

@@ -68,28 +68,36 @@ class RunObserver:
         self.metrics_config = MetricsConfig.configured()
         self._opened = False
         self._draft: _Draft | None = None
+        self._connection: duckdb.DuckDBPyConnection | None = None
 
     def lap(self, step: str) -> None:
         self.clock.lap(step)
         self._opened = True
 
     def prepare(self, lake_load_id: str | None, *, failed: bool = False) -> None:
-        """Read the run's figures from the warehouse and the change log, read-only: the run calls this as soon as
-        both are complete, beside the Delta mirror (which does not touch the warehouse), so that `finish` has only
-        the Delta versions to read and the record to write."""
-        with duckdb.connect(str(self.layout.warehouse), read_only=True) as con:
-            wh = Warehouse(con)
-            record = draft_run(wh, self.layout.lake_store, started=self.started, tables=self.tables,
-                               lake_load_id=lake_load_id, failed=failed)
-            recent = recent_records(wh, self.report_config.runs) if self.report_config.enabled else []
-            successes = stored_successes(wh) if self.metrics_config.enabled else {}
+        """Read the run's figures from the warehouse and the change log: the run calls this as soon as both are
+        complete, beside the Delta mirror (which does not touch the warehouse), so that `finish` has only the Delta
+        versions to read and the record to write.
+
+        The warehouse connection opened here stays open until `finish` (opening one costs more than the rest of
+        the record): in between, the run must not open the warehouse in this process with other settings."""
+        if self._connection is None:
+            self._connection = duckdb.connect(str(self.layout.warehouse))
+        wh = Warehouse(self._connection)
+        record = draft_run(wh, self.layout.lake_store, started=self.started, tables=self.tables,
+                           lake_load_id=lake_load_id, failed=failed)
+        recent = recent_records(wh, self.report_config.runs) if self.report_config.enabled else []
+        successes = stored_successes(wh) if self.metrics_config.enabled else {}
         self._draft = _Draft(record, recent, successes)
 
     def finish(self, result: RunResult) -> RunRecord:
         """Record the run, write its report page and publish its metrics; return the record."""
-        if self._draft is None:
-            self.prepare(result.lake_load_id)
-        return self._publish(result, None)
+        try:
+            if self._draft is None:
+                self.prepare(result.lake_load_id)
+            return self._publish(result, None)
+        finally:
+            self._release()
 
     @contextmanager
     def recording_failure(self) -> Iterator[None]:
@@ -104,7 +112,13 @@ class RunObserver:
                     self._publish(None, error)
                 except Exception as failure:  # the run's own error is the one to raise; this one is attached to it
                     error.add_note(f"the run could not be recorded either: {type(failure).__name__}: {failure}")
+            self._release()
             raise
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _publish(self, result: RunResult | None, error: BaseException | None) -> RunRecord:
         assert self._draft is not None
@@ -114,14 +128,17 @@ class RunObserver:
         if not record.pipelines:
             names = pipeline_names(self.layout.warehouse, self.layout.lake_store)
             record.pipelines = {"warehouse": names[0], "lake": names[1]}
-        with duckdb.connect(str(self.layout.warehouse)) as con:
-            wh = Warehouse(con)
+        assert self._connection is not None
+        try:
+            wh = Warehouse(self._connection)
             record.audits = audit_results(wh, [record.run_id, *record.all_loads()])
             write_report(self.layout.lake_store, record, draft.recent, self.report_config)
             record.warnings += [redact(w) for w in publish_metrics(record, draft.successes, self.metrics_config)]
             store_record(wh, self.layout.lake_store, record)
             # The record is in the write-ahead log, durable; the next run's load checkpoints it with its own rows.
-            con.execute("PRAGMA disable_checkpoint_on_shutdown")
+            self._connection.execute("PRAGMA disable_checkpoint_on_shutdown")
+        finally:
+            self._release()
         if result is not None:
             result.warnings += [w for w in record.warnings if w not in result.warnings]
         return record
