@@ -22,6 +22,7 @@ from ..storage import Store
 from .lake import LakeRoot, lake_store
 from .record import (
     RunRecord,
+    SinkFigures,
     TableFigures,
     Warehouse,
     audit_results,
@@ -177,34 +178,39 @@ def _count(value: int | None) -> str:
 
 
 def _tables_text(record: RunRecord) -> list[str]:
+    """A line per table: files, rows, what the warehouse and Delta got, reject records by reason."""
     header = (f"{'table':<16}{'new':>5}{'changed':>8}{'unchanged':>10}{'rejected':>9}   "
-              f"{'read':>9}{'valid':>9}{'superseded':>11}{'late':>6}{'rejected':>9}  reject records by reason")
-    lines = [f"{'':<16}{' files ':-^32}   {' rows ':-^44}", header, "-" * len(header)]
+              f"{'read':>9}{'valid':>9}{'superseded':>11}{'late':>6}{'rejected':>9}   {'duckdb':>8}{'delta':>6}  "
+              "reject records by reason")
+    lines = [f"{'':<16}{' files ':-^32}   {' rows ':-^44}   {' written ':-^14}", header, "-" * len(header)]
 
-    def line(name: str, f: TableFigures) -> str:
+    def line(name: str, f: TableFigures, duckdb_rows: int, delta: str) -> str:
         reasons = ", ".join(f"{code}={n}" for code, n in sorted(f.rejects.items())) or "-"
         return (f"{name:<16}{f.files_new:>5}{f.files_changed:>8}{_count(f.files_unchanged):>10}{f.files_rejected:>9}   "
-                f"{f.rows_read:>9}{f.rows_valid:>9}{f.rows_superseded:>11}{f.rows_late:>6}{f.rows_rejected:>9}  {reasons}")
+                f"{f.rows_read:>9}{f.rows_valid:>9}{f.rows_superseded:>11}{f.rows_late:>6}{f.rows_rejected:>9}   "
+                f"{duckdb_rows:>8}{delta:>6}  {reasons}")
 
-    lines += [line(name, f) for name, f in sorted(record.tables.items())]
+    for name, f in sorted(record.tables.items()):
+        sink = record.sinks.get(name, SinkFigures())
+        lines.append(line(name, f, sink.duckdb_rows, "-" if sink.delta_version is None else f"v{sink.delta_version}"))
     total = record.total()
     total.rejects = {}
-    lines.append(line("total", total).rstrip(" -"))
+    lines.append(line("total", total, sum(record.sinks.get(n, SinkFigures()).duckdb_rows for n in record.tables),
+                      "").rstrip(" -"))
     return lines
 
 
 def _sinks_text(record: RunRecord) -> list[str]:
-    written = {name: s for name, s in record.sinks.items() if s.duckdb_rows or s.change_log_files
-               or s.delta_version is not None}
-    if not written:
-        return []
-    header = f"{'written to':<28}{'duckdb rows':>12}{'change log files':>18}{'rows':>9}{'delta version':>15}{'rows':>9}"
-    lines = [header]
-    for name, s in sorted(written.items()):
-        delta = "-" if s.delta_version is None else str(s.delta_version)
-        delta_rows = "-" if s.delta_rows is None else str(s.delta_rows)
-        lines.append(f"  {name:<26}{s.duckdb_rows:>12}{s.change_log_files:>18}{s.change_log_rows:>9}{delta:>15}"
-                     f"{delta_rows:>9}")
+    """The change log's share of the run, and the shared tables (rejects, manifest...) written."""
+    lines = []
+    files = sum(s.change_log_files for s in record.sinks.values())
+    if files:
+        rows = sum(s.change_log_rows for s in record.sinks.values())
+        lines.append(f"change log: {files} file(s), {rows} row(s) in lake load {record.lake_load_id}")
+    shared = [f"{name} {s.duckdb_rows} row(s)" + (f" (delta v{s.delta_version})" if s.delta_version is not None else "")
+              for name, s in sorted(record.sinks.items()) if name not in record.tables and s.duckdb_rows]
+    if shared:
+        lines.append(f"shared tables: {', '.join(shared)}")
     return lines
 
 
