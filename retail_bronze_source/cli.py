@@ -31,7 +31,7 @@ from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
 from .sinks.warehouse import WarehouseBusy
-from .storage import LOCAL_PROTOCOLS, StoreError, protocol_of
+from .storage import LOCAL_PROTOCOLS, StoreError, StoreStepFailed, protocol_of
 
 
 class CliError(Exception):
@@ -112,6 +112,9 @@ def say(text: str, *, error: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tune_malloc()  # this process is the command line's own
+    if dlt.config.get("runtime.log_level") is None:
+        # dlt logs every retried job with a traceback; the command line prints each failure as one line itself.
+        dlt.config["runtime.log_level"] = "CRITICAL"
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
         layout = _layout(args)
@@ -132,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
                             evolve_schema=args.evolve_schema, reload=reload)
+    except StoreStepFailed as error:
+        say(f"error: {error}", error=True)
+        return 1
     except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError) as error:
         say(f"error: {error}", error=True)
         return 2

@@ -202,8 +202,13 @@ class DeltaTableFailure:
     table_name: str
     target: str
     error: str
+    transient: bool = False
+    """The storage failed (after its retries), not the table: the next run writes it again."""
 
     def __str__(self) -> str:
+        if self.transient:
+            return (f"Delta table {self.table_name} at {self.target} could not be written ({self.error}); every "
+                    "other table was; the next run writes it")
         return (f"Delta table {self.table_name} could not be written ({self.error}); every other table was. Repair "
                 f"it, or remove {self.target} to have the next run rebuild it from the change log")
 
@@ -219,7 +224,8 @@ class DeltaTablesFailed(Exception):
 
 def _failure(target: Store, name: str, error: Exception) -> DeltaTableFailure:
     text = " ".join(_TERMINAL_ESCAPE.sub("", re.split(r"\n\s*0: ", str(error), maxsplit=1)[0]).split())
-    return DeltaTableFailure(name, str(target), redact(f"{type(error).__name__}: {text[:300]}"))
+    transient = isinstance(error, OSError) and not target.is_local
+    return DeltaTableFailure(name, str(target), redact(f"{type(error).__name__}: {text[:300]}"), transient)
 
 
 def open_delta(target: Store) -> DeltaTable | None:
