@@ -4,16 +4,15 @@ write applied by the server whose answer was lost is never applied twice; the ne
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SAMPLE, make_sandbox, run_cli, snapshot
+from conftest import make_sandbox
 from faults import FaultProxy
 from s3_server import S3Server
-from test_s3_lake import LAKE_SECTION, RAW_SECTION, _clean_env, _run, _s3_lake_snapshot, _upload
+from test_s3_lake import LAKE_SECTION, RAW_SECTION, _run, _s3_lake_snapshot, _upload, local_snapshot
 
 TABLES = ["customers", "events", "returns"]
 Snapshot = dict[str, dict[str, list[tuple[Any, ...]]]]
@@ -25,15 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_clean(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
-    root = tmp_path_factory.mktemp("local")
-    raw = root / "raw"
-    for table in TABLES:
-        shutil.copytree(SAMPLE / table, raw / table)
-    box = make_sandbox(root, raw=raw)
-    done = run_cli("--raw", str(raw), "--lake", str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir",
-                   str(box.pipelines_dir), "--tables", ",".join(TABLES), env=_clean_env())
-    assert done.returncode == 0, done.stderr
-    return snapshot(box, TABLES)
+    return local_snapshot(tmp_path_factory.mktemp("local"), TABLES)
 
 
 def _env(server: S3Server, endpoint: str) -> dict[str, str]:

@@ -73,18 +73,22 @@ def _s3_lake_snapshot(server: S3Server, lake: str, box: Sandbox, tables: list[st
     return out
 
 
-@pytest.fixture(scope="module")
-def local_clean(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
-    """The same tables loaded from and into local disk."""
-    root = tmp_path_factory.mktemp("local")
+def local_snapshot(root: Path, tables: list[str]) -> Snapshot:
+    """Every sink after a run of the sample's `tables` from and into local disk under `root`."""
     raw = root / "raw"
-    for table in TABLES:
+    for table in tables:
         shutil.copytree(SAMPLE / table, raw / table)
     box = make_sandbox(root, raw=raw)
     done = run_cli("--raw", str(raw), "--lake", str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir",
-                   str(box.pipelines_dir), "--tables", ",".join(TABLES), env=_clean_env())
+                   str(box.pipelines_dir), "--tables", ",".join(tables), env=_clean_env())
     assert done.returncode == 0, done.stderr
-    return snapshot(box, TABLES)
+    return snapshot(box, tables)
+
+
+@pytest.fixture(scope="module")
+def local_clean(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    """The same tables loaded from and into local disk."""
+    return local_snapshot(tmp_path_factory.mktemp("local"), TABLES)
 
 
 def test_raw_and_lake_in_a_bucket_hold_what_a_local_run_holds(s3_server: S3Server, s3_bucket: str, tmp_path: Path,
