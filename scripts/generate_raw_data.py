@@ -2,8 +2,8 @@
 
 `python scripts/generate_raw_data.py [--out DIR] [--seed N] [--scale X] [--dirty-fraction F] [--tables a,b] [--clean]`
 
-The output is a pure function of seed, scale, dirty fraction, clean flag and table selection: CSV and JSONL bytes are
-identical between runs, Parquet, XLSX and Delta differ at most in writer timestamps and file names. Besides the data,
+The output is a pure function of seed, scale, dirty fraction, clean flag and table selection, byte for byte (the
+Delta table and the workbook carry fixed ids and times, not those of the moment they are written). Besides the data,
 the output root holds `_generated_by.txt` (the marker that allows a later run to replace the directory) and
 `_expected.json`: per file the records read, valid and rejected, every planted reject, the rows per table and the
 distinct keys each merge table keeps after the merge.
@@ -16,8 +16,11 @@ import datetime as dt
 import hashlib
 import json
 import random
+import re
 import shutil
 import sys
+import uuid
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -674,7 +677,50 @@ def returns(out: Path, opts: Options, ledger: Ledger) -> None:
     if bad:
         table = table.set_column(6, "reason", set_at(table["reason"].combine_chunks(), {3: "lost_in_mail"}))
     write_deltalake(str(out / "returns"), table)
+    fixed_delta_log(out / "returns", f"returns/{opts.seed}")
     ledger.add_file("returns", "returns", n, bad, valid_keys(spec, table, [b.row or 0 for b in bad]))
+
+
+WRITER_TIME = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+"""The time stamped into the sample's Delta log and workbook, instead of the time of writing."""
+
+
+def fixed_delta_log(path: Path, name: str) -> None:
+    """Make a freshly written one-commit Delta table at `path` the same bytes on every run: the data file and the
+    table get ids derived from `name`, the commit the time `WRITER_TIME`, and every log entry sorted keys."""
+    stamp = int(WRITER_TIME.timestamp() * 1000)
+    log = path / "_delta_log" / f"{0:020d}.json"
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    files = 0
+    for entry in entries:
+        if "commitInfo" in entry:
+            entry["commitInfo"]["timestamp"] = stamp
+            entry["commitInfo"].get("operationMetrics", {})["execution_time_ms"] = 0
+        if "metaData" in entry:
+            entry["metaData"].update(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/table")), createdTime=stamp)
+        if "add" in entry:
+            add = entry["add"]
+            new = f"part-{files:05d}-{uuid.uuid5(uuid.NAMESPACE_URL, f'{name}/{files}')}-c000.snappy.parquet"
+            (path / add["path"]).rename(path / new)
+            files += 1
+            add.update(path=new, modificationTime=stamp, stats=json.dumps(json.loads(add["stats"]), sort_keys=True,
+                                                                          separators=(",", ":")))
+    log.write_text("\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries) + "\n")
+
+
+def fixed_workbook(path: Path) -> None:
+    """Rewrite the workbook at `path` with every zip entry dated `WRITER_TIME` and that time as its modification time
+    (openpyxl stamps the time of saving), so that the same content is the same bytes."""
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info)) for info in source.infolist()]
+    modified = f"{WRITER_TIME:%Y-%m-%dT%H:%M:%SZ}".encode()
+    with zipfile.ZipFile(path, "w") as target:
+        for info, data in entries:
+            if info.filename == "docProps/core.xml":
+                data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*", rb"\g<1>" + modified, data)
+            fixed = zipfile.ZipInfo(info.filename, date_time=WRITER_TIME.timetuple()[:6])
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            target.writestr(fixed, data)
 
 
 def append_returns_commit(out: str | Path, seed: int, n: int, scale: float = 1.0,
@@ -749,7 +795,9 @@ def exchange_rates(out: Path, opts: Options, ledger: Ledger) -> None:
         rows += data_row
     rel = "exchange_rates/exchange_rates.xlsx"
     (out / "exchange_rates").mkdir(parents=True, exist_ok=True)
+    workbook.properties.created = workbook.properties.modified = WRITER_TIME.replace(tzinfo=None)
     workbook.save(out / rel)
+    fixed_workbook(out / rel)
     ledger.add_file(rel, "exchange_rates", rows, bad,
                     pa.table({c: pa.array(v) for c, v in keys.items()}))
 

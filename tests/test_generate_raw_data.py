@@ -399,3 +399,12 @@ def test_command_line(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "stores" in result.stdout and "expected rejects" in result.stdout
     assert json.loads((tmp_path / "raw/_expected.json").read_text())["generator"]["seed"] == 3
+
+
+def test_default_invocation_writes_the_committed_sample_byte_for_byte(tmp_path: Path) -> None:
+    gen.main(["--out", str(tmp_path), "--seed", "42", "--scale", "1"])  # what `make sample` runs
+    written = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    sample = ROOT / "data_raw"
+    committed = {p.relative_to(sample).as_posix(): p.read_bytes() for p in sorted(sample.rglob("*")) if p.is_file()}
+    assert written.keys() == committed.keys()
+    assert [rel for rel in written if written[rel] != committed[rel]] == []
