@@ -1,0 +1,410 @@
+"""Random deliveries through the real command line, sometimes killed, every sink compared with the ground truth.
+
+Each seed draws its own knobs (`generate_raw_data.random_knobs`) and kill schedule, writes a few delivery rounds with
+`generate_raw_data.generate_deliveries`, and per round: delivers the round into the raw root, runs
+`scripts/bronze_dlt_pipeline.py` (SIGKILLed at a named crash point or at a random moment, then run again) until a run
+completes, and compares DuckDB, the Parquet change log, the Delta mirror, the rejects (table and CSV files) and the
+manifest with the round's truth. After the last round one more run must change nothing. Each seed runs once; one test
+per sink reports that sink's differences, so a known bug is marked on exactly the seed and sink it breaks.
+
+`RETAIL_BRONZE_CHAOS_SEEDS` (default 4) sets how many seeds run, from `RETAIL_BRONZE_CHAOS_FIRST_SEED` (default 1);
+`RETAIL_BRONZE_CHAOS_ROUNDS` (default 3) the rounds per seed. Reproduce one seed with
+`RETAIL_BRONZE_CHAOS_FIRST_SEED=17 RETAIL_BRONZE_CHAOS_SEEDS=1 pytest tests/test_chaos.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, Sandbox, changelog_table, delta_table, load_generator, make_sandbox
+
+from retail_bronze_source.crash_points import POINTS
+
+gen = load_generator()
+
+SEEDS = int(os.environ.get("RETAIL_BRONZE_CHAOS_SEEDS", "4"))
+FIRST_SEED = int(os.environ.get("RETAIL_BRONZE_CHAOS_FIRST_SEED", "1"))
+ROUNDS = int(os.environ.get("RETAIL_BRONZE_CHAOS_ROUNDS", "3"))
+RANDOM_TIMES = os.environ.get("RETAIL_BRONZE_CHAOS_RANDOM_KILLS", "") == "1"
+TABLES = list(gen.CHAOS_TABLES)
+REJECTS_CSV_AFTER_KILL = ("issue 13 section 6: when a run is killed after its DuckDB load, the next run completes the "
+                          "load but never writes that load's rejects CSV files")
+EMPTIED_APPEND_FILE = ("an append-table file delivered again with no valid rows (empty, or every row rejected) keeps "
+                       "its earlier rows in DuckDB and Delta: delete-insert on src_filename deletes only the files "
+                       "that bring rows")
+KNOWN_BUGS: dict[tuple[int, str], str] = {
+    (1, "duckdb"): EMPTIED_APPEND_FILE, (1, "delta"): EMPTIED_APPEND_FILE, (1, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    (2, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    (3, "duckdb"): EMPTIED_APPEND_FILE, (3, "delta"): EMPTIED_APPEND_FILE, (3, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    (4, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+}
+"""(seed, sink) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
+test pass, and then the mark goes. Random kill times (`RETAIL_BRONZE_CHAOS_RANDOM_KILLS=1`) drop the marks."""
+
+REJECT_COLUMNS = ["table_name", "src_filename", "src_row_number", "src_sheet", "reason_code", "column_name"]
+MANIFEST_COLUMNS = ["src_path", "file_fingerprint", "table_name", "file_size", "row_count", "valid_count",
+                    "reject_count", "superseded_count", "status", "replaced_fingerprint", "extra_columns"]
+JSON_COLUMNS = {"_rescued_data"}
+"""Compared as JSON documents: the package writes the rescued columns in file order, the truth sorts them."""
+SHOWN = 6
+
+
+def _command(box: Sandbox) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(box.raw), "--lake",
+            str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir", str(box.pipelines_dir),
+            "--tables", ",".join(TABLES)]
+
+
+def _run(box: Sandbox, kill: dict[str, Any] | None = None) -> tuple[int, str]:
+    """One run of the command line; `kill` names a crash point (`point`, `after`) or a delay in seconds (`delay`)."""
+    env = dict(os.environ)
+    if kill and "point" in kill:
+        env.update(RETAIL_BRONZE_CRASH_AT=kill["point"], RETAIL_BRONZE_CRASH_AFTER=str(kill["after"]))
+    process = subprocess.Popen(_command(box), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    if kill and "delay" in kill:
+        try:
+            process.wait(timeout=kill["delay"])
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+    out, err = process.communicate(timeout=600)
+    return process.returncode, out + err
+
+
+def _kill_schedule(draw: random.Random, random_times: bool) -> list[dict[str, Any]]:
+    """The kills of one round before the run that must complete: none, one or two. Named crash points give the
+    same outcome on every run of a seed; kills at random moments (`random_times`) do not."""
+    kills: list[dict[str, Any]] = []
+    while len(kills) < 2 and draw.random() < (0.6 if not kills else 0.3):
+        if random_times and draw.random() < 0.5:
+            kills.append({"delay": round(draw.uniform(0.5, 6.0), 2)})
+        else:
+            point = draw.choice(POINTS)
+            kills.append({"point": point, "after": draw.randint(1, 4 if point in ("file_staged",
+                                                                                  "delta_table_mirrored") else 1)})
+    return kills
+
+
+def _warehouse(box: Sandbox, table: str) -> pa.Table | None:
+    with duckdb.connect(str(box.warehouse), read_only=True) as con:
+        found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'bronze' "
+                            "AND table_name = ?", [table]).fetchone()
+        if not found or not found[0]:
+            return None
+        return con.execute(f"SELECT * FROM bronze.{table}").to_arrow_table()
+
+
+def _delta(box: Sandbox, table: str) -> pa.Table | None:
+    return delta_table(box.lake, table) if (box.lake / "bronze" / "delta" / table / "_delta_log").is_dir() else None
+
+
+def _changelog(box: Sandbox, table: str) -> pa.Table | None:
+    folder = box.lake / "bronze" / "parquet" / table
+    return changelog_table(box.lake, table) if folder.is_dir() and any(folder.glob("*.parquet")) else None
+
+
+def _rejects_csv(box: Sandbox) -> pa.Table | None:
+    files = sorted((box.lake / "_rejects").glob("*/*.csv"))
+    if not files:
+        return None
+    parts = []
+    for path in files:
+        read = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in [*REJECT_COLUMNS, "load_id"]}, strings_can_be_null=True,
+            include_columns=[*REJECT_COLUMNS, "load_id"]))
+        parts.append(read.set_column(read.schema.get_field_index("load_id"), "load_id",
+                                     pa.repeat(pa.scalar(path.stem), read.num_rows)))
+    table = pa.concat_tables(parts)
+    return table.set_column(table.schema.get_field_index("src_row_number"), "src_row_number",
+                            table["src_row_number"].cast(pa.int64()))
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Extension types (DuckDB's JSON) as their storage."""
+    columns = [c.cast(c.type.storage_type) if isinstance(c.type, pa.ExtensionType) else c for c in table.columns]
+    return pa.table(columns, names=table.column_names)
+
+
+def _normal(value: Any, column: str) -> Any:
+    if column in JSON_COLUMNS and value is not None:
+        return json.dumps(json.loads(value), sort_keys=True)
+    return value
+
+
+def _rows(table: pa.Table, columns: list[str], schema: pa.Schema, rounds: dict[str, int], load_column: str) -> Counter:
+    """The multiset of `columns` (cast to `schema`) plus the round of each row's load."""
+    table = _plain(table)
+    selected = table.select(columns).cast(pa.schema([schema.field(c).with_nullable(True) for c in columns]))
+    loads = table[load_column].to_pylist()
+    return Counter(tuple([*(_normal(v, c) for c, v in zip(columns, row.values(), strict=True)),
+                          rounds.get(load, f"load {load}")]) for row, load in zip(selected.to_pylist(), loads,
+                                                                                  strict=True))
+
+
+def _truth_rows(table: pa.Table, columns: list[str]) -> Counter:
+    return Counter(tuple([*(_normal(row[c], c) for c in columns), row["_round"]]) for row in table.to_pylist())
+
+
+SINKS = ("duckdb", "delta", "changelog", "rejects_csv", "runs")
+"""What one test of a seed checks: a sink (data tables, rejects and manifest), the rejects CSV files, or the runs
+(exit codes, one load and one `ingestion_ts` per round in every sink, a last run that changes nothing)."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Rows of one output of one sink that differ from the truth after a round (each row ends with its round)."""
+
+    round: int
+    sink: str
+    output: str
+    columns: list[str] = field(default_factory=list)
+    missing: Counter = field(default_factory=Counter)
+    unexpected: Counter = field(default_factory=Counter)
+    expected: int = 0
+
+    def lines(self) -> list[str]:
+        if not self.columns:
+            return [f"round {self.round}: {self.sink}: {self.output}"]
+        head = (f"round {self.round}: {self.sink} {self.output}: {sum(self.missing.values())} row(s) missing, "
+                f"{sum(self.unexpected.values())} unexpected (of {self.expected} expected); columns "
+                f"{[*self.columns, 'round']}")
+        return [head, *(f"  missing    {row}" for row in sorted(self.missing, key=repr)[:SHOWN]),
+                *(f"  unexpected {row}" for row in sorted(self.unexpected, key=repr)[:SHOWN])]
+
+
+def _difference(number: int, sink: str, output: str, expected: Counter, found: Counter,
+                columns: list[str]) -> list[Difference]:
+    if expected == found:
+        return []
+    return [Difference(number, sink, output, columns, expected - found, found - expected, sum(expected.values()))]
+
+
+def _load_rounds(box: Sandbox, manifest_log: pa.Table, number: int) -> tuple[dict[str, int], list[Difference]]:
+    """Load id -> round, from the change log's manifest (every load's file versions, loads in time order)."""
+    log = _changelog(box, "manifest_processed_files")
+    expected_rounds = sorted(set(manifest_log["_round"].to_pylist()))
+    found = sorted(set(log["load_id"].to_pylist()), key=float) if log is not None else []
+    problems = []
+    if len(found) != len(expected_rounds):
+        problems.append(Difference(number, "runs", f"{len(found)} load id(s) {found} in the change log's manifest, "
+                                   f"but files were loaded in rounds {expected_rounds}"))
+    return dict(zip(found, expected_rounds, strict=False)), problems
+
+
+def compare(box: Sandbox, truth: Path, number: int) -> list[Difference]:
+    """Every difference between the sinks of `box` and the truth under `truth`, after round `number`."""
+    manifest_log = pq.read_table(truth / "manifest_log.parquet")
+    rounds, problems = _load_rounds(box, manifest_log, number)
+    for name in TABLES:
+        spec = gen.CHAOS_TABLES[name]
+        schema = spec.truth_schema
+        columns = [c for c in schema.names if c != "_round"]
+        state = _truth_rows(pq.read_table(truth / "tables" / f"{name}.parquet"), columns)
+        log = _truth_rows(pq.read_table(truth / "changelog" / f"{name}.parquet"), columns)
+        for sink, expected, found in (("duckdb", state, _warehouse(box, name)), ("delta", state, _delta(box, name)),
+                                      ("changelog", log, _changelog(box, name))):
+            rows = _rows(found, columns, schema, rounds, "_dlt_load_id") if found is not None else Counter()
+            problems += _difference(number, sink, name, expected, rows, columns)
+    rejects = pq.read_table(truth / "rejects.parquet")
+    expected = _truth_rows(rejects, REJECT_COLUMNS)
+    for sink, found in (("duckdb", _warehouse(box, "rejects")), ("delta", _delta(box, "rejects")),
+                        ("changelog", _changelog(box, "rejects")), ("rejects_csv", _rejects_csv(box))):
+        rows = _rows(found, REJECT_COLUMNS, rejects.schema, rounds, "load_id") if found is not None else Counter()
+        problems += _difference(number, sink, "rejects", expected, rows, REJECT_COLUMNS)
+    manifest = pq.read_table(truth / "manifest.parquet")
+    for sink, expected, found in (
+            ("duckdb", _truth_rows(manifest, MANIFEST_COLUMNS), _warehouse(box, "manifest_processed_files")),
+            ("delta", _truth_rows(manifest, MANIFEST_COLUMNS), _delta(box, "manifest_processed_files")),
+            ("changelog", _truth_rows(manifest_log, MANIFEST_COLUMNS), _changelog(box, "manifest_processed_files"))):
+        rows = _rows(found, MANIFEST_COLUMNS, manifest.schema, rounds, "load_id") if found is not None else Counter()
+        problems += _difference(number, sink, "manifest", expected, rows, MANIFEST_COLUMNS)
+    return problems + _one_stamp_per_load(box, number)
+
+
+def _one_stamp_per_load(box: Sandbox, number: int) -> list[Difference]:
+    """Every row of one load carries the load's one `ingestion_ts`, in every table of every sink."""
+    stamps: dict[str, set[Any]] = {}
+    for name in [*TABLES, "rejects", "manifest_processed_files"]:
+        stamp, load = ("processed_at", "load_id") if name == "manifest_processed_files" else (
+            ("ingestion_ts", "load_id") if name == "rejects" else ("ingestion_ts", "_dlt_load_id"))
+        for found in (_warehouse(box, name), _delta(box, name), _changelog(box, name)):
+            if found is None:
+                continue
+            for value, load_id in zip(found[stamp].to_pylist(), found[load].to_pylist(), strict=True):
+                stamps.setdefault(load_id, set()).add(value)
+    return [Difference(number, "runs", f"load {load_id} has {len(values)} ingestion_ts values {sorted(values)[:3]}")
+            for load_id, values in sorted(stamps.items()) if len(values) != 1]
+
+
+def _snapshot(box: Sandbox) -> dict[str, Any]:
+    """Every table of every sink as sorted rows, to tell that a run changed nothing."""
+    state: dict[str, Any] = {}
+    for name in [*TABLES, "rejects", "manifest_processed_files"]:
+        for sink, found in (("duckdb", _warehouse(box, name)), ("delta", _delta(box, name)),
+                            ("changelog", _changelog(box, name))):
+            state[f"{sink} {name}"] = sorted(map(repr, _plain(found).to_pylist())) if found is not None else None
+    state["rejects csv"] = sorted(p.name for p in (box.lake / "_rejects").glob("*/*.csv"))
+    return state
+
+
+@dataclass
+class SeedRun:
+    """What happened to one seed: the runs, every difference found after each round."""
+
+    seed: int
+    history: list[str]
+    differences: list[Difference]
+
+    def report(self, sink: str) -> str:
+        return "\n".join([*self.history, *(line for d in self.differences if d.sink == sink for line in d.lines())])
+
+
+def run_seed(root: Path, seed: int, rounds: int = ROUNDS, random_times: bool = RANDOM_TIMES, *,
+             knobs: Any = None, kills: bool = True) -> SeedRun:
+    """Deliver and load `rounds` rounds of `seed` under `root` and compare every sink with the truth after each
+    round; the rounds go on after a difference (a sink that went wrong stays wrong in later rounds), so that each
+    sink is judged on every round. A run that fails stops the seed (a `runs` difference). The knobs are drawn from
+    the seed unless given; `kills` off runs every round once, unkilled."""
+    knobs = knobs or gen.random_knobs(seed)
+    plan = root / "deliveries"
+    gen.generate_deliveries(plan, rounds=rounds, seed=seed, knobs=knobs)
+    box = make_sandbox(root / "run")
+    draw = random.Random(f"chaos-kills/{seed}")
+    result = SeedRun(seed, [f"seed {seed}, knobs {json.dumps(knobs.document())}"], [])
+    for number in range(1, rounds + 1):
+        gen.apply_round(plan, number, box.raw)
+        for kill in _kill_schedule(draw, random_times) if kills else []:
+            code, output = _run(box, kill)
+            result.history.append(f"round {number}: killed {kill} -> exit {code}")
+            if code not in (0, -signal.SIGKILL):
+                result.differences.append(Difference(number, "runs", f"a run killed with {kill} exited {code}: "
+                                                                      f"{output.strip()[-2000:]}"))
+                return result
+        code, output = _run(box)
+        result.history.append(f"round {number}: run -> exit {code}")
+        if code != 0:
+            result.differences.append(Difference(number, "runs", f"the run exited {code}: {output.strip()[-2000:]}"))
+            return result
+        result.differences += compare(box, gen.round_dir(plan, number) / "truth", number)
+    before = _snapshot(box)
+    code, output = _run(box)
+    result.history.append(f"after round {rounds}: run -> exit {code}")
+    changed = sorted(k for k, v in _snapshot(box).items() if v != before.get(k))
+    if code != 0 or changed:
+        result.differences.append(Difference(rounds, "runs", f"a run with nothing new exited {code} and changed "
+                                                             f"{changed or 'nothing'}: {output.strip()[-2000:]}"))
+    return result
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
+        for sink in SINKS:
+            bug = KNOWN_BUGS.get((seed, sink))
+            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug and not RANDOM_TIMES else []
+            cases.append(pytest.param(seed, sink, id=f"seed-{seed}-{sink}", marks=marks))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def seed_runs() -> dict[int, SeedRun]:
+    """Each seed runs once; its tests (one per sink) share the outcome."""
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "sink"), _cases())
+def test_random_deliveries_match_the_ground_truth(seed: int, sink: str, seed_runs: dict[int, SeedRun],
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    if seed not in seed_runs:
+        seed_runs[seed] = run_seed(tmp_path_factory.mktemp(f"chaos-{seed}"), seed)
+    run = seed_runs[seed]
+    stopped = [d for d in run.differences if d.sink == "runs" and "exited" in d.output]
+    assert not stopped or sink == "runs", f"the seed stopped: {stopped[0].lines()[0]}"
+    assert not [d for d in run.differences if d.sink == sink], run.report(sink)
+
+
+QUIET = {"dirty": {}, "drift_rate": 0.0, "duplicate_rate": 0.0, "late_rate": 0.0, "redeliver_rate": 0.0}
+PROFILES = {
+    "same-size-edits": (4, gen.Knobs(**QUIET, change_rate=0.5, keep_mtime_rate=1.0)),
+    "emptied-files": (4, gen.Knobs(**{**QUIET, "dirty": {"NOT_NULL": 0.02}}, change_rate=0.8)),
+}
+"""Knob sets aimed at one behaviour each, with a seed that exercises it: changed files that keep their size and
+modification time (issue 13, section 1), and files delivered again with no valid rows (an empty version, or every
+row rejected)."""
+PROFILE_BUGS = {
+    "same-size-edits": "issue 13 section 1: a changed file with the same size and modification time is skipped",
+    "emptied-files": EMPTIED_APPEND_FILE,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", [pytest.param(p, marks=[pytest.mark.xfail(strict=True, reason=PROFILE_BUGS[p])]
+                                                  if p in PROFILE_BUGS else []) for p in PROFILES])
+def test_deliveries_aimed_at_one_behaviour_match_the_ground_truth(tmp_path: Path, profile: str) -> None:
+    seed, knobs = PROFILES[profile]
+    run = run_seed(tmp_path, seed, knobs=knobs, kills=False)
+    assert not run.differences, "\n".join([*run.history, *(line for d in run.differences for line in d.lines())])
+
+
+def test_the_ground_truth_follows_the_documented_merge_semantics(tmp_path: Path) -> None:
+    """The truth itself, on hand-made versions: newest wins within a load (ties to the file that sorts last), late
+    versions lose across loads, an equal sequence value from a later load replaces, conflicting content is
+    DUPLICATE_KEY, and an append file delivered again replaces its rows (none when its new version is rejected)."""
+    truth = gen.GroundTruth(["orders", "events"])
+    orders, events = gen.CHAOS_TABLES["orders"], gen.CHAOS_TABLES["events"]
+    rng = gen.Rng(1, "test")
+
+    def version(table: Any, path: str, keys: list[Any], when: list[int], conflict: bool = False) -> Any:
+        key = {"orders": "order_id", "events": "event_id"}[table.name]
+        rows = gen.MAKERS[table.name].rows(rng, pa.table({key: keys}), pa.array(when, pa.int64()))
+        if conflict:
+            rows = gen.MAKERS[table.name].conflict(rows)
+        spec = gen.FileSpec(fmt=table.formats[0], columns=list(table.contract.names))
+        return gen.render(table, path, rows, spec)
+
+    base = gen.START
+    first = [version(orders, "orders/b.csv", [1, 2], [base + 10, base + 10]),
+             version(orders, "orders/a.csv", [1, 3], [base + 20, base + 5]),
+             version(orders, "orders/c.csv", [3], [base + 5], conflict=True)]
+    truth.load(1, [gen.Delivery(v.path, "add", v) for v in first])
+    state = {r["order_id"]: (r["src_filename"], r["_round"]) for r in truth.state["orders"].to_pylist()}
+    assert state == {1: ("orders/a.csv", 1), 2: ("orders/b.csv", 1)}
+    codes = Counter((r["src_filename"], r["reason_code"]) for t in truth.rejects for r in t.to_pylist())
+    assert codes == {("orders/a.csv", "DUPLICATE_KEY"): 1, ("orders/c.csv", "DUPLICATE_KEY"): 1}
+    assert truth.manifest["orders/b.csv", first[0].fingerprint]["superseded_count"] == 1
+
+    late = version(orders, "orders/d.csv", [1, 2], [base + 15, base + 10])
+    truth.load(2, [gen.Delivery(late.path, "add", late), gen.Delivery("orders/b.csv", "redeliver"),
+                   gen.Delivery("orders/a.csv", "replace", first[1])])
+    state = {r["order_id"]: (r["src_filename"], r["_round"]) for r in truth.state["orders"].to_pylist()}
+    assert state == {1: ("orders/a.csv", 1), 2: ("orders/d.csv", 2)}
+    assert [r["src_path"] for r in truth.manifest_log if r["_round"] == 2] == ["orders/d.csv"]
+
+    one = version(events, "events/e.jsonl", ["e1", "e2"], [base, base])
+    truth.load(3, [gen.Delivery(one.path, "add", one)])
+    changed = version(events, "events/e.jsonl", ["e3"], [base])
+    broken = gen.FileVersion("events", "events/f.jsonl", b"x", "FILE_UNREADABLE", one.rows.slice(0, 0),
+                             one.rejects, 0, None, one.intent, None)
+    truth.load(4, [gen.Delivery(changed.path, "replace", changed), gen.Delivery(broken.path, "add", broken)])
+    assert sorted(r["event_id"] for r in truth.state["events"].to_pylist()) == ["e3"]
+    assert [r["event_id"] for r in truth.log["events"][-2].to_pylist()] == ["e1", "e2"]
+    assert truth.manifest["events/e.jsonl", changed.fingerprint]["replaced_fingerprint"] == one.fingerprint
+    rejected = gen.FileVersion("events", "events/e.jsonl", b"y", "FILE_UNREADABLE", one.rows.slice(0, 0),
+                               one.rejects, 0, None, one.intent, None)
+    truth.load(5, [gen.Delivery(rejected.path, "replace", rejected)])
+    assert sorted(r["event_id"] for r in truth.state["events"].to_pylist()) == ["e3"]
