@@ -13,8 +13,8 @@ distinct keys each merge table keeps after the merge.
 
 writes, per round, `round_NNN/plan.json` (files to add, to replace with other content, or to deliver again unchanged),
 `round_NNN/files/` (their bytes) and `round_NNN/truth/` (`tables/<table>.parquet`: the rows DuckDB and Delta hold;
-`changelog/<table>.parquet`: the rows of the Parquet change log; `rejects.parquet`; `manifest.parquet` and
-`manifest_log.parquet`), plus `_chaos.json` (knobs and per-round counts by table and reason code). The tables are
+`changelog/<table>.parquet`: the rows of the Parquet change log; `rejects.parquet`; `manifest.parquet`,
+`manifest_log.parquet` and `schema_history.parquet`; with `--evolve-schema`, the truth of runs with that flag), plus `_chaos.json` (knobs and per-round counts by table and reason code). The tables are
 orders (CSV), order_items (Parquet), events (JSON Lines) and sensors (CSV and Parquet). The truth follows the README's
 semantics and is computed without the package (see `GroundTruth`). Knobs: `--duplicate-rate`, `--out-of-order`,
 `--update-rate`, `--late-rate`, `--redeliver-rate`, `--change-rate`, `--keep-mtime-rate`, `--drift-rate`,
@@ -1088,6 +1088,8 @@ class Knobs:
     then copied with `cp -p` or `rsync -t`)."""
     drift_rate: float = 0.15
     """Per new or changed file: added, missing (optional), retyped or reordered columns."""
+    sparse_keys: float = 0.0
+    """JSON Lines files with added columns: each added key is left out of this share of the records."""
     dirty: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys((*ROW_REASONS, *FILE_REASONS), 0.01))
     """Reason code -> rate: per record for `ROW_REASONS`, per file for `FILE_REASONS` (per table and round for
     `UNSUPPORTED_FILE`)."""
@@ -1095,7 +1097,7 @@ class Knobs:
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in ("duplicate_rate", "out_of_order", "update_rate", "late_rate",
                                                         "redeliver_rate", "change_rate", "keep_mtime_rate",
-                                                        "drift_rate")}
+                                                        "drift_rate", "sparse_keys")}
         rates.update(self.dirty)
         wrong = {k: v for k, v in rates.items() if not 0 <= v <= 1}
         if wrong or self.rows < 1:
@@ -1396,6 +1398,8 @@ class FileSpec:
     """`FILE_UNREADABLE`, `FILE_ENCODING` or `MISSING_REQUIRED_COLUMN`: the file is rejected as a whole (JSON Lines:
     a required key missing from every record is a `NOT_NULL` reject per record)."""
     missing_required: str | None = None
+    sparse_keys: float = 0.0
+    """JSON Lines: the share of records each added key is left out of."""
     unterminated_tail: bool = False
     row_group_size: int = 64
 
@@ -1418,6 +1422,9 @@ class FileVersion:
     intent: pa.Table
     """The rows this version meant to deliver, before faults: what a later change of the file starts from."""
     spec: FileSpec | None
+    added: dict[str, pa.Array] = field(default_factory=dict)
+    """The columns outside the contract as a schema-evolving load adds them, per record: text (empty text missing)
+    or the stored type."""
 
     @property
     def fingerprint(self) -> str:
@@ -1481,8 +1488,10 @@ def _draw_spec(table: ChaosTable, fmt: str, n: int, knobs: Knobs, rng: Rng) -> F
     if fmt == "jsonl" and draw.random() < 0.3:
         spec.blanks = sorted(draw.randrange(n + 1) for _ in range(draw.randint(1, 3)))
     if fmt == "jsonl":
-        # The first key of a line is one that is never left out (a required column or an added one).
-        first = next(i for i, c in enumerate(spec.columns) if c in spec.extras or not table.contract.field(c).nullable)
+        spec.sparse_keys = knobs.sparse_keys if spec.extras else 0.0
+        # The first key of a line is one that is never left out (a required column, or an added one kept in all).
+        first = next(i for i, c in enumerate(spec.columns)
+                     if (c in spec.extras and not spec.sparse_keys) or (c in names and not table.contract.field(c).nullable))
         spec.columns.insert(0, spec.columns.pop(first))
     return spec
 
@@ -1546,16 +1555,21 @@ def _row_numbers_of(table: ChaosTable, intent: pa.Table) -> pa.Array:
                   pc.cast(pc.utf8_slice_codeunits(intent["sensor_id"], 3), pa.int64()))
 
 
-def _extra_values(number: pa.Array, name: str, kind: str, fmt: str) -> pa.Array:
+def _extra_values(number: pa.Array, name: str, kind: str, fmt: str, sparse: float = 0.0) -> pa.Array:
     """Values of an added column, a function of the row's number: short words (one empty) or integers; Parquet
-    values are sometimes null (JSON Lines values never are)."""
+    values are sometimes null; JSON Lines values are missing (the key left out) in a `sparse` share of the rows."""
     salt = sum(name.encode())
     mixed = _mod(pc.add(pc.multiply(as_array(number), 7919), salt), 10_007)
     if kind == "int":
         values = text(_mod(mixed, 1000)) if fmt != "parquet" else _mod(mixed, 1000)
     else:
         values = pc.take(pa.array(EXTRA_TEXT), _mod(mixed, len(EXTRA_TEXT)))
-    return with_nulls(values, pc.equal(_mod(mixed, 5), 0)) if fmt == "parquet" else values
+    if fmt == "parquet":
+        return with_nulls(values, pc.equal(_mod(mixed, 5), 0))
+    if sparse:
+        left_out = pc.less(_mod(pc.add(pc.multiply(as_array(number), 104_729), salt), 1000), int(sparse * 1000))
+        return with_nulls(values, left_out)
+    return values
 
 
 def _text_of(field_: pa.Field, values: pa.Array, spelling: str | None) -> pa.Array:
@@ -1642,13 +1656,20 @@ def _canonical(cells: Mapping[str, pa.Array], n: int) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "") if parts else pa.repeat(pa.scalar(""), n)
 
 
-def _rescued(extras: Mapping[str, pa.Array], n: int) -> pa.Array:
-    """`_rescued_data` as JSON with sorted keys (values are text or null), null when there are no added columns."""
+def _rescued(extras: Mapping[str, pa.Array], n: int, *, missing_is_absent: bool = False) -> pa.Array:
+    """`_rescued_data` as JSON with sorted keys (values are text or null), null when the record has no columns outside
+    the contract. With `missing_is_absent` (JSON Lines) a missing value is a key the record does not have."""
     if not extras:
         return pa.nulls(n, pa.string())
-    pieces = [pc.binary_join_element_wise(f'"{name}":', pc.fill_null(
-        pc.binary_join_element_wise('"', values, '"', ""), "null"), "") for name, values in sorted(extras.items())]
-    return pc.binary_join_element_wise("{", pc.binary_join_element_wise(*pieces, ","), "}", "")
+    pieces = []
+    for name, values in sorted(extras.items()):
+        quoted = pc.binary_join_element_wise('"', values, '"', "")
+        pieces.append(pc.binary_join_element_wise(f',"{name}":', quoted if missing_is_absent
+                                                  else pc.fill_null(quoted, "null"), ""))
+    # Left-out pairs join as empty text ("skip" would drop rows whose pairs are all left out, pyarrow 26).
+    joined = pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
+    rescued = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
+    return pc.if_else(pc.equal(joined, ""), pa.scalar(None, pa.string()), rescued)
 
 
 def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, truth: bool = True) -> FileVersion:
@@ -1658,7 +1679,7 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
     contract = table.contract
     written = [c for c in spec.columns if c in contract.names]
     numbers = _row_numbers_of(table, intent) if spec.extras else None
-    extras = {name: _extra_values(numbers, name, kind, spec.fmt) for name, kind in spec.extras.items()}
+    extras = {name: _extra_values(numbers, name, kind, spec.fmt, spec.sparse_keys) for name, kind in spec.extras.items()}
     cells: dict[str, pa.Array] = {}
     if spec.fmt == "parquet":
         stored = {}
@@ -1704,7 +1725,12 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
     missing = pa.scalar(None, pa.string())
     rows = rows.append_column("_canonical", pc.if_else(parsed, _canonical(cells, n), missing) if truth
                               else pa.nulls(n, pa.string()))
-    rows = rows.append_column("_rescued_data", pc.if_else(parsed, _rescued(rescued_text, n), missing) if truth
+    jsonl = spec.fmt == "jsonl"
+    # A JSON Lines column exists only where a record (that parses) has the key.
+    seen = {name: values for name, values in rescued_text.items()
+            if not jsonl or pc.any(pc.and_(pc.is_valid(values), parsed)).as_py()}
+    rescued = _rescued(seen, n, missing_is_absent=jsonl)
+    rows = rows.append_column("_rescued_data", pc.if_else(parsed, rescued, missing) if truth
                               else pa.nulls(n, pa.string()))
     reject_table = pa.table({"src_row_number": pc.take(row_numbers, positions), "reason_code": codes,
                              "column_name": columns}, schema=ROW_REJECTS)
@@ -1717,12 +1743,19 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
         data = data[: len(data) // 2]
     elif spec.file_level == "FILE_ENCODING":
         data += "Zürich".encode("latin-1") + spec.eol.encode()
-    objects = n - len(spec.parse)
-    extra = ",".join(sorted(spec.extras)) if spec.extras and (spec.fmt != "jsonl" or objects) else None
+    if spec.fmt == "jsonl":
+        parsed_rows = pc.invert(positions_mask(n, spec.parse))
+        present = sorted(name for name, values in extras.items()
+                         if pc.any(pc.and_(pc.is_valid(values), parsed_rows)).as_py())
+    else:
+        present = sorted(extras)
+    extra = ",".join(present) or None
     if spec.file_level is not None:
         return FileVersion(table.name, path, data, spec.file_level, rows.slice(0, 0), ROW_REJECTS.empty_table(), 0,
                            None, intent, spec)
-    return FileVersion(table.name, path, data, None, rows, reject_table, row_count, extra, intent, spec)
+    added = {name: pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+             if pa.types.is_string(values.type) else values for name, values in extras.items() if name in present}
+    return FileVersion(table.name, path, data, None, rows, reject_table, row_count, extra, intent, spec, added)
 
 
 def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
@@ -1777,8 +1810,13 @@ def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
     for i, name in enumerate(spec.columns):
         opening = ("{" if i == 0 else ",") + f'"{name}":'
         if name in extras:
-            cells[name] = extras[name]
-            args += [opening, extras[name]] if spec.extras[name] == "int" else [opening + '"', extras[name], '"']
+            values = cells[name] = extras[name]
+            if values.null_count:
+                # Keys left out of some records (`sparse_keys`): the first column is never one of these.
+                args.append(pc.binary_join_element_wise(opening, values, "") if spec.extras[name] == "int"
+                            else pc.binary_join_element_wise(opening + '"', values, '"', ""))
+            else:
+                args += [opening, values] if spec.extras[name] == "int" else [opening + '"', values, '"']
             continue
         field_ = contract.field(name)
         cell = texts[name]
@@ -2065,6 +2103,10 @@ REJECT_TRUTH = pa.schema([pa.field("table_name", pa.string()), pa.field("src_fil
                           pa.field("src_row_number", pa.int64()), pa.field("src_sheet", pa.string()),
                           pa.field("reason_code", pa.string()), pa.field("column_name", pa.string()),
                           pa.field("_round", pa.int32())])
+SCHEMA_HISTORY_TRUTH = pa.schema([pa.field("table_name", pa.string()), pa.field("column_name", pa.string()),
+                                  pa.field("data_type", pa.string()), pa.field("_round", pa.int32())])
+DLT_TYPES: Mapping[pa.DataType, str] = {pa.string(): "text", pa.int64(): "bigint"}
+"""dlt's data type of the added columns' Arrow types (`schema_history.data_type`)."""
 MANIFEST_TRUTH = pa.schema([pa.field("src_path", pa.string()), pa.field("file_fingerprint", pa.string()),
                             pa.field("table_name", pa.string()), pa.field("file_size", pa.int64()),
                             pa.field("row_count", pa.int64()), pa.field("valid_count", pa.int64()),
@@ -2085,11 +2127,18 @@ class GroundTruth:
       has a higher sequence value (late versions never win). The change log gets every load's kept versions.
     - Append tables: a loaded file's valid rows replace the rows of every earlier version of that file (none when
       the new version is rejected as a whole). The change log gets every load's valid rows.
+    - With `evolve` (`--evolve-schema`), columns outside the contract are added to the table instead of rescued:
+      text for text formats, the stored type for Parquet; older rows read them as missing. A file holding such a
+      column with another type than the table (or an earlier file of the load) gave it is a `COLUMN_TYPE_CHANGED`
+      file reject; each added column is a `schema_history` row of the load that added it.
     """
 
-    def __init__(self, tables: Sequence[str]) -> None:
+    def __init__(self, tables: Sequence[str], *, evolve: bool = False) -> None:
         import duckdb
 
+        self.evolve = evolve
+        self.added: dict[str, dict[str, pa.DataType]] = {t: {} for t in tables}
+        self.schema_history: list[dict[str, Any]] = []
         self.tables = [CHAOS_TABLES[t] for t in tables]
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
@@ -2111,9 +2160,35 @@ class GroundTruth:
             self.ledger[version.path] = version.fingerprint
         return summary
 
+    def schema(self, table: ChaosTable) -> pa.Schema:
+        """The columns the table's sinks hold: the truth schema and the columns added so far."""
+        return pa.schema([*table.truth_schema, *(pa.field(n, t) for n, t in self.added[table.name].items())])
+
+    def _type_checked(self, table: ChaosTable, number: int, files: list[FileVersion]) -> list[FileVersion]:
+        """The files of a schema-evolving load, those bringing a column with another type than the table (or an
+        earlier file of the load) gave it turned into `COLUMN_TYPE_CHANGED` rejects; new columns recorded."""
+        types = dict(self.added[table.name])
+        checked = []
+        for f in files:
+            found = {name: values.type for name, values in f.added.items()}
+            if f.file_reject is None and any(types.get(name, type_) != type_ for name, type_ in found.items()):
+                f = dataclasses.replace(f, file_reject="COLUMN_TYPE_CHANGED", rows=f.rows.slice(0, 0),
+                                        rejects=ROW_REJECTS.empty_table(), row_count=0, extra_columns=None, added={})
+            elif f.file_reject is None:
+                for name, type_ in found.items():
+                    if name not in types:
+                        types[name] = type_
+                        self.schema_history.append({"table_name": table.name, "column_name": name,
+                                                    "data_type": DLT_TYPES[type_], "_round": number})
+            checked.append(f)
+        self.added[table.name] = types
+        return checked
+
     def _load_table(self, table: ChaosTable, number: int, files: list[FileVersion]) -> dict[str, Any]:
         rejects: list[pa.Table] = []
         valid: list[pa.Table] = []
+        if self.evolve:
+            files = self._type_checked(table, number, files)
         accepted = [f for f in files if f.file_reject is None]
         for f in files:
             if f.file_reject is not None:
@@ -2122,13 +2197,20 @@ class GroundTruth:
                     "column_name": pa.nulls(1, pa.string())}), number))
                 continue
             rejects.append(_reject_records(table, f.path, f.rejects, number))
-            rows = f.rows.filter(f.rows["_valid"]).drop_columns(["_valid"])
+            rows = f.rows
+            if self.evolve:
+                rows = rows.set_column(rows.schema.get_field_index("_rescued_data"), "_rescued_data",
+                                       pa.nulls(rows.num_rows, pa.string()))
+                for name, values in f.added.items():
+                    rows = rows.append_column(name, values)
+            rows = rows.filter(rows["_valid"]).drop_columns(["_valid"])
             valid.append(_with_derived(table, rows).append_column("src_filename", pa.repeat(pa.scalar(f.path),
                                                                                              rows.num_rows)))
-        schema = table.truth_schema
+        schema = self.schema(table)
         empty = schema.empty_table().drop_columns(["src_row_hash", "_round"]).append_column(
             "_canonical", pa.array([], pa.string()))
-        self.con.register("loaded", pa.concat_tables([empty, *(v.select(empty.column_names) for v in valid)]))
+        self.con.register("loaded", pa.concat_tables([empty, *valid], promote_options="default").select(
+            empty.column_names))
         self.con.register("state", self.state[table.name])
         version = ", ".join(table.version)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE v AS SELECT * EXCLUDE (_canonical), sha256(_canonical) AS "
@@ -2194,9 +2276,12 @@ class GroundTruth:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         order = [("src_filename", "ascending"), ("src_row_number", "ascending"), ("_round", "ascending")]
         for table in self.tables:
+            schema = self.schema(table)
             pq.write_table(self.state[table.name].sort_by(order), folder / "tables" / f"{table.name}.parquet")
-            log = pa.concat_tables([table.truth_schema.empty_table(), *self.log[table.name]])
-            pq.write_table(log.sort_by(order), folder / "changelog" / f"{table.name}.parquet")
+            log = pa.concat_tables([schema.empty_table(), *self.log[table.name]], promote_options="default")
+            pq.write_table(log.select(schema.names).sort_by(order), folder / "changelog" / f"{table.name}.parquet")
+        pq.write_table(pa.Table.from_pylist(self.schema_history, schema=SCHEMA_HISTORY_TRUTH),
+                       folder / "schema_history.parquet")
         pq.write_table(pa.concat_tables([REJECT_TRUTH.empty_table(), *self.rejects]), folder / "rejects.parquet")
         pq.write_table(pa.Table.from_pylist(sorted(self.manifest.values(), key=lambda r: (r["src_path"], r["_round"])),
                                             schema=MANIFEST_TRUTH), folder / "manifest.parquet")
@@ -2225,10 +2310,11 @@ def _reject_records(table: ChaosTable, path: str, rows: pa.Table, number: int) -
 
 def generate_deliveries(out: str | Path, *, rounds: int, seed: int = 42, scale: float = 1.0,
                         knobs: Knobs | None = None, tables: Sequence[str] | None = None,
-                        truth: bool = True) -> dict[str, Any]:
+                        truth: bool = True, evolve: bool = False) -> dict[str, Any]:
     """Write `rounds` delivery rounds under `out` (replaced as a whole): per round `round_NNN/plan.json` and the files
     it adds or replaces under `round_NNN/files/`, and (unless `truth` is off) what every sink must hold after the
-    round under `round_NNN/truth/`. Return the `_chaos.json` document (knobs and per-round summaries)."""
+    round under `round_NNN/truth/`, for runs with `--evolve-schema` if `evolve`. Return the `_chaos.json` document
+    (knobs and per-round summaries)."""
     knobs = knobs or Knobs()
     names = list(tables or CHAOS_TABLES)
     unknown = [t for t in names if t not in CHAOS_TABLES]
@@ -2241,9 +2327,10 @@ def generate_deliveries(out: str | Path, *, rounds: int, seed: int = 42, scale: 
     (root / MARKER).write_text(f"scripts/generate_raw_data.py --deliveries {rounds} seed={seed} scale={scale} "
                                f"tables={','.join(names)}\n")
     planner = DeliveryPlanner(seed, scale, knobs, names, truth=truth)
-    ground = GroundTruth(names) if truth else None
+    ground = GroundTruth(names, evolve=evolve) if truth else None
     document: dict[str, Any] = {"generator": {"seed": seed, "scale": scale, "rounds": rounds, "tables": names,
-                                              "truth": truth, "knobs": knobs.document()}, "rounds": []}
+                                              "truth": truth, "evolve_schema": evolve, "knobs": knobs.document()},
+                                "rounds": []}
     for number in range(1, rounds + 1):
         folder = round_dir(root, number)
         deliveries = planner.round(number)
@@ -2324,7 +2411,7 @@ def generate(out: str | Path, seed: int = 42, scale: float = 1.0, dirty_fraction
 
 
 KNOB_OPTIONS = ("duplicate_rate", "out_of_order", "update_rate", "late_rate", "redeliver_rate", "change_rate",
-                "keep_mtime_rate", "drift_rate")
+                "keep_mtime_rate", "drift_rate", "sparse_keys")
 
 
 def knobs_from(args: argparse.Namespace) -> Knobs:
@@ -2361,6 +2448,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  f"per file for {', '.join(FILE_REASONS)} (default 0.01 each)")
     deliveries.add_argument("--dirty-rate", type=float, metavar="RATE", help="the same rate for every reason code")
     deliveries.add_argument("--fast", action="store_true", help="write the files only, no ground truth")
+    deliveries.add_argument("--evolve-schema", action="store_true",
+                            help="the truth of runs with --evolve-schema (columns outside the contract are added)")
     deliveries.add_argument("--apply-round", type=int, metavar="R",
                             help="deliver round R of the deliveries in --out into --raw, then exit")
     deliveries.add_argument("--raw", help="the raw root --apply-round delivers into")
@@ -2376,7 +2465,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             document = generate_deliveries(args.out, rounds=args.deliveries, seed=args.seed, scale=args.scale,
                                            knobs=knobs_from(args), tables=[t for t in args.tables.split(",") if t],
-                                           truth=not args.fast)
+                                           truth=not args.fast, evolve=args.evolve_schema)
         except ValueError as exc:
             parser.error(str(exc))
         for summary in document["rounds"]:

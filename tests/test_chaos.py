@@ -5,7 +5,8 @@ Each seed draws its own knobs (`generate_raw_data.random_knobs`) and kill schedu
 `scripts/bronze_dlt_pipeline.py` (SIGKILLed at a named crash point or at a random moment, then run again) until a run
 completes, and compares DuckDB, the Parquet change log, the Delta mirror, the rejects (table and CSV files) and the
 manifest with the round's truth. After the last round one more run must change nothing. Each seed runs once; one test
-per sink reports that sink's differences, so a known bug is marked on exactly the seed and sink it breaks.
+per sink and kind of output reports its differences, so a known bug is marked on exactly the seed and output it
+breaks.
 
 `RETAIL_BRONZE_CHAOS_SEEDS` (default 4) sets how many seeds run, from `RETAIL_BRONZE_CHAOS_FIRST_SEED` (default 1);
 `RETAIL_BRONZE_CHAOS_ROUNDS` (default 3) the rounds per seed. Reproduce one seed with
@@ -27,6 +28,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -46,36 +48,32 @@ REJECTS_CSV_AFTER_KILL = ("issue 13 section 6: when a run is killed after its Du
 EMPTIED_APPEND_FILE = ("an append-table file delivered again with no valid rows (empty, or every row rejected) keeps "
                        "its earlier rows in DuckDB and Delta: delete-insert on src_filename deletes only the files "
                        "that bring rows")
-KNOWN_BUGS: dict[tuple[int, str], str] = {
-    (1, "duckdb"): EMPTIED_APPEND_FILE, (1, "delta"): EMPTIED_APPEND_FILE, (1, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-    (2, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-    (3, "duckdb"): EMPTIED_APPEND_FILE, (3, "delta"): EMPTIED_APPEND_FILE, (3, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-    (4, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-}
-"""(seed, sink) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
+KNOWN_BUGS: dict[tuple[int, str], str] = {}
+"""(seed, check) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
 test pass, and then the mark goes. Random kill times (`RETAIL_BRONZE_CHAOS_RANDOM_KILLS=1`) drop the marks."""
 
 REJECT_COLUMNS = ["table_name", "src_filename", "src_row_number", "src_sheet", "reason_code", "column_name"]
 MANIFEST_COLUMNS = ["src_path", "file_fingerprint", "table_name", "file_size", "row_count", "valid_count",
                     "reject_count", "superseded_count", "status", "replaced_fingerprint", "extra_columns"]
+HISTORY_COLUMNS = ["table_name", "column_name", "data_type"]
 JSON_COLUMNS = {"_rescued_data"}
 """Compared as JSON documents: the package writes the rescued columns in file order, the truth sorts them."""
 SHOWN = 6
 
 
-def _command(box: Sandbox) -> list[str]:
+def _command(box: Sandbox, evolve: bool) -> list[str]:
     return [sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(box.raw), "--lake",
             str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir", str(box.pipelines_dir),
-            "--tables", ",".join(TABLES)]
+            "--tables", ",".join(TABLES), *(["--evolve-schema"] if evolve else [])]
 
 
-def _run(box: Sandbox, kill: dict[str, Any] | None = None) -> tuple[int, str]:
+def _run(box: Sandbox, kill: dict[str, Any] | None = None, *, evolve: bool = False) -> tuple[int, str]:
     """One run of the command line; `kill` names a crash point (`point`, `after`) or a delay in seconds (`delay`)."""
     env = dict(os.environ)
     if kill and "point" in kill:
         env.update(RETAIL_BRONZE_CRASH_AT=kill["point"], RETAIL_BRONZE_CRASH_AFTER=str(kill["after"]))
-    process = subprocess.Popen(_command(box), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(_command(box, evolve), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     if kill and "delay" in kill:
         try:
             process.wait(timeout=kill["delay"])
@@ -159,9 +157,11 @@ def _truth_rows(table: pa.Table, columns: list[str]) -> Counter:
     return Counter(tuple([*(_normal(row[c], c) for c in columns), row["_round"]]) for row in table.to_pylist())
 
 
-SINKS = ("duckdb", "delta", "changelog", "rejects_csv", "runs")
-"""What one test of a seed checks: a sink (data tables, rejects and manifest), the rejects CSV files, or the runs
-(exit codes, one load and one `ingestion_ts` per round in every sink, a last run that changes nothing)."""
+CHECKS = (*(f"{sink}-{kind}" for sink in ("duckdb", "delta", "changelog")
+            for kind in ("tables", "rejects", "manifest", "schema_history")), "rejects_csv", "runs")
+"""What one test of a seed checks: one kind of output of one sink (the data tables, the rejects, the manifest, the
+schema history), the rejects CSV files, or the runs (exit codes, one load and one `ingestion_ts` per round in every
+sink, a last run that changes nothing)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,13 @@ class Difference:
     missing: Counter = field(default_factory=Counter)
     unexpected: Counter = field(default_factory=Counter)
     expected: int = 0
+
+    @property
+    def check(self) -> str:
+        """The test (of `CHECKS`) that reports this difference."""
+        if self.sink in ("rejects_csv", "runs"):
+            return self.sink
+        return f"{self.sink}-{'tables' if self.output in TABLES else self.output}"
 
     def lines(self) -> list[str]:
         if not self.columns:
@@ -210,8 +217,7 @@ def compare(box: Sandbox, truth: Path, number: int) -> list[Difference]:
     manifest_log = pq.read_table(truth / "manifest_log.parquet")
     rounds, problems = _load_rounds(box, manifest_log, number)
     for name in TABLES:
-        spec = gen.CHAOS_TABLES[name]
-        schema = spec.truth_schema
+        schema = pq.read_schema(truth / "tables" / f"{name}.parquet")  # with the columns an evolving run added
         columns = [c for c in schema.names if c != "_round"]
         state = _truth_rows(pq.read_table(truth / "tables" / f"{name}.parquet"), columns)
         log = _truth_rows(pq.read_table(truth / "changelog" / f"{name}.parquet"), columns)
@@ -232,6 +238,12 @@ def compare(box: Sandbox, truth: Path, number: int) -> list[Difference]:
             ("changelog", _truth_rows(manifest_log, MANIFEST_COLUMNS), _changelog(box, "manifest_processed_files"))):
         rows = _rows(found, MANIFEST_COLUMNS, manifest.schema, rounds, "load_id") if found is not None else Counter()
         problems += _difference(number, sink, "manifest", expected, rows, MANIFEST_COLUMNS)
+    history = pq.read_table(truth / "schema_history.parquet")
+    for sink, found in (("duckdb", _warehouse(box, "schema_history")), ("delta", _delta(box, "schema_history")),
+                        ("changelog", _changelog(box, "schema_history"))):
+        rows = _rows(found, HISTORY_COLUMNS, history.schema, rounds, "load_id") if found is not None else Counter()
+        problems += _difference(number, sink, "schema_history", _truth_rows(history, HISTORY_COLUMNS), rows,
+                                HISTORY_COLUMNS)
     return problems + _one_stamp_per_load(box, number)
 
 
@@ -253,7 +265,7 @@ def _one_stamp_per_load(box: Sandbox, number: int) -> list[Difference]:
 def _snapshot(box: Sandbox) -> dict[str, Any]:
     """Every table of every sink as sorted rows, to tell that a run changed nothing."""
     state: dict[str, Any] = {}
-    for name in [*TABLES, "rejects", "manifest_processed_files"]:
+    for name in [*TABLES, "rejects", "manifest_processed_files", "schema_history"]:
         for sink, found in (("duckdb", _warehouse(box, name)), ("delta", _delta(box, name)),
                             ("changelog", _changelog(box, name))):
             state[f"{sink} {name}"] = sorted(map(repr, _plain(found).to_pylist())) if found is not None else None
@@ -269,8 +281,14 @@ class SeedRun:
     history: list[str]
     differences: list[Difference]
 
-    def report(self, sink: str) -> str:
-        return "\n".join([*self.history, *(line for d in self.differences if d.sink == sink for line in d.lines())])
+    def report(self, check: str) -> str:
+        return "\n".join([*self.history, *(line for d in self.differences if d.check == check for line in d.lines())])
+
+
+def evolve_schema(seed: int) -> bool:
+    """Whether the runs of a seed use `--evolve-schema` (a third of the seeds; a stream of its own, so that the
+    knobs and kills of a seed do not depend on it)."""
+    return random.Random(f"chaos-evolve/{seed}").random() < 1 / 3
 
 
 def run_seed(root: Path, seed: int, rounds: int = ROUNDS, random_times: bool = RANDOM_TIMES, *,
@@ -280,28 +298,30 @@ def run_seed(root: Path, seed: int, rounds: int = ROUNDS, random_times: bool = R
     sink is judged on every round. A run that fails stops the seed (a `runs` difference). The knobs are drawn from
     the seed unless given; `kills` off runs every round once, unkilled."""
     knobs = knobs or gen.random_knobs(seed)
+    evolve = evolve_schema(seed)
     plan = root / "deliveries"
-    gen.generate_deliveries(plan, rounds=rounds, seed=seed, knobs=knobs)
+    gen.generate_deliveries(plan, rounds=rounds, seed=seed, knobs=knobs, evolve=evolve)
     box = make_sandbox(root / "run")
     draw = random.Random(f"chaos-kills/{seed}")
-    result = SeedRun(seed, [f"seed {seed}, knobs {json.dumps(knobs.document())}"], [])
+    result = SeedRun(seed, [f"seed {seed}{', --evolve-schema' if evolve else ''}, knobs "
+                            f"{json.dumps(knobs.document())}"], [])
     for number in range(1, rounds + 1):
         gen.apply_round(plan, number, box.raw)
         for kill in _kill_schedule(draw, random_times) if kills else []:
-            code, output = _run(box, kill)
+            code, output = _run(box, kill, evolve=evolve)
             result.history.append(f"round {number}: killed {kill} -> exit {code}")
             if code not in (0, -signal.SIGKILL):
                 result.differences.append(Difference(number, "runs", f"a run killed with {kill} exited {code}: "
                                                                       f"{output.strip()[-2000:]}"))
                 return result
-        code, output = _run(box)
+        code, output = _run(box, evolve=evolve)
         result.history.append(f"round {number}: run -> exit {code}")
         if code != 0:
             result.differences.append(Difference(number, "runs", f"the run exited {code}: {output.strip()[-2000:]}"))
             return result
         result.differences += compare(box, gen.round_dir(plan, number) / "truth", number)
     before = _snapshot(box)
-    code, output = _run(box)
+    code, output = _run(box, evolve=evolve)
     result.history.append(f"after round {rounds}: run -> exit {code}")
     changed = sorted(k for k, v in _snapshot(box).items() if v != before.get(k))
     if code != 0 or changed:
@@ -313,10 +333,10 @@ def run_seed(root: Path, seed: int, rounds: int = ROUNDS, random_times: bool = R
 def _cases() -> list[Any]:
     cases = []
     for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
-        for sink in SINKS:
-            bug = KNOWN_BUGS.get((seed, sink))
+        for check in CHECKS:
+            bug = KNOWN_BUGS.get((seed, check))
             marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug and not RANDOM_TIMES else []
-            cases.append(pytest.param(seed, sink, id=f"seed-{seed}-{sink}", marks=marks))
+            cases.append(pytest.param(seed, check, id=f"seed-{seed}-{check}", marks=marks))
     return cases
 
 
@@ -327,28 +347,32 @@ def seed_runs() -> dict[int, SeedRun]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("seed", "sink"), _cases())
-def test_random_deliveries_match_the_ground_truth(seed: int, sink: str, seed_runs: dict[int, SeedRun],
+@pytest.mark.parametrize(("seed", "check"), _cases())
+def test_random_deliveries_match_the_ground_truth(seed: int, check: str, seed_runs: dict[int, SeedRun],
                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     if seed not in seed_runs:
         seed_runs[seed] = run_seed(tmp_path_factory.mktemp(f"chaos-{seed}"), seed)
     run = seed_runs[seed]
     stopped = [d for d in run.differences if d.sink == "runs" and "exited" in d.output]
-    assert not stopped or sink == "runs", f"the seed stopped: {stopped[0].lines()[0]}"
-    assert not [d for d in run.differences if d.sink == sink], run.report(sink)
+    assert not stopped or check == "runs", f"the seed stopped: {stopped[0].lines()[0]}"
+    assert not [d for d in run.differences if d.check == check], run.report(check)
 
 
 QUIET = {"dirty": {}, "drift_rate": 0.0, "duplicate_rate": 0.0, "late_rate": 0.0, "redeliver_rate": 0.0}
 PROFILES = {
     "same-size-edits": (4, gen.Knobs(**QUIET, change_rate=0.5, keep_mtime_rate=1.0)),
     "emptied-files": (4, gen.Knobs(**{**QUIET, "dirty": {"NOT_NULL": 0.02}}, change_rate=0.8)),
+    "sparse-added-keys": (2, gen.Knobs(**{**QUIET, "drift_rate": 1.0}, sparse_keys=0.5)),
 }
 """Knob sets aimed at one behaviour each, with a seed that exercises it: changed files that keep their size and
-modification time (issue 13, section 1), and files delivered again with no valid rows (an empty version, or every
-row rejected)."""
+modification time (issue 13, section 1), files delivered again with no valid rows (an empty version, or every row
+rejected), and JSON Lines records without an added key that other records of their file have."""
 PROFILE_BUGS = {
     "same-size-edits": "issue 13 section 1: a changed file with the same size and modification time is skipped",
     "emptied-files": EMPTIED_APPEND_FILE,
+    "sparse-added-keys": ("a JSON Lines record without a key outside the contract that another record of its chunk "
+                          "has gets that key as null in _rescued_data (README: the record's columns outside the "
+                          "contract, null when none)"),
 }
 
 
@@ -408,3 +432,38 @@ def test_the_ground_truth_follows_the_documented_merge_semantics(tmp_path: Path)
                                one.rejects, 0, None, one.intent, None)
     truth.load(5, [gen.Delivery(rejected.path, "replace", rejected)])
     assert sorted(r["event_id"] for r in truth.state["events"].to_pylist()) == ["e3"]
+
+
+def test_the_ground_truth_of_evolving_runs_and_rescued_keys(tmp_path: Path) -> None:
+    """With `--evolve-schema` an added column takes the type its first file gives it (Parquet integers: bigint);
+    a file holding it as text, in the same load or a later one, is a COLUMN_TYPE_CHANGED file reject. Without
+    it, a JSON Lines record rescues only the added keys it has."""
+    sensors, events = gen.CHAOS_TABLES["sensors"], gen.CHAOS_TABLES["events"]
+    rng = gen.Rng(2, "test")
+    planner = gen.DeliveryPlanner(2, 1.0, gen.Knobs(), ["sensors", "events"])
+
+    def version(table: Any, path: str, fmt: str, n: int, sparse: float = 0.0) -> Any:
+        keys = planner._new_keys(table, n, rng)
+        rows = gen.MAKERS[table.name].rows(rng, keys, pa.array([gen.START] * keys.num_rows, pa.int64()))
+        spec = gen.FileSpec(fmt=fmt, columns=[*table.contract.names, "x_batch"], extras={"x_batch": "int"},
+                            sparse_keys=sparse)
+        return gen.render(table, path, rows, spec)
+
+    truth = gen.GroundTruth(["sensors"], evolve=True)
+    first = [version(sensors, "sensors/a.parquet", "parquet", 8), version(sensors, "sensors/b.csv", "csv", 5)]
+    truth.load(1, [gen.Delivery(v.path, "add", v) for v in first])
+    later = version(sensors, "sensors/c.csv", "csv", 4)
+    truth.load(2, [gen.Delivery(later.path, "add", later)])
+    assert [(r["src_filename"], r["reason_code"]) for t in truth.rejects for r in t.to_pylist()] == [
+        ("sensors/b.csv", "COLUMN_TYPE_CHANGED"), ("sensors/c.csv", "COLUMN_TYPE_CHANGED")]
+    assert truth.schema_history == [{"table_name": "sensors", "column_name": "x_batch", "data_type": "bigint",
+                                     "_round": 1}]
+    state = truth.state["sensors"]
+    assert state.schema.field("x_batch").type == pa.int64() and state.num_rows == 8
+    assert pc.all(pc.is_null(state["_rescued_data"])).as_py()
+
+    sparse = version(events, "events/e.jsonl", "jsonl", 40, sparse=0.5)
+    rescued = [r["_rescued_data"] for r in sparse.rows.to_pylist()]
+    assert None in rescued and '{"x_batch":' in "".join(r for r in rescued if r)
+    lines = [json.loads(line) for line in sparse.data.decode().splitlines()]
+    assert [("x_batch" in line) for line in lines] == [r is not None for r in rescued]
