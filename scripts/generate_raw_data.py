@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -39,7 +40,7 @@ import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -1900,20 +1901,20 @@ class DeliveryPlanner:
         return Rng(self.seed, "/".join(["chaos", *map(str, names)]))
 
     def round(self, number: int) -> list[Delivery]:
-        """Plan round `number`: every table's changed and re-delivered files, then its new files.
+        """Plan and write round `number`: every table's changed and re-delivered files, then its new files.
 
-        Specs are drawn here, in order; the new files are written on `RENDER_THREADS` threads meanwhile (Arrow work
-        that releases the GIL), so the output does not depend on the threads."""
-        planned: list[Delivery | Future[Delivery]] = []
-        with ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="render") as pool:
-            for name in self.tables:
-                planned += self._changes(CHAOS_TABLES[name], number)
-                planned += [pool.submit(self._delivery, job) for job in self._new_files(CHAOS_TABLES[name], number)]
-            deliveries = [p if isinstance(p, Delivery) else p.result() for p in planned]
+        Tables are planned on `RENDER_THREADS` threads: each draws from random streams of its own and writing is
+        Arrow work that releases the GIL, so the output does not depend on the threads."""
+        with ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="table") as pool:
+            deliveries = [d for table in pool.map(lambda name: self._table_round(CHAOS_TABLES[name], number),
+                                                  self.tables) for d in table]
         for delivery in deliveries:
             if delivery.version is not None:
                 self.files.setdefault(delivery.path, []).append(delivery.version)
         return deliveries
+
+    def _table_round(self, table: ChaosTable, number: int) -> list[Delivery]:
+        return [*self._changes(table, number), *(self._delivery(job) for job in self._new_files(table, number))]
 
     def _delivery(self, job: tuple[ChaosTable, str, pa.Table, FileSpec] | Delivery) -> Delivery:
         if isinstance(job, Delivery):
@@ -2074,7 +2075,7 @@ class DeliveryPlanner:
 SENT_POOL = 5000
 """Intended rows kept per table for exact copies in later rounds."""
 RENDER_THREADS = 2
-"""Files written at once (2 cores: the writing is Arrow work that releases the GIL)."""
+"""Tables planned and written at once (2 cores: the work is mostly Arrow, which releases the GIL)."""
 
 
 def _event_ids(prefix: str, first: int, n: int) -> pa.Array:
@@ -2326,35 +2327,68 @@ def generate_deliveries(out: str | Path, *, rounds: int, seed: int = 42, scale: 
     prepare_out(root)
     (root / MARKER).write_text(f"scripts/generate_raw_data.py --deliveries {rounds} seed={seed} scale={scale} "
                                f"tables={','.join(names)}\n")
-    planner = DeliveryPlanner(seed, scale, knobs, names, truth=truth)
-    ground = GroundTruth(names, evolve=evolve) if truth else None
     document: dict[str, Any] = {"generator": {"seed": seed, "scale": scale, "rounds": rounds, "tables": names,
                                               "truth": truth, "evolve_schema": evolve, "knobs": knobs.document()},
                                 "rounds": []}
-    for number in range(1, rounds + 1):
-        folder = round_dir(root, number)
-        deliveries = planner.round(number)
-        plan = []
-        for d in deliveries:
-            entry: dict[str, Any] = {"path": d.path, "action": d.action, "keep_mtime": d.keep_mtime}
-            if d.version is not None:
-                target = folder / "files" / d.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(d.version.data)
-                entry.update(table=d.version.table, size=len(d.version.data))
-                if truth:
-                    entry["fingerprint"] = d.version.fingerprint
-            plan.append(entry)
+    if truth:
+        planner = DeliveryPlanner(seed, scale, knobs, names)
+        ground = GroundTruth(names, evolve=evolve)
+        for number in range(1, rounds + 1):
+            deliveries = planner.round(number)
+            plan = _write_round(round_dir(root, number), deliveries, fingerprints=True)
+            document["rounds"].append({"round": number, "files": len(plan), "plan": plan,
+                                       "records_written": sum(d.version.row_count for d in deliveries if d.version),
+                                       "tables": ground.load(number, deliveries)})
+            ground.write(round_dir(root, number) / "truth")
+    else:
+        # Tables are independent: without a truth to gather, each is planned and written in a process of its own.
+        jobs = [(root, name, rounds, seed, scale, knobs) for name in names]
+        with ProcessPoolExecutor(max_workers=min(len(names), FAST_PROCESSES),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            per_table = list(pool.map(_table_deliveries, jobs))
+        for number in range(1, rounds + 1):
+            plan = [entry for table in per_table for entry in table[number - 1]["plan"]]
+            document["rounds"].append({"round": number, "files": len(plan), "plan": plan,
+                                       "records_written": sum(t[number - 1]["records"] for t in per_table)})
+    for summary in document["rounds"]:
+        folder = round_dir(root, summary["round"])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / PLAN_FILE).write_text(json.dumps({"round": number, "files": plan}, indent=1) + "\n")
-        written = sum(d.version.row_count for d in deliveries if d.version is not None)
-        summary: dict[str, Any] = {"round": number, "files": len(plan), "records_written": written}
-        if ground is not None:
-            summary["tables"] = ground.load(number, deliveries)
-            ground.write(folder / "truth")
-        document["rounds"].append(summary)
+        (folder / PLAN_FILE).write_text(json.dumps({"round": summary["round"], "files": summary.pop("plan")},
+                                                   indent=1) + "\n")
     (root / CHAOS_FILE).write_text(json.dumps(document, indent=1) + "\n")
     return document
+
+
+FAST_PROCESSES = 2
+"""Processes writing tables at once in `--fast` mode (the machine has 2 cores)."""
+
+
+def _write_round(folder: Path, deliveries: Sequence[Delivery], *, fingerprints: bool) -> list[dict[str, Any]]:
+    """Write the files a round adds or replaces under `folder/files`; return its plan entries."""
+    plan = []
+    for d in deliveries:
+        entry: dict[str, Any] = {"path": d.path, "action": d.action, "keep_mtime": d.keep_mtime}
+        if d.version is not None:
+            target = folder / "files" / d.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(d.version.data)
+            entry.update(table=d.version.table, size=len(d.version.data))
+            if fingerprints:
+                entry["fingerprint"] = d.version.fingerprint
+        plan.append(entry)
+    return plan
+
+
+def _table_deliveries(job: tuple[Path, str, int, int, float, Knobs]) -> list[dict[str, Any]]:
+    """Plan and write every round of one table (no truth); return per round its plan entries and records."""
+    root, name, rounds, seed, scale, knobs = job
+    planner = DeliveryPlanner(seed, scale, knobs, [name], truth=False)
+    done = []
+    for number in range(1, rounds + 1):
+        deliveries = planner.round(number)
+        done.append({"plan": _write_round(round_dir(root, number), deliveries, fingerprints=False),
+                     "records": sum(d.version.row_count for d in deliveries if d.version)})
+    return done
 
 
 def apply_round(out: str | Path, number: int, raw: str | Path) -> list[dict[str, Any]]:
