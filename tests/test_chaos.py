@@ -381,7 +381,7 @@ PROFILE_BUGS = {
                                                   if p in PROFILE_BUGS else []) for p in PROFILES])
 def test_deliveries_aimed_at_one_behaviour_match_the_ground_truth(tmp_path: Path, profile: str) -> None:
     seed, knobs = PROFILES[profile]
-    run = run_seed(tmp_path, seed, knobs=knobs, kills=False)
+    run = run_seed(tmp_path, seed, rounds=2, knobs=knobs, kills=False)
     assert not run.differences, "\n".join([*run.history, *(line for d in run.differences for line in d.lines())])
 
 
