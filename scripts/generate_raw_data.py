@@ -1440,7 +1440,7 @@ def _draw_spec(table: ChaosTable, fmt: str, n: int, knobs: Knobs, rng: Rng) -> F
     """Draw a file's drift and faults (per-record Python only over the records that get a fault)."""
     draw = rng.python()
     names = list(table.contract.names)
-    spec = FileSpec(fmt=fmt, columns=names, eol=draw.choice(["\n", "\r\n"]), bom=fmt == "csv" and draw.random() < 0.1,
+    spec = FileSpec(fmt=fmt, columns=list(names), eol=draw.choice(["\n", "\r\n"]), bom=fmt == "csv" and draw.random() < 0.1,
                     omit_nulls=draw.random() < 0.5,
                     row_group_size=draw.choice([16, 64, 128 * 1024]) if n <= SMALL_FILE_ROWS else 128 * 1024)
     optional = [f.name for f in table.contract if f.nullable]

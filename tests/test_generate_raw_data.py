@@ -570,3 +570,17 @@ def test_command_line_deliveries(tmp_path: Path) -> None:
                               "--raw", str(tmp_path / "raw")], capture_output=True, text=True, check=False)
     assert applied.returncode == 0 and "add" in applied.stdout
     assert {p.parent.name for p in (tmp_path / "raw").glob("*/*")} == set(gen.CHAOS_TABLES)
+
+
+def test_a_file_missing_a_required_column_lacks_a_contract_column() -> None:
+    knobs = gen.Knobs(drift_rate=1.0, sparse_keys=0.5, dirty={"MISSING_REQUIRED_COLUMN": 1.0})
+    for name, table in gen.CHAOS_TABLES.items():
+        required = {f.name for f in table.contract if not f.nullable}
+        for seed in range(40):
+            for fmt in table.formats:
+                spec = gen._draw_spec(table, fmt, 10, knobs, gen.Rng(seed, f"{name}/{fmt}"))
+                assert spec.missing_required in required and spec.missing_required not in spec.columns
+                assert list(table.contract.names) == table.typed.names  # the contract is never changed
+                if fmt == "jsonl":
+                    first = spec.columns[0]
+                    assert first in required or (first in spec.extras and not spec.sparse_keys)
