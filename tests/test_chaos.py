@@ -1,16 +1,18 @@
 """Random deliveries through the real command line, sometimes killed, every sink compared with the ground truth.
 
-Each seed draws its own knobs (`generate_raw_data.random_knobs`) and kill schedule, writes a few delivery rounds with
-`generate_raw_data.generate_deliveries`, and per round: delivers the round into the raw root, runs
-`scripts/bronze_dlt_pipeline.py` (SIGKILLed at a named crash point or at a random moment, then run again) until a run
-completes, and compares DuckDB, the Parquet change log, the Delta mirror, the rejects (table and CSV files) and the
-manifest with the round's truth. After the last round one more run must change nothing. Each seed runs once; one test
-per sink and kind of output reports its differences, so a known bug is marked on exactly the seed and output it
-breaks.
+Each seed draws its own knobs (`generate_raw_data.random_knobs`), kill schedule and whether its runs use
+`--evolve-schema`, writes a few delivery rounds with `generate_raw_data.generate_deliveries`, and per round: delivers
+the round into the raw root, runs `scripts/bronze_dlt_pipeline.py` (SIGKILLed at a named crash point, or at a random
+moment, then run again) until a run completes, and compares DuckDB, the Parquet change log, the Delta mirror (data
+tables, rejects, manifest, schema history), the rejects CSV files and the runs' loads with the round's truth. After
+the last round one more run must change nothing. Aimed cases (`PROFILES`) fix the knobs on one behaviour each. A
+case runs once; one test per check reports its differences, so a known bug is marked on exactly the case and check
+it breaks.
 
 `RETAIL_BRONZE_CHAOS_SEEDS` (default 4) sets how many seeds run, from `RETAIL_BRONZE_CHAOS_FIRST_SEED` (default 1);
-`RETAIL_BRONZE_CHAOS_ROUNDS` (default 3) the rounds per seed. Reproduce one seed with
-`RETAIL_BRONZE_CHAOS_FIRST_SEED=17 RETAIL_BRONZE_CHAOS_SEEDS=1 pytest tests/test_chaos.py`.
+`RETAIL_BRONZE_CHAOS_ROUNDS` (default 3) the rounds per seed; `RETAIL_BRONZE_CHAOS_RANDOM_KILLS=1` adds kills at
+random moments (and drops the known-bug marks, which hold for the named crash points only). Reproduce one seed with
+`RETAIL_BRONZE_CHAOS_FIRST_SEED=17 RETAIL_BRONZE_CHAOS_SEEDS=1 pytest tests/test_chaos.py -k seed-17`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,15 +51,31 @@ REJECTS_CSV_AFTER_KILL = ("issue 13 section 6: when a run is killed after its Du
 EMPTIED_APPEND_FILE = ("an append-table file delivered again with no valid rows (empty, or every row rejected) keeps "
                        "its earlier rows in DuckDB and Delta: delete-insert on src_filename deletes only the files "
                        "that bring rows")
-KNOWN_BUGS: dict[tuple[int, str], str] = {
-    (1, "duckdb-tables"): EMPTIED_APPEND_FILE, (1, "delta-tables"): EMPTIED_APPEND_FILE,
-    (1, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-    (2, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-    (3, "duckdb-tables"): EMPTIED_APPEND_FILE, (3, "delta-tables"): EMPTIED_APPEND_FILE,
-    (3, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
-    (4, "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+SAME_SIZE_EDIT = "issue 13 section 1: a changed file with the same size and modification time is skipped"
+SPARSE_RESCUED_KEYS = ("a JSON Lines record without a key outside the contract that another record of its chunk has "
+                       "gets that key as null in _rescued_data (README: the record's columns outside the contract, "
+                       "null when none)")
+FIRST_LOAD_HISTORY = ("--evolve-schema: columns added by the load that creates a table are not recorded in "
+                      "schema_history (README: each added column is recorded)")
+DELTA_LATE_NEW_COLUMN = ("--evolve-schema: a late version bringing a column the Delta table does not have yet loses "
+                         "the upsert but its value of that column is written into the kept row (delta-rs 1.6.6 merge "
+                         "with merge_schema=True fills new columns of matched rows whose update predicate is false)")
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    ("seed-1", "duckdb-tables"): EMPTIED_APPEND_FILE, ("seed-1", "delta-tables"): EMPTIED_APPEND_FILE,
+    ("seed-1", "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    ("seed-2", "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    ("seed-3", "duckdb-tables"): EMPTIED_APPEND_FILE, ("seed-3", "delta-tables"): EMPTIED_APPEND_FILE,
+    ("seed-3", "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    ("seed-4", "rejects_csv"): REJECTS_CSV_AFTER_KILL,
+    **{("same-size-edits", f"{sink}-{kind}"): SAME_SIZE_EDIT for sink in ("duckdb", "delta", "changelog")
+       for kind in ("tables", "manifest")},
+    ("emptied-files", "duckdb-tables"): EMPTIED_APPEND_FILE, ("emptied-files", "delta-tables"): EMPTIED_APPEND_FILE,
+    **{("sparse-added-keys", f"{sink}-tables"): SPARSE_RESCUED_KEYS for sink in ("duckdb", "delta", "changelog")},
+    **{("evolving-first-load", f"{sink}-schema_history"): FIRST_LOAD_HISTORY
+       for sink in ("duckdb", "delta", "changelog")},
+    ("evolving-late-versions", "delta-tables"): DELTA_LATE_NEW_COLUMN,
 }
-"""(seed, check) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
+"""(case, check) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
 test pass, and then the mark goes. Random kill times (`RETAIL_BRONZE_CHAOS_RANDOM_KILLS=1`) drop the marks."""
 
 REJECT_COLUMNS = ["table_name", "src_filename", "src_row_number", "src_sheet", "reason_code", "column_name"]
@@ -68,18 +87,19 @@ JSON_COLUMNS = {"_rescued_data"}
 SHOWN = 6
 
 
-def _command(box: Sandbox, evolve: bool) -> list[str]:
+def _command(box: Sandbox, tables: Sequence[str], evolve: bool) -> list[str]:
     return [sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(box.raw), "--lake",
             str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir", str(box.pipelines_dir),
-            "--tables", ",".join(TABLES), *(["--evolve-schema"] if evolve else [])]
+            "--tables", ",".join(tables), *(["--evolve-schema"] if evolve else [])]
 
 
-def _run(box: Sandbox, kill: dict[str, Any] | None = None, *, evolve: bool = False) -> tuple[int, str]:
+def _run(box: Sandbox, kill: dict[str, Any] | None = None, *, tables: Sequence[str] = TABLES,
+         evolve: bool = False) -> tuple[int, str]:
     """One run of the command line; `kill` names a crash point (`point`, `after`) or a delay in seconds (`delay`)."""
     env = dict(os.environ)
     if kill and "point" in kill:
         env.update(RETAIL_BRONZE_CRASH_AT=kill["point"], RETAIL_BRONZE_CRASH_AFTER=str(kill["after"]))
-    process = subprocess.Popen(_command(box, evolve), cwd=REPO, env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen(_command(box, tables, evolve), cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     if kill and "delay" in kill:
         try:
@@ -219,11 +239,11 @@ def _load_rounds(box: Sandbox, manifest_log: pa.Table, number: int) -> tuple[dic
     return dict(zip(found, expected_rounds, strict=False)), problems
 
 
-def compare(box: Sandbox, truth: Path, number: int) -> list[Difference]:
+def compare(box: Sandbox, truth: Path, number: int, tables: Sequence[str] = TABLES) -> list[Difference]:
     """Every difference between the sinks of `box` and the truth under `truth`, after round `number`."""
     manifest_log = pq.read_table(truth / "manifest_log.parquet")
     rounds, problems = _load_rounds(box, manifest_log, number)
-    for name in TABLES:
+    for name in tables:
         schema = pq.read_schema(truth / "tables" / f"{name}.parquet")  # with the columns an evolving run added
         columns = [c for c in schema.names if c != "_round"]
         state = _truth_rows(pq.read_table(truth / "tables" / f"{name}.parquet"), columns)
@@ -251,13 +271,13 @@ def compare(box: Sandbox, truth: Path, number: int) -> list[Difference]:
         rows = _rows(found, HISTORY_COLUMNS, history.schema, rounds, "load_id") if found is not None else Counter()
         problems += _difference(number, sink, "schema_history", _truth_rows(history, HISTORY_COLUMNS), rows,
                                 HISTORY_COLUMNS)
-    return problems + _one_stamp_per_load(box, number)
+    return problems + _one_stamp_per_load(box, number, tables)
 
 
-def _one_stamp_per_load(box: Sandbox, number: int) -> list[Difference]:
+def _one_stamp_per_load(box: Sandbox, number: int, tables: Sequence[str]) -> list[Difference]:
     """Every row of one load carries the load's one `ingestion_ts`, in every table of every sink."""
     stamps: dict[str, set[Any]] = {}
-    for name in [*TABLES, "rejects", "manifest_processed_files"]:
+    for name in [*tables, "rejects", "manifest_processed_files"]:
         stamp, load = ("processed_at", "load_id") if name == "manifest_processed_files" else (
             ("ingestion_ts", "load_id") if name == "rejects" else ("ingestion_ts", "_dlt_load_id"))
         for found in (_warehouse(box, name), _delta(box, name), _changelog(box, name)):
@@ -269,10 +289,10 @@ def _one_stamp_per_load(box: Sandbox, number: int) -> list[Difference]:
             for load_id, values in sorted(stamps.items()) if len(values) != 1]
 
 
-def _snapshot(box: Sandbox) -> dict[str, Any]:
+def _snapshot(box: Sandbox, tables: Sequence[str]) -> dict[str, Any]:
     """Every table of every sink as sorted rows, to tell that a run changed nothing."""
     state: dict[str, Any] = {}
-    for name in [*TABLES, "rejects", "manifest_processed_files", "schema_history"]:
+    for name in [*tables, "rejects", "manifest_processed_files", "schema_history"]:
         for sink, found in (("duckdb", _warehouse(box, name)), ("delta", _delta(box, name)),
                             ("changelog", _changelog(box, name))):
             state[f"{sink} {name}"] = sorted(map(repr, _plain(found).to_pylist())) if found is not None else None
@@ -282,7 +302,7 @@ def _snapshot(box: Sandbox) -> dict[str, Any]:
 
 @dataclass
 class SeedRun:
-    """What happened to one seed: the runs, every difference found after each round."""
+    """What happened to one case: the runs, every difference found after each round."""
 
     seed: int
     history: list[str]
@@ -298,98 +318,109 @@ def evolve_schema(seed: int) -> bool:
     return random.Random(f"chaos-evolve/{seed}").random() < 1 / 3
 
 
-def run_seed(root: Path, seed: int, rounds: int = ROUNDS, random_times: bool = RANDOM_TIMES, *,
-             knobs: Any = None, kills: bool = True) -> SeedRun:
-    """Deliver and load `rounds` rounds of `seed` under `root` and compare every sink with the truth after each
-    round; the rounds go on after a difference (a sink that went wrong stays wrong in later rounds), so that each
-    sink is judged on every round. A run that fails stops the seed (a `runs` difference). The knobs are drawn from
-    the seed unless given; `kills` off runs every round once, unkilled."""
-    knobs = knobs or gen.random_knobs(seed)
-    evolve = evolve_schema(seed)
+@dataclass(frozen=True)
+class Case:
+    """Deliveries run through the command line: a seed, its knobs (drawn from the seed unless given), the tables, the
+    rounds, whether runs are killed, and whether they use `--evolve-schema` (drawn from the seed unless given)."""
+
+    seed: int
+    knobs: Any = None
+    tables: tuple[str, ...] = tuple(TABLES)
+    rounds: int = ROUNDS
+    kills: bool = True
+    evolve: bool | None = None
+
+
+def run_case(root: Path, case: Case, random_times: bool = RANDOM_TIMES) -> SeedRun:
+    """Deliver and load the rounds of `case` under `root` and compare every sink with the truth after each round;
+    the rounds go on after a difference (a sink that went wrong stays wrong in later rounds), so that each sink is
+    judged on every round. A run that fails stops the case (a `runs` difference)."""
+    seed, tables, rounds = case.seed, list(case.tables), case.rounds
+    knobs = case.knobs or gen.random_knobs(seed)
+    evolve = evolve_schema(seed) if case.evolve is None else case.evolve
     plan = root / "deliveries"
-    gen.generate_deliveries(plan, rounds=rounds, seed=seed, knobs=knobs, evolve=evolve)
+    gen.generate_deliveries(plan, rounds=rounds, seed=seed, knobs=knobs, tables=tables, evolve=evolve)
     box = make_sandbox(root / "run")
     draw = random.Random(f"chaos-kills/{seed}")
-    result = SeedRun(seed, [f"seed {seed}{', --evolve-schema' if evolve else ''}, knobs "
-                            f"{json.dumps(knobs.document())}"], [])
+    result = SeedRun(seed, [f"seed {seed}, tables {','.join(tables)}{', --evolve-schema' if evolve else ''}, "
+                            f"knobs {json.dumps(knobs.document())}"], [])
     for number in range(1, rounds + 1):
         gen.apply_round(plan, number, box.raw)
-        for kill in _kill_schedule(draw, random_times) if kills else []:
-            code, output = _run(box, kill, evolve=evolve)
+        for kill in _kill_schedule(draw, random_times) if case.kills else []:
+            code, output = _run(box, kill, tables=tables, evolve=evolve)
             result.history.append(f"round {number}: killed {kill} -> exit {code}")
             if code not in (0, -signal.SIGKILL):
                 result.differences.append(Difference(number, "runs", f"a run killed with {kill} exited {code}: "
                                                                       f"{output.strip()[-2000:]}"))
                 return result
-        code, output = _run(box, evolve=evolve)
+        code, output = _run(box, tables=tables, evolve=evolve)
         result.history.append(f"round {number}: run -> exit {code}")
         if code != 0:
             result.differences.append(Difference(number, "runs", f"the run exited {code}: {output.strip()[-2000:]}"))
             return result
-        result.differences += compare(box, gen.round_dir(plan, number) / "truth", number)
-    before = _snapshot(box)
-    code, output = _run(box, evolve=evolve)
+        result.differences += compare(box, gen.round_dir(plan, number) / "truth", number, tables)
+    before = _snapshot(box, tables)
+    code, output = _run(box, tables=tables, evolve=evolve)
     result.history.append(f"after round {rounds}: run -> exit {code}")
-    changed = sorted(k for k, v in _snapshot(box).items() if v != before.get(k))
+    changed = sorted(k for k, v in _snapshot(box, tables).items() if v != before.get(k))
     if code != 0 or changed:
         result.differences.append(Difference(rounds, "runs", f"a run with nothing new exited {code} and changed "
                                                              f"{changed or 'nothing'}: {output.strip()[-2000:]}"))
     return result
 
 
+def run_seed(root: Path, seed: int, rounds: int = ROUNDS, random_times: bool = RANDOM_TIMES) -> SeedRun:
+    """`run_case` of a seed with the knobs, kills and `--evolve-schema` it draws."""
+    return run_case(root, Case(seed, rounds=rounds), random_times)
+
+
+QUIET = {"dirty": {}, "drift_rate": 0.0, "duplicate_rate": 0.0, "late_rate": 0.0, "redeliver_rate": 0.0,
+         "change_rate": 0.0}
+PROFILES = {
+    "same-size-edits": Case(4, gen.Knobs(**{**QUIET, "change_rate": 0.5}, keep_mtime_rate=1.0), rounds=2,
+                            kills=False, evolve=False),
+    "emptied-files": Case(4, gen.Knobs(**{**QUIET, "dirty": {"NOT_NULL": 0.02}, "change_rate": 0.8}), rounds=2,
+                          kills=False, evolve=False),
+    "sparse-added-keys": Case(2, gen.Knobs(**{**QUIET, "drift_rate": 1.0}, sparse_keys=0.5), rounds=2, kills=False,
+                              evolve=False),
+    "evolving-first-load": Case(1, gen.Knobs(**{**QUIET, "drift_rate": 1.0}), tables=("events",), rounds=1,
+                                kills=False, evolve=True),
+    "evolving-late-versions": Case(13, gen.Knobs(**{**QUIET, "drift_rate": 1.0, "late_rate": 0.6}),
+                                   tables=("orders", "order_items"), rounds=2, kills=False, evolve=True),
+}
+"""Cases aimed at one behaviour each, with a seed that exercises it: changed files that keep their size and
+modification time (issue 13, section 1); files delivered again with no valid rows (an empty version, or every row
+rejected); JSON Lines records without an added key that other records of their file have; columns added by the load
+that creates a table (`--evolve-schema`); late versions that bring an added column (`--evolve-schema`)."""
+CASES = {**{f"seed-{s}": Case(s) for s in range(FIRST_SEED, FIRST_SEED + SEEDS)}, **PROFILES}
+
+
 def _cases() -> list[Any]:
     cases = []
-    for seed in range(FIRST_SEED, FIRST_SEED + SEEDS):
+    for name in CASES:
         for check in CHECKS:
-            bug = KNOWN_BUGS.get((seed, check))
+            bug = KNOWN_BUGS.get((name, check))
             marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug and not RANDOM_TIMES else []
-            cases.append(pytest.param(seed, check, id=f"seed-{seed}-{check}", marks=marks))
+            cases.append(pytest.param(name, check, id=f"{name}-{check}", marks=marks))
     return cases
 
 
 @pytest.fixture(scope="module")
-def seed_runs() -> dict[int, SeedRun]:
-    """Each seed runs once; its tests (one per sink) share the outcome."""
+def case_runs() -> dict[str, SeedRun]:
+    """Each case runs once; its tests (one per check) share the outcome."""
     return {}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("seed", "check"), _cases())
-def test_random_deliveries_match_the_ground_truth(seed: int, check: str, seed_runs: dict[int, SeedRun],
-                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
-    if seed not in seed_runs:
-        seed_runs[seed] = run_seed(tmp_path_factory.mktemp(f"chaos-{seed}"), seed)
-    run = seed_runs[seed]
+@pytest.mark.parametrize(("case", "check"), _cases())
+def test_deliveries_match_the_ground_truth(case: str, check: str, case_runs: dict[str, SeedRun],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    if case not in case_runs:
+        case_runs[case] = run_case(tmp_path_factory.mktemp(f"chaos-{case}"), CASES[case])
+    run = case_runs[case]
     stopped = [d for d in run.differences if d.sink == "runs" and "exited" in d.output]
-    assert not stopped or check == "runs", f"the seed stopped: {stopped[0].lines()[0]}"
+    assert not stopped or check == "runs", f"the case stopped: {stopped[0].lines()[0]}"
     assert not [d for d in run.differences if d.check == check], run.report(check)
-
-
-QUIET = {"dirty": {}, "drift_rate": 0.0, "duplicate_rate": 0.0, "late_rate": 0.0, "redeliver_rate": 0.0}
-PROFILES = {
-    "same-size-edits": (4, gen.Knobs(**QUIET, change_rate=0.5, keep_mtime_rate=1.0)),
-    "emptied-files": (4, gen.Knobs(**{**QUIET, "dirty": {"NOT_NULL": 0.02}}, change_rate=0.8)),
-    "sparse-added-keys": (2, gen.Knobs(**{**QUIET, "drift_rate": 1.0}, sparse_keys=0.5)),
-}
-"""Knob sets aimed at one behaviour each, with a seed that exercises it: changed files that keep their size and
-modification time (issue 13, section 1), files delivered again with no valid rows (an empty version, or every row
-rejected), and JSON Lines records without an added key that other records of their file have."""
-PROFILE_BUGS = {
-    "same-size-edits": "issue 13 section 1: a changed file with the same size and modification time is skipped",
-    "emptied-files": EMPTIED_APPEND_FILE,
-    "sparse-added-keys": ("a JSON Lines record without a key outside the contract that another record of its chunk "
-                          "has gets that key as null in _rescued_data (README: the record's columns outside the "
-                          "contract, null when none)"),
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("profile", [pytest.param(p, marks=[pytest.mark.xfail(strict=True, reason=PROFILE_BUGS[p])]
-                                                  if p in PROFILE_BUGS else []) for p in PROFILES])
-def test_deliveries_aimed_at_one_behaviour_match_the_ground_truth(tmp_path: Path, profile: str) -> None:
-    seed, knobs = PROFILES[profile]
-    run = run_seed(tmp_path, seed, rounds=2, knobs=knobs, kills=False)
-    assert not run.differences, "\n".join([*run.history, *(line for d in run.differences for line in d.lines())])
 
 
 def test_the_ground_truth_follows_the_documented_merge_semantics(tmp_path: Path) -> None:
