@@ -1165,7 +1165,8 @@ def _iso(micros: pa.Array, with_millis: bool) -> pa.StringArray:
         stamp = pc.cast(pc.add(pc.multiply(local, 1000), millis), pa.timestamp("ms"))
     else:
         stamp = pc.cast(local, pa.timestamp("s"))
-    text = pc.replace_substring(pc.cast(stamp, pa.string()), " ", "T")
+    # Arrow writes `YYYY-MM-DD HH:MM:SS[.fff]`: the date and time part at a fixed position.
+    text = pc.binary_replace_slice(pc.cast(stamp, pa.string()), 10, 11, "T")
     return pc.binary_join_element_wise(text, pc.take(pa.array([s for s, _ in OFFSETS]), which), "")
 
 
