@@ -2166,31 +2166,44 @@ class GroundTruth:
         """The columns the table's sinks hold: the truth schema and the columns added so far."""
         return pa.schema([*table.truth_schema, *(pa.field(n, t) for n, t in self.added[table.name].items())])
 
-    def _type_checked(self, table: ChaosTable, number: int, files: list[FileVersion]) -> list[FileVersion]:
+    def _type_checked(self, table: ChaosTable, files: list[FileVersion]) -> tuple[list[FileVersion], dict[str, Any]]:
         """The files of a schema-evolving load, those bringing a column with another type than the table (or an
-        earlier file of the load) gave it turned into `COLUMN_TYPE_CHANGED` rejects; new columns recorded."""
+        earlier file of the load with valid rows) gave it turned into `COLUMN_TYPE_CHANGED` rejects; and the types
+        of the columns the load's files bring (a file without valid rows brings none)."""
         types = dict(self.added[table.name])
         checked = []
         for f in files:
             found = {name: values.type for name, values in f.added.items()}
-            if f.file_reject is None and any(types.get(name, type_) != type_ for name, type_ in found.items()):
-                f = dataclasses.replace(f, file_reject="COLUMN_TYPE_CHANGED", rows=f.rows.slice(0, 0),
-                                        rejects=ROW_REJECTS.empty_table(), row_count=0, extra_columns=None, added={})
-            elif f.file_reject is None:
-                for name, type_ in found.items():
-                    if name not in types:
-                        types[name] = type_
-                        self.schema_history.append({"table_name": table.name, "column_name": name,
-                                                    "data_type": DLT_TYPES[type_], "_round": number})
-            checked.append(f)
-        self.added[table.name] = types
-        return checked
+            if f.file_reject is not None or not pc.any(f.rows["_valid"]).as_py():
+                checked.append(f)
+            elif any(types.get(name, type_) != type_ for name, type_ in found.items()):
+                checked.append(dataclasses.replace(f, file_reject="COLUMN_TYPE_CHANGED", rows=f.rows.slice(0, 0),
+                                                   rejects=ROW_REJECTS.empty_table(), row_count=0,
+                                                   extra_columns=None, added={}))
+            else:
+                types.update(found)
+                checked.append(f)
+        return checked, types
+
+    def _added_by(self, table: ChaosTable, number: int, files: list[FileVersion], types: Mapping[str, Any],
+                  loaded: set[str]) -> None:
+        """Record the columns the load added: those of the files with rows in the load (`loaded`), in file order."""
+        added = self.added[table.name]
+        for f in files:
+            if f.path not in loaded or f.file_reject is not None:
+                continue
+            for name in f.added:
+                if name not in added:
+                    added[name] = types[name]
+                    self.schema_history.append({"table_name": table.name, "column_name": name,
+                                                "data_type": DLT_TYPES[types[name]], "_round": number})
 
     def _load_table(self, table: ChaosTable, number: int, files: list[FileVersion]) -> dict[str, Any]:
         rejects: list[pa.Table] = []
         valid: list[pa.Table] = []
+        types: dict[str, Any] = dict(self.added[table.name])
         if self.evolve:
-            files = self._type_checked(table, number, files)
+            files, types = self._type_checked(table, files)
         accepted = [f for f in files if f.file_reject is None]
         for f in files:
             if f.file_reject is not None:
@@ -2208,8 +2221,9 @@ class GroundTruth:
             rows = rows.filter(rows["_valid"]).drop_columns(["_valid"])
             valid.append(_with_derived(table, rows).append_column("src_filename", pa.repeat(pa.scalar(f.path),
                                                                                              rows.num_rows)))
-        schema = self.schema(table)
-        empty = schema.empty_table().drop_columns(["src_row_hash", "_round"]).append_column(
+        # The columns this load's files may add; those of files with rows in the load are added (below).
+        candidates = pa.schema([*table.truth_schema, *(pa.field(n, t) for n, t in types.items())])
+        empty = candidates.empty_table().drop_columns(["src_row_hash", "_round"]).append_column(
             "_canonical", pa.array([], pa.string()))
         self.con.register("loaded", pa.concat_tables([empty, *valid], promote_options="default").select(
             empty.column_names))
@@ -2238,9 +2252,12 @@ class GroundTruth:
             self.con.register("replaced", replaced)
             state = self.con.execute("SELECT * FROM state ANTI JOIN replaced USING (src_filename) "
                                      "UNION ALL BY NAME SELECT * FROM kept").to_arrow_table()
+        kept_rows = self.con.execute("SELECT * FROM kept").to_arrow_table()
+        if self.evolve:
+            self._added_by(table, number, files, types, set(kept_rows["src_filename"].to_pylist()))
+        schema = self.schema(table)
         self.state[table.name] = state.select(schema.names).cast(schema)
-        self.log[table.name].append(self.con.execute("SELECT * FROM kept").to_arrow_table().select(schema.names)
-                                    .cast(schema))
+        self.log[table.name].append(kept_rows.select(schema.names).cast(schema))
         duplicates = self.con.execute("SELECT src_filename, src_row_number FROM dup").to_arrow_table()
         for path in sorted(set(duplicates["src_filename"].to_pylist())):
             mine = duplicates.filter(pc.equal(duplicates["src_filename"], path))

@@ -17,6 +17,7 @@ random moments (and drops the known-bug marks, which hold for the named crash po
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -170,12 +171,18 @@ def _normal(value: Any, column: str) -> Any:
     return value
 
 
+MISSING_COLUMN = "<no such column>"
+"""Stands for the values of a column the sink does not have."""
+
+
 def _rows(table: pa.Table, columns: list[str], schema: pa.Schema, rounds: dict[str, int], load_column: str) -> Counter:
-    """The multiset of `columns` (cast to `schema`) plus the round of each row's load."""
+    """The multiset of `columns` (cast to `schema`; `MISSING_COLUMN` for a column the sink lacks) plus the round of
+    each row's load."""
     table = _plain(table)
-    selected = table.select(columns).cast(pa.schema([schema.field(c).with_nullable(True) for c in columns]))
+    present = [c for c in columns if c in table.column_names]
+    selected = table.select(present).cast(pa.schema([schema.field(c).with_nullable(True) for c in present]))
     loads = table[load_column].to_pylist()
-    return Counter(tuple([*(_normal(v, c) for c, v in zip(columns, row.values(), strict=True)),
+    return Counter(tuple([*(_normal(row[c], c) if c in row else MISSING_COLUMN for c in columns),
                           rounds.get(load, f"load {load}")]) for row, load in zip(selected.to_pylist(), loads,
                                                                                   strict=True))
 
@@ -499,6 +506,17 @@ def test_the_ground_truth_of_evolving_runs_and_rescued_keys(tmp_path: Path) -> N
     state = truth.state["sensors"]
     assert state.schema.field("x_batch").type == pa.int64() and state.num_rows == 8
     assert pc.all(pc.is_null(state["_rescued_data"])).as_py()
+
+    # A column comes with the rows that load with it: a file whose every row is rejected adds none.
+    truth = gen.GroundTruth(["sensors"], evolve=True)
+    rejected = version(sensors, "sensors/d.parquet", "parquet", 6)
+    rejected = dataclasses.replace(rejected, rows=rejected.rows.set_column(
+        1, "_valid", pa.repeat(pa.scalar(False), rejected.rows.num_rows)))
+    truth.load(1, [gen.Delivery(rejected.path, "add", rejected)])
+    text = version(sensors, "sensors/e.csv", "csv", 3)
+    truth.load(2, [gen.Delivery(text.path, "add", text)])
+    assert [h["data_type"] for h in truth.schema_history] == ["text"]
+    assert truth.state["sensors"].schema.field("x_batch").type == pa.string()
 
     sparse = version(events, "events/e.jsonl", "jsonl", 40, sparse=0.5)
     rescued = [r["_rescued_data"] for r in sparse.rows.to_pylist()]
