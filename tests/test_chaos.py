@@ -37,6 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, Sandbox, changelog_table, delta_table, load_generator, make_sandbox
+from test_crash_recovery import KILL_AROUND_JOB_COMMIT
 
 from retail_bronze_source.crash_points import POINTS
 
@@ -61,6 +62,9 @@ FIRST_LOAD_HISTORY = ("--evolve-schema: columns added by the load that creates a
 DELTA_LATE_NEW_COLUMN = ("--evolve-schema: a late version bringing a column the Delta table does not have yet loses "
                          "the upsert but its value of that column is written into the kept row (delta-rs 1.6.6 merge "
                          "with merge_schema=True fills new columns of matched rows whose update predicate is false)")
+KILLED_LOAD_HISTORY = ("--evolve-schema: when a run is killed after DuckDB committed a job of a load that adds "
+                       "columns, the next run completes the load but never records those columns in schema_history "
+                       "(it takes the columns before the run after finishing the pending package)")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("seed-1", "duckdb-tables"): EMPTIED_APPEND_FILE, ("seed-1", "delta-tables"): EMPTIED_APPEND_FILE,
     ("seed-1", "rejects_csv"): REJECTS_CSV_AFTER_KILL,
@@ -75,6 +79,8 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
     **{("evolving-first-load", f"{sink}-schema_history"): FIRST_LOAD_HISTORY
        for sink in ("duckdb", "delta", "changelog")},
     ("evolving-late-versions", "delta-tables"): DELTA_LATE_NEW_COLUMN,
+    **{("evolving-killed-load", f"{sink}-schema_history"): KILLED_LOAD_HISTORY
+       for sink in ("duckdb", "delta", "changelog")},
 }
 """(case, check) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
 test pass, and then the mark goes. Random kill times (`RETAIL_BRONZE_CHAOS_RANDOM_KILLS=1`) drop the marks."""
@@ -96,12 +102,16 @@ def _command(box: Sandbox, tables: Sequence[str], evolve: bool) -> list[str]:
 
 def _run(box: Sandbox, kill: dict[str, Any] | None = None, *, tables: Sequence[str] = TABLES,
          evolve: bool = False) -> tuple[int, str]:
-    """One run of the command line; `kill` names a crash point (`point`, `after`) or a delay in seconds (`delay`)."""
+    """One run of the command line; `kill` names a crash point (`point`, `after`), a delay in seconds (`delay`), or
+    the first load job of a table (`job`) and a `moment` around its completion marker (see `test_crash_recovery`)."""
     env = dict(os.environ)
+    command = _command(box, tables, evolve)
     if kill and "point" in kill:
         env.update(RETAIL_BRONZE_CRASH_AT=kill["point"], RETAIL_BRONZE_CRASH_AFTER=str(kill["after"]))
-    process = subprocess.Popen(_command(box, tables, evolve), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    if kill and "job" in kill:
+        command = [sys.executable, "-c", KILL_AROUND_JOB_COMMIT, kill["job"], kill["moment"], *command[2:]]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     if kill and "delay" in kill:
         try:
             process.wait(timeout=kill["delay"])
@@ -336,6 +346,8 @@ class Case:
     rounds: int = ROUNDS
     kills: bool = True
     evolve: bool | None = None
+    kill_plan: tuple[tuple[int, dict[str, Any]], ...] = ()
+    """(round, kill) pairs run instead of the drawn kill schedule."""
 
 
 def run_case(root: Path, case: Case, random_times: bool = RANDOM_TIMES) -> SeedRun:
@@ -353,7 +365,8 @@ def run_case(root: Path, case: Case, random_times: bool = RANDOM_TIMES) -> SeedR
                             f"knobs {json.dumps(knobs.document())}"], [])
     for number in range(1, rounds + 1):
         gen.apply_round(plan, number, box.raw)
-        for kill in _kill_schedule(draw, random_times) if case.kills else []:
+        planned = [kill for n, kill in case.kill_plan if n == number]
+        for kill in planned if case.kill_plan else _kill_schedule(draw, random_times) if case.kills else []:
             code, output = _run(box, kill, tables=tables, evolve=evolve)
             result.history.append(f"round {number}: killed {kill} -> exit {code}")
             if code not in (0, -signal.SIGKILL):
@@ -394,11 +407,14 @@ PROFILES = {
                                 kills=False, evolve=True),
     "evolving-late-versions": Case(13, gen.Knobs(**{**QUIET, "drift_rate": 1.0, "late_rate": 0.6}),
                                    tables=("orders", "order_items"), rounds=2, kills=False, evolve=True),
+    "evolving-killed-load": Case(2, gen.Knobs(**{**QUIET, "drift_rate": 1.0}), tables=("sensors",), rounds=2,
+                                 evolve=True, kill_plan=((2, {"job": "sensors", "moment": "after_marker"}),)),
 }
 """Cases aimed at one behaviour each, with a seed that exercises it: changed files that keep their size and
 modification time (issue 13, section 1); files delivered again with no valid rows (an empty version, or every row
 rejected); JSON Lines records without an added key that other records of their file have; columns added by the load
-that creates a table (`--evolve-schema`); late versions that bring an added column (`--evolve-schema`)."""
+that creates a table (`--evolve-schema`); late versions that bring an added column (`--evolve-schema`); a run killed
+after DuckDB committed a job of a load that adds columns (`--evolve-schema`)."""
 CASES = {**{f"seed-{s}": Case(s) for s in range(FIRST_SEED, FIRST_SEED + SEEDS)}, **PROFILES}
 
 
