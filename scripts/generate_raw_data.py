@@ -14,12 +14,14 @@ distinct keys each merge table keeps after the merge.
 writes, per round, `round_NNN/plan.json` (files to add, to replace with other content, or to deliver again unchanged),
 `round_NNN/files/` (their bytes) and `round_NNN/truth/` (`tables/<table>.parquet`: the rows DuckDB and Delta hold;
 `changelog/<table>.parquet`: the rows of the Parquet change log; `rejects.parquet`; `manifest.parquet`,
-`manifest_log.parquet` and `schema_history.parquet`; with `--evolve-schema`, the truth of runs with that flag), plus `_chaos.json` (knobs and per-round counts by table and reason code). The tables are
-orders (CSV), order_items (Parquet), events (JSON Lines) and sensors (CSV and Parquet). The truth follows the README's
-semantics and is computed without the package (see `GroundTruth`). Knobs: `--duplicate-rate`, `--out-of-order`,
-`--update-rate`, `--late-rate`, `--redeliver-rate`, `--change-rate`, `--keep-mtime-rate`, `--drift-rate`,
-`--dirty CODE=RATE,...` or `--dirty-rate R`, `--rows`; `--random-knobs` draws them all from the seed. `--fast` writes
-no truth (for volume). `--apply-round R --raw DIR` delivers round R of the output in `--out` into a raw root.
+`manifest_log.parquet` and `schema_history.parquet`; `--evolve-schema` gives the truth of runs with that flag), plus
+`_chaos.json` (knobs and per-round counts by table and reason code). The tables are orders (CSV), order_items
+(Parquet), events (JSON Lines) and sensors (CSV and Parquet). The truth follows the README's semantics and is computed
+without the package (see `GroundTruth`). Knobs: `--duplicate-rate`, `--out-of-order`, `--update-rate`, `--late-rate`,
+`--redeliver-rate`, `--change-rate`, `--keep-mtime-rate`, `--drift-rate`, `--sparse-keys`, `--dirty CODE=RATE,...` or
+`--dirty-rate R`, `--rows`; `--random-knobs` draws them all from the seed. `--fast` writes the files only, for volume:
+each table in a process of its own, CSV by Arrow's writer (text quoted, timestamps in UTC without offset, unparseable
+records last). `--apply-round R --raw DIR` delivers round R of the output in `--out` into a raw root.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 if __package__ in (None, ""):
@@ -1506,7 +1509,7 @@ def _planted(table: ChaosTable, fmt: str, n: int, spec: FileSpec, knobs: Knobs, 
     unparsed = np.fromiter(spec.parse, np.int64, len(spec.parse))
     drawn: dict[str, list[tuple[np.ndarray, str, Any]]] = {}
     for code, choices in recipes.items():
-        rows = np.asarray(pc.indices_nonzero(rng.mask(n, knobs.rate(code))))
+        rows = np.asarray(pc.indices_nonzero(rng.mask(n, knobs.rate(code))), dtype=np.int64)
         usable = [r for r in choices if r[0] in spec.columns]
         if not usable or not len(rows):
             continue
@@ -1525,7 +1528,8 @@ def _planted(table: ChaosTable, fmt: str, n: int, spec: FileSpec, knobs: Knobs, 
         values = np.array([p[2] for p in parts] + [None], dtype=object)[:-1]
         cells = np.array([_cell_of(p[2], fmt) for p in parts] + [None], dtype=object)[:-1]
         codes = np.array([p[1] for p in parts], dtype=object)
-        planted[column] = Planted(kept_rows, values[chosen].tolist(), cells[chosen].tolist(), codes[chosen].tolist())
+        planted[column] = Planted(kept_rows.astype(np.int64), values[chosen].tolist(), cells[chosen].tolist(),
+                                  codes[chosen].tolist())
     return planted
 
 
@@ -1699,6 +1703,8 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
             cells = {name: pc.cast(values, pa.string()) for name, values in stored.items()}
         rescued_text = {name: pc.cast(values, pa.string()) for name, values in extras.items()} if truth else {}
         row_numbers = arange(n, 1)
+    elif spec.fmt == "csv" and not truth:
+        data, row_numbers, rescued_text = _csv_fast(table, spec, intent, extras, n), arange(n, 1), {}
     else:
         texts = {name: _text_of(contract.field(name), as_array(intent[name]), spec.spelling.get(name))
                  for name in written}
@@ -1762,6 +1768,14 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
 
 def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
                n: int) -> tuple[bytes, dict[str, pa.Array], pa.Array]:
+    body, cells = _csv_records(table, spec, texts, extras, n)
+    header = ("\ufeff" if spec.bom else "") + ",".join(spec.columns) + spec.eol
+    return b"".join([header.encode(), body, _unterminated(spec)]), cells, arange(n, 1)
+
+
+def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
+                 n: int) -> tuple[bytes, dict[str, pa.Array]]:
+    """The CSV records (no header) of the fields' text, with the planted values, and the text of each field."""
     cells = {}
     for name in spec.columns:
         values = extras[name] if name in extras else pc.fill_null(texts[name], "")
@@ -1779,14 +1793,50 @@ def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array],
         rebuilt = pc.if_else(too_many, _joined([*picked, pa.repeat(pa.scalar("EXTRA"), len(rows))], ",", spec.eol,
                                                len(rows)), _joined(picked[:-1], ",", spec.eol, len(rows)))
         ragged = dict(zip(rows.to_pylist(), rebuilt.to_pylist(), strict=True))
-    header = ",".join(spec.columns) + spec.eol
-    body = _spliced(lines, ragged)
-    tail = b""
-    if spec.unterminated_tail:
-        tail = (",".join(["x"] * (len(spec.columns) - 1) + ['"this value is never closed']) + spec.eol
-                + "and the file ends here" + spec.eol).encode()
-    data = ("\ufeff" if spec.bom else "").encode() + header.encode() + body + tail
-    return data, cells, arange(n, 1)
+    return _spliced(lines, ragged), cells
+
+
+def _unterminated(spec: FileSpec) -> bytes:
+    """A last record whose quote is never closed (`MALFORMED_ROW`), when the spec plants one."""
+    if not spec.unterminated_tail:
+        return b""
+    return (",".join(["x"] * (len(spec.columns) - 1) + ['"this value is never closed']) + spec.eol
+            + "and the file ends here" + spec.eol).encode()
+
+
+def _csv_fast(table: ChaosTable, spec: FileSpec, intent: pa.Table, extras: Mapping[str, pa.Array], n: int) -> bytes:
+    """The CSV of `--fast`, written by Arrow's CSV writer from typed columns (text values quoted, timestamps in UTC
+    without an offset, which the table's time zone reads as UTC); the records with a planted fault follow the others,
+    written like the truth mode's. Only columns with another spelling are turned into text for the writer."""
+    contract = table.contract
+    faulty = np.union1d(np.fromiter(spec.parse, np.int64, len(spec.parse)),
+                        np.concatenate([p.rows for p in spec.bad.values()] + [np.zeros(0, np.int64)]))
+    clean = pc.invert(_mask_at(n, faulty))
+    columns = {}
+    for name in spec.columns:
+        if name in extras:
+            columns[name] = extras[name].filter(clean)
+            continue
+        field_, values = contract.field(name), as_array(intent[name]).filter(clean)
+        if spec.spelling.get(name):
+            columns[name] = _text_of(field_, values, spec.spelling[name])
+        elif pa.types.is_timestamp(field_.type):
+            columns[name] = pc.cast(pc.divide(_micros(values), 1_000_000), pa.timestamp("s"))
+        else:
+            columns[name] = values
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(pa.table(columns), sink, pacsv.WriteOptions(eol=spec.eol, quoting_header="none"))
+    parts: list[bytes | memoryview] = [("\ufeff" if spec.bom else "").encode(), memoryview(sink.getvalue())]
+    if len(faulty):
+        at = {int(row): i for i, row in enumerate(faulty)}  # per faulty record only
+        rows = pa.array(faulty)
+        part = dataclasses.replace(
+            spec, parse={at[row]: code for row, code in spec.parse.items()},
+            bad={c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()})
+        texts = {c: _text_of(contract.field(c), as_array(intent[c]).take(rows), spec.spelling.get(c))
+                 for c in spec.columns if c not in extras}
+        parts.append(_csv_records(table, part, texts, {c: v.take(rows) for c, v in extras.items()}, len(faulty))[0])
+    return b"".join([*parts, _unterminated(spec)])
 
 
 def _joined(values: Sequence[pa.Array], separator: str, end: str, n: int) -> pa.Array:
