@@ -69,16 +69,19 @@ def duckdb_native(raw: Path, target: Path, table: str) -> Work:
 
 
 def package(raw: Path, target: Path, table: str) -> Work:
-    """This package: `run_bronze` for one table into DuckDB, the Parquet lake and the Delta mirror."""
+    """This package: `run_bronze` for one table into DuckDB, the Parquet lake and the Delta mirror, in a process
+    tuned as the command line tunes its own."""
+    from retail_bronze_source.process import tune_malloc
     from retail_bronze_source.run import Layout, run_bronze
 
+    tune_malloc()
     layout = Layout(raw_url=str(raw.resolve()), lake=target / "lake", warehouse=target / "warehouse.duckdb")
 
     def work() -> tuple[int, dict[str, Any]]:
         result = run_bronze(layout, table_names=[table], pipelines_dir=str(target / "pipelines"))
         summary = result.summary[table]
         return summary.rows_read, {"files": summary.files, "valid": summary.valid, "rejected": summary.rejected,
-                                   "failed_jobs": len(result.failed_jobs),
+                                   "reasons": dict(summary.reasons), "failed_jobs": len(result.failed_jobs),
                                    "delta_rows": sum(m.rows for m in result.mirrored if m.table_name == table)}
 
     return work

@@ -1,7 +1,8 @@
 """Benchmark: this package against DuckDB alone and dlt's built-in CSV reader on the same generated files.
 
 `python bench/run_benchmark.py [--scale 1000] [--dlt-scale 20] [--formats-scale N] [--no-formats] [--scaling]
-[--repeat N] [--quick] [--work DIR]`
+[--repeat N] [--quick] [--work DIR]`, or `python bench/run_benchmark.py --worst-cases [--work DIR]` for the files at
+and over the readers' limits (`bench/worst_cases.py`) alone.
 
 Every measurement runs in its own child process (`bench/contenders.py`); its peak memory is that child's RSS high-water
 mark as the kernel reports it when the child is reaped (`os.wait4`, the per-child form of `RUSAGE_CHILDREN`), and its
@@ -91,6 +92,8 @@ class Settings:
     work: Path
     repeat: int = 1
     """Rounds of the head to head and of the dirty run."""
+    worst_cases: bool = False
+    """Measure only the worst cases: files at and over the readers' limits."""
 
 
 def measure(settings: Settings, section: str, contender: str, raw: Path, table: str, scale: float, *,
@@ -224,6 +227,27 @@ def write_update(raw: Path, fraction: float) -> Path:
     return target
 
 
+def worst(settings: Settings) -> list[Measurement]:
+    """Each worst case (`bench/worst_cases.py`) loaded alone by the package with the registry's default limits."""
+    from worst_cases import cases
+
+    found = []
+    for name, (table, what, write) in cases().items():
+        raw = settings.work / "raw" / f"worst-{name}"
+        if raw.exists():
+            shutil.rmtree(raw)
+        (raw / table).mkdir(parents=True)
+        print(f"  writing {name}: {what}", flush=True)
+        write(raw)
+        m = measure(settings, f"worst-{name}", "package", raw, table, 0)
+        m.section = "worst"
+        reasons = ", ".join(f"{code} {n}" for code, n in sorted(m.extra.get("reasons", {}).items()))
+        m.note = f"{name}: {what}" + (f"; {reasons}" if reasons else "")
+        found.append(m)
+        shutil.rmtree(raw)
+    return found
+
+
 def find(found: Sequence[Measurement], section: str, contender: str, table: str = "orders") -> Measurement | None:
     """The measurement of `contender`; of repeated rounds, the one with the median wall time (the lower of two)."""
     ok = sorted((m for m in found if (m.section, m.contender, m.table) == (section, contender, table)
@@ -327,7 +351,9 @@ def render(settings: Settings, info: dict[str, Any], found: Sequence[Measurement
     lines = ["== Machine", "  " + "  ".join(f"{k}={v}" for k, v in info.items()), ""]
     header = (f"  {'contender':38} {'table':15} {'scale':>7} {'rows':>11} {'wall s':>8} {'rows/s':>11} {'peak MB':>8}"
               + ("  round" if settings.repeat > 1 else "") + "  note")
-    sections = [("== Orders CSV head to head (--scale)", ("orders",)),
+    sections: list[tuple[str, tuple[str, ...]]] = [
+        ("== Worst cases (--worst-cases): files at and over the readers' limits", ("worst",))]
+    sections = sections if settings.worst_cases else [("== Orders CSV head to head (--scale)", ("orders",)),
                 ("== Orders CSV at --dlt-scale (dlt's built-in reader is slow; compared on rows/s)", ("orders small",)),
                 ("== Per-format throughput", ("formats",)),
                 ("== Scaling, an update of the big load, and dirty input", ("scaling", "update", "dirty"))]
@@ -374,6 +400,8 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the head to head and the dirty run; ratios "
                                                               "are the median of the rounds (default 1)")
     parser.add_argument("--quick", action="store_true", help="small smoke run (well under a minute)")
+    parser.add_argument("--worst-cases", action="store_true",
+                        help="measure only files at and over the readers' limits (bench/worst_cases.py)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"work directory (default {DEFAULT_WORK})")
     args = parser.parse_args(argv)
     scale = args.scale or (2.0 if args.quick else 1000.0)
@@ -384,7 +412,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return Settings(scale=scale, dlt_scale=dlt_scale, formats_scale=formats_scale if args.formats else None,
-                    scaling=args.scaling, work=args.work.resolve(), repeat=args.repeat)
+                    scaling=args.scaling, work=args.work.resolve(), repeat=args.repeat, worst_cases=args.worst_cases)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -393,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings.work.mkdir(parents=True, exist_ok=True)
     info = machine()
     print(f"benchmark work dir: {settings.work}", flush=True)
-    found = head_to_head(settings) + formats(settings) + scaling(settings)
+    found = worst(settings) if settings.worst_cases else head_to_head(settings) + formats(settings) + scaling(settings)
     compared = ratios(found)
     report = render(settings, info, found, compared)
     print("\n" + report)

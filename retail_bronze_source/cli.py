@@ -1,4 +1,7 @@
-"""The command line: `python scripts/bronze_dlt_pipeline.py [--raw DIR|URL] [--lake DIR] [--warehouse FILE] ...`."""
+"""The command line: `python scripts/bronze_dlt_pipeline.py [--raw DIR|URL] [--lake DIR] [--warehouse FILE] ...`.
+
+Every message it prints goes through `redact.redact`: a URL's credentials never reach the terminal or a log.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +14,47 @@ import dlt
 import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
-from .delta_mirror import compact_tables
+from . import SECTION
+from .process import tune_malloc
+from .redact import redact
 from .registry import RETAIL_TABLES
-from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, recorded_ledgers, run_bronze
+from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, promote_rescued, recorded_ledgers, run_bronze
 from .run_lock import RunLocked
-from .sinks import WAREHOUSE_PIPELINE
+from .sinks.delta import DeltaTablesFailed, compact_tables
+from .sinks.identity import SinkMismatch, pipeline_names
+from .sinks.warehouse import WarehouseBusy
 
 
 class CliError(Exception):
     """A run that cannot start or finish; the message is the one-line cause."""
 
 
+DEFAULT_RAW = "data_raw"
+RAW_URL_KEY = f"sources.{SECTION}.raw_url"
+"""Where `--raw` comes from when it is not given: dlt's configuration (the environment variable
+`SOURCES__RETAIL_BRONZE__RAW_URL`, then `.dlt/secrets.toml`, then `.dlt/config.toml`), else `DEFAULT_RAW`."""
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bronze_dlt_pipeline", description="Load raw retail files into Bronze.")
-    parser.add_argument("--raw", default="data_raw", help="raw files: a directory or an fsspec URL (default data_raw)")
+    parser.add_argument("--raw", default=None,
+                        help="raw files: a directory or an fsspec URL (default: raw_url of [sources.retail_bronze] in "
+                             "dlt's config or SOURCES__RETAIL_BRONZE__RAW_URL, else data_raw)")
     parser.add_argument("--lake", default="lake", type=Path, help="lake root (default lake)")
     parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb", type=Path,
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     parser.add_argument("--tables", default="", help="comma-separated tables to load (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
-    parser.add_argument("--evolve-schema", action="store_true",
+    parser.add_argument("--evolve-schema", action="store_true", default=None,
                         help="add columns outside the contract to the tables (with their types) instead of keeping "
-                             "them in _rescued_data; each addition is recorded in bronze.schema_history")
+                             "them in _rescued_data; each addition is recorded in bronze.schema_history (default: "
+                             "[sources.retail_bronze] evolve_schema in .dlt/config.toml, else off)")
+    parser.add_argument("--promote-rescued", action="store_true",
+                        help="promote the columns kept in _rescued_data of the loaded rows to real (text) columns in "
+                             "the warehouse and Delta (all tables, or those of --tables), then exit (no load)")
+    parser.add_argument("--reload", default="",
+                        help="comma-separated tables to load again from their raw files, replacing them (and their "
+                             "rejects and manifest records) in every sink")
     parser.add_argument("--compact", action="store_true",
                         help="compact every Delta table under <lake>/bronze/delta now, then exit (no load)")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
@@ -75,51 +97,98 @@ def format_summary(summary: dict[str, TableSummary]) -> str:
     return "\n".join(lines)
 
 
+def raw_url_from_config() -> str:
+    """The raw URL configured for dlt (`RAW_URL_KEY`), else `DEFAULT_RAW`."""
+    value = dlt.config.get(RAW_URL_KEY, str)
+    return value if isinstance(value, str) and value.strip() else DEFAULT_RAW
+
+
+def say(text: str, *, error: bool = False) -> None:
+    """Print one message of the command line, with the credentials of any URL in it redacted."""
+    print(redact(text), file=sys.stderr if error else sys.stdout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    layout = Layout(raw_url=args.raw, lake=args.lake, warehouse=args.warehouse)
+    tune_malloc()  # this process is the command line's own
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
+        layout = Layout(raw_url=args.raw or raw_url_from_config(), lake=args.lake, warehouse=args.warehouse)
         known = {t.name for t in RETAIL_TABLES}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise CliError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         _check_layout(layout, args.dry_run)
         if args.compact:
-            for done in compact_tables(layout.delta_root, force=True):
-                print(f"compacted {done.table_name}: {done.files_before} -> {done.files_after} files")
-            return 0
+            return _compact(layout)
+        if args.promote_rescued:
+            return _promote(layout, names, args)
         if args.dry_run:
-            ledgers = _existing_ledgers(args.pipelines_dir)
-            print("dry run: nothing is written; this is what a run would load and reject")
-            print(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
+            ledgers = _existing_ledgers(layout, args.pipelines_dir)
+            say("dry run: nothing is written; this is what a run would load and reject")
+            say(format_summary(dry_run(layout, table_names=names, ledgers=ledgers)))
             return 0
+        reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
-                            evolve_schema=args.evolve_schema)
-    except (CliError, RunLocked) as error:
-        print(f"error: {error}", file=sys.stderr)
+                            evolve_schema=args.evolve_schema, reload=reload)
+    except (CliError, RunLocked, WarehouseBusy, SinkMismatch) as error:
+        say(f"error: {error}", error=True)
         return 2
     except Exception as error:
         cause = error.__cause__ or error
         first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        print(f"error: {type(cause).__name__}: {first_line}", file=sys.stderr)
+        say(f"error: {type(cause).__name__}: {first_line}", error=True)
         return 1
-    print(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
-          f"lake load {result.lake_load_id or '-'}")
-    print(format_summary(result.summary))
+    for note in result.notes:
+        say(f"note: {note}")
+    say(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
+        f"lake load {result.lake_load_id or '-'}")
+    say(format_summary(result.summary))
     for change in result.schema_changes:
-        print(f"schema: added {change['table_name']}.{change['column_name']} ({change['data_type']})")
+        say(f"schema: added {change['table_name']}.{change['column_name']} ({change['data_type']})")
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     if result.failed_jobs:
-        print(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
-    print(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
-          f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
-    return 0
+        say(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
+    say(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
+        f"rejects CSV: {len(result.rejects_files)} file(s) under {layout.rejects_root}")
+    inspect = f" --pipelines-dir {args.pipelines_dir}" if args.pipelines_dir else ""
+    say(f"inspect: dlt pipeline{inspect} {result.pipelines[0]} info|trace|load-package "
+        f"(the lake: {result.pipelines[1]})")
+    for failure in result.delta_failures:
+        say(f"error: {failure}", error=True)
+    return 1 if result.delta_failures else 0
 
 
-def _existing_ledgers(pipelines_dir: str | None) -> dict[str, dict[str, object]]:
+def _promote(layout: Layout, names: list[str], args: argparse.Namespace) -> int:
+    result = promote_rescued(layout, table_names=names, pipelines_dir=args.pipelines_dir,
+                             lock_timeout=args.lock_timeout)
+    for done in result.promoted:
+        say(f"promoted {done.table_name}.{done.column_name} from _rescued_data key {done.key!r} ({done.rows} rows)")
+    for refused in result.refused:
+        say(f"not promoted: {refused.table_name} key {refused.key!r}: {refused.refused}")
+    if not result.promoted and not result.refused:
+        say("nothing to promote: no loaded row keeps columns in _rescued_data")
+    for failure in result.delta_failures:
+        say(f"error: {failure}", error=True)
+    return 1 if result.delta_failures else 0
+
+
+def _compact(layout: Layout) -> int:
+    try:
+        done, failures = compact_tables(layout.delta_root, force=True), []
+    except DeltaTablesFailed as incomplete:
+        done, failures = incomplete.done, incomplete.failures
+    for compaction in done:
+        say(f"compacted {compaction.table_name}: {compaction.files_before} -> {compaction.files_after} files")
+    for failure in failures:
+        say(f"error: {failure}", error=True)
+    return 1 if failures else 0
+
+
+def _existing_ledgers(layout: Layout, pipelines_dir: str | None) -> dict[str, dict[str, object]]:
     root = Path(pipelines_dir) if pipelines_dir else Path(get_dlt_pipelines_dir())
-    if not (root / WAREHOUSE_PIPELINE).is_dir():
+    name = pipeline_names(layout.warehouse, layout.lake)[0]
+    if not (root / name).is_dir():
         return {}
-    return recorded_ledgers(dlt.attach(WAREHOUSE_PIPELINE, pipelines_dir=str(root)))
+    return recorded_ledgers(dlt.attach(name, pipelines_dir=str(root)))

@@ -7,7 +7,6 @@ work, and Snappy gains nothing on row hashes; together that was about half the e
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -18,38 +17,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SAMPLE_ROWS = 10_000
-"""Rows of the first data a file receives that decide its encoding and compression per column."""
-MAX_DISTINCT_SHARE = 0.25
-"""A column is dictionary encoded when its sample holds at most this share of distinct values."""
-COMPRESSION_PROBE_BYTES = 256 * 1024
-MIN_COMPRESSION_GAIN = 0.1
-"""A column whose sampled values Snappy shrinks by less than this share is written uncompressed."""
-ROW_GROUP_ROWS = 128 * 1024
-"""Rows per row group: enough row groups per file for DuckDB and Delta readers to read in parallel."""
-TARGET_FILE_SIZE = 200 * 1024 * 1024
-"""Size at which a package file is closed and the next begins; also the target of the Delta mirror's compaction."""
-MAX_PARALLEL_FILES = min(2, os.cpu_count() or 1)
-MIN_ROWS_PER_FILE = 500_000
-"""Fewer rows per file make DuckDB's load slower than encoding one file on one thread."""
+from . import settings
 
 
 def files_for(rows: int) -> int:
-    """How many files `rows` rows are written to, in parallel: one per `MIN_ROWS_PER_FILE` rows, at most
-    `MAX_PARALLEL_FILES`."""
-    return max(1, min(MAX_PARALLEL_FILES, rows // MIN_ROWS_PER_FILE))
+    """How many files `rows` rows are written to, in parallel: one per `settings.MIN_ROWS_PER_PARQUET_FILE` rows, at most
+    `settings.parallel_parquet_files()`."""
+    return max(1, min(settings.parallel_parquet_files(), rows // settings.MIN_ROWS_PER_PARQUET_FILE))
 
 
 def parquet_options(sample: pa.Table) -> dict[str, Any]:
     """Writer options for a file whose first rows are `sample`: dictionary encoding for the columns that repeat
-    values (at most `MAX_DISTINCT_SHARE` distinct in the first `SAMPLE_ROWS` rows), Snappy compression for the others
+    values (at most `settings.PARQUET_MAX_DISTINCT_SHARE` distinct in the first `settings.PARQUET_SAMPLE_ROWS` rows), Snappy compression for the others
     unless their values do not compress. Values that do not compress (row hashes) are random, so they also get no
     min/max statistics: no row group could be skipped by them, and computing them would only cost time. A sample too
     small to tell gets pyarrow's defaults."""
-    head = sample.slice(0, SAMPLE_ROWS)
-    if head.num_rows < SAMPLE_ROWS // 10:
+    head = sample.slice(0, settings.PARQUET_SAMPLE_ROWS)
+    if head.num_rows < settings.PARQUET_SAMPLE_ROWS // 10:
         return {"use_dictionary": True, "compression": "snappy"}
-    limit = head.num_rows * MAX_DISTINCT_SHARE
+    limit = head.num_rows * settings.PARQUET_MAX_DISTINCT_SHARE
     dictionary: list[str] = []
     compression: dict[str, str] = {}
     statistics: list[str] = []
@@ -68,12 +54,12 @@ def parquet_options(sample: pa.Table) -> dict[str, Any]:
 
 
 def _compresses(column: pa.ChunkedArray) -> bool:
-    """Whether Snappy shrinks the column's values by at least `MIN_COMPRESSION_GAIN`."""
+    """Whether Snappy shrinks the column's values by at least `settings.PARQUET_MIN_COMPRESSION_GAIN`."""
     values = column.combine_chunks().buffers()[-1]
     if values is None or values.size == 0:
         return True
-    probe = values[:COMPRESSION_PROBE_BYTES]
-    return pa.compress(probe, codec="snappy", asbytes=False).size <= probe.size * (1 - MIN_COMPRESSION_GAIN)
+    probe = values[:settings.PARQUET_COMPRESSION_PROBE_BYTES]
+    return pa.compress(probe, codec="snappy", asbytes=False).size <= probe.size * (1 - settings.PARQUET_MIN_COMPRESSION_GAIN)
 
 
 @dataclass(frozen=True)
@@ -123,8 +109,8 @@ class RowFiles:
 
 class _Encoder:
     """One background thread writing the tables it is given to Parquet files `<prefix>.<n>.parquet`, in row groups of
-    `ROW_GROUP_ROWS` whatever the size of the tables (the rows of a partial row group wait for the next table); a file
-    is closed once it reaches `TARGET_FILE_SIZE`."""
+    `settings.PARQUET_ROW_GROUP_ROWS` whatever the size of the tables (the rows of a partial row group wait for the next table); a file
+    is closed once it reaches `settings.TARGET_FILE_SIZE`."""
 
     def __init__(self, folder: Path, prefix: str, max_pending: int) -> None:
         self.folder = folder
@@ -179,17 +165,17 @@ class _Encoder:
             self._current = WrittenFile(path, 0, table.schema)
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
+        if self._pending_rows >= settings.PARQUET_ROW_GROUP_ROWS:
             rows = pa.concat_tables(self._pending)
-            whole = rows.num_rows - rows.num_rows % ROW_GROUP_ROWS
+            whole = rows.num_rows - rows.num_rows % settings.PARQUET_ROW_GROUP_ROWS
             self._pending, self._pending_rows = [rows.slice(whole)], rows.num_rows - whole
             self._append(rows.slice(0, whole))
-            if self._current.path.stat().st_size >= TARGET_FILE_SIZE:
+            if self._current.path.stat().st_size >= settings.TARGET_FILE_SIZE:
                 self._finish_file()
 
     def _append(self, rows: pa.Table) -> None:
         assert self._writer is not None and self._current is not None
-        self._writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
+        self._writer.write_table(rows, row_group_size=settings.PARQUET_ROW_GROUP_ROWS)
         self._current = WrittenFile(self._current.path, self._current.rows + rows.num_rows, self._current.schema)
 
     def _finish_file(self) -> None:

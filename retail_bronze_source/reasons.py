@@ -15,6 +15,20 @@ UNSUPPORTED_FILE: Final = "UNSUPPORTED_FILE"
 COLUMN_TYPE_CHANGED: Final = "COLUMN_TYPE_CHANGED"
 """With schema evolution: a column outside the contract has another type than the table gave it; none of the file's
 rows load."""
+OUTSIDE_RAW_ROOT: Final = "OUTSIDE_RAW_ROOT"
+"""The file is a symbolic link (or lies under one) leading outside the raw root, or a Delta table's version read or
+increment has a data file outside its table directory (an absolute path, a URL, a `..` path, a link leading out);
+nothing of it is read. A table may allow such files explicitly with `TableSpec(allow_outside_raw_root=True)`."""
+LIMIT_EXCEEDED: Final = "LIMIT_EXCEEDED"
+"""The file is over one of the readers' stated limits (columns, record length, unpacked size; `limits.py`); none of
+its rows load. The detail names the limit, the value found and the `reader_options` key that raises it."""
+COLUMN_NAME_CONFLICT: Final = "COLUMN_NAME_CONFLICT"
+"""Two columns of the file have one name, or, with schema evolution, a column to be added has the name of a table
+column or of another added column once the destination normalizes it (`Order_ID` beside `order_id`, `id`/`Id`); none
+of the file's rows load."""
+VALIDATION_FAILED: Final = "VALIDATION_FAILED"
+"""Validating, hashing or staging the file's rows failed with an unexpected error, named in the detail (a defect of
+this package or of a library it uses, met on this file); none of its rows load and the other files go on."""
 
 MALFORMED_ROW: Final = "MALFORMED_ROW"
 """A record that cannot be tokenized (broken quoting, unterminated quoted field)."""
@@ -44,7 +58,8 @@ LOAD_FAILED: Final = "LOAD_FAILED"
 """A destination refused a load job; its rows are kept here with the job's error message."""
 
 FILE_LEVEL: Final = frozenset({FILE_UNREADABLE, FILE_ENCODING, MISSING_REQUIRED_COLUMN, UNSUPPORTED_FILE,
-                               COLUMN_TYPE_CHANGED})
+                               COLUMN_TYPE_CHANGED, OUTSIDE_RAW_ROOT, LIMIT_EXCEEDED, COLUMN_NAME_CONFLICT,
+                               VALIDATION_FAILED})
 ROW_PARSE: Final = frozenset({MALFORMED_ROW, TOO_MANY_COLUMNS, TOO_FEW_COLUMNS, INVALID_JSON, NOT_AN_OBJECT})
 CONTRACT: Final = frozenset({TYPE_MISMATCH, NOT_NULL, ACCEPTED_VALUES, OUT_OF_RANGE, PATTERN_MISMATCH, DUPLICATE_KEY})
 ALL: Final = FILE_LEVEL | ROW_PARSE | CONTRACT | {LOAD_FAILED}

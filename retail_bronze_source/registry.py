@@ -6,22 +6,33 @@ below are simply the registry that ships.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal
 
 import pyarrow as pa
+from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from schemas import schemas
 
-FileFormat = Literal["csv", "parquet", "xlsx", "jsonl", "delta"]
+from .outputs import ADDED_COLUMNS
+from .readers.formats import DIRECTORY_FORMATS, SHEET_FORMATS, FileFormat
+from .readers.options import resolve_reader_options
+
 WriteDisposition = Literal["append", "merge"]
 
-EXTENSION_FORMATS: Mapping[str, FileFormat] = MappingProxyType(
-    {".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-)
-"""File name endings and the format each one is read as."""
+
+CONTRACT_CHECKS = ("accepted_values", "min", "max", "pattern", "json")
+"""Field metadata keys of value checks (`schemas.schemas.col`); nested and binary columns take none of them."""
+
+
+def normalized_name(name: str) -> str:
+    """`name` as dlt's default naming convention (snake_case) stores it in the warehouse and the lake: `"Order ID"`
+    and `"order_id"` are one column there. Raises `ValueError` for a name that has no stored form (empty, blank)."""
+    return _SNAKE_CASE.normalize_identifier(name)  # type: ignore[no-any-return]
+
+
+_SNAKE_CASE = NamingConvention()
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,8 @@ class TableSpec:
     sequence_column: str | None = None
     """Orders versions of one key: the highest value is the latest version."""
     reader_options: Mapping[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the format's reader, e.g. `delimiter` for CSV or `sheets` for XLSX."""
+    """Options of the formats' readers, e.g. `delimiter` for CSV or `sheets` for XLSX (`readers/options.py` lists them
+    all); checked when the table is declared."""
     source_time_zone: str = "UTC"
     """Time zone assumed for timestamps written without an offset."""
     derived: tuple[DerivedColumn, ...] = ()
@@ -62,6 +74,24 @@ class TableSpec:
     """A boolean column marking tombstones: the row is a deletion of its key."""
     hard_delete: bool = False
     """Tombstones remove their key from DuckDB and Delta; by default they are kept as soft deletes (marker true)."""
+    evolve_schema: bool | None = None
+    """Columns outside the contract are added to the table (True) or kept in `_rescued_data` (False); None follows
+    the source's `evolve_schema` setting."""
+    allow_outside_raw_root: bool = False
+    """Read files that symbolic links lead to outside the raw root, and Delta data files outside the table directory
+    (absolute paths, URLs, `..` paths, as in a shallow clone). Off by default: such files are `OUTSIDE_RAW_ROOT`
+    rejects and are never read. Declared per table, in code: no configuration value or environment variable opens
+    the boundary."""
+
+    @property
+    def has_sheets(self) -> bool:
+        """Whether the table reads a format whose rows live in sheets (`src_sheet` is part of a row's position)."""
+        return any(fmt in SHEET_FORMATS for fmt in self.formats)
+
+    @property
+    def reads_directory(self) -> bool:
+        """Whether the table's input is one table directory (`files` names it), not files matched by a pattern."""
+        return any(fmt in DIRECTORY_FORMATS for fmt in self.formats)
 
     def __post_init__(self) -> None:
         names = set(self.schema.names) | {d.name for d in self.derived}
@@ -77,6 +107,95 @@ class TableSpec:
             raise ValueError(f"table {self.name!r}: partition columns {unknown} are not in its schema")
         if not self.formats:
             raise ValueError(f"table {self.name!r}: declare at least one format")
+        if self.reads_directory and len(self.formats) > 1:
+            raise ValueError(f"table {self.name!r}: a table directory format ({', '.join(self.formats)}) is read alone")
+        object.__setattr__(self, "reader_options",
+                           resolve_reader_options(self.name, self.formats, self.reader_options, self.schema))
+        _check_column_names(self.name, [*self.schema.names, *(d.name for d in self.derived)], normalized_name)
+        roles: dict[str, tuple[str, ...]] = {
+            "primary key": self.primary_key, "sequence column": (self.sequence_column,) if self.sequence_column else (),
+            "partition": self.partition_by, "delete marker": (self.delete_marker,) if self.delete_marker else ()}
+        for role, addressed in roles.items():
+            for name in addressed:
+                if normalized_name(name) != name:
+                    raise ValueError(f"table {self.name!r}: {role} column {name!r} is stored as "
+                                     f"{normalized_name(name)!r}; merges, late-version checks and Delta partitions "
+                                     "address it by its declared name, so declare it as stored")
+        for contract_field in self.schema:
+            problem = contract_type_problem(contract_field)
+            if problem:
+                raise ValueError(f"table {self.name!r}: column {contract_field.name!r} {problem}")
+
+
+def _check_column_names(table: str, names: Sequence[str], normalize: Callable[[str], str]) -> None:
+    """Refuse contract and derived column names that cannot be loaded: blank names, and names that are one column
+    once the destination normalizes them (between themselves or with a column the package or dlt adds)."""
+    owners = {normalize(added): f"{added!r}, a column the package or dlt adds" for added in ADDED_COLUMNS}
+    for name in names:
+        try:
+            stored = normalize(name)
+        except ValueError:
+            raise ValueError(f"table {table!r}: column name {name!r} cannot be loaded (it is empty or blank)") from None
+        if stored in owners:
+            raise ValueError(f"table {table!r}: column {name!r} is stored as {stored!r}, like {owners[stored]}; "
+                             f"rename one of them")
+        owners[stored] = repr(name)
+
+
+_SCALAR_CONTRACT_TYPES = "int8/16/32/64, float32/64, decimal128, bool, string, date32, timestamp('us')"
+
+
+def contract_type_problem(contract_field: pa.Field) -> str | None:
+    """Why a contract column cannot be validated or loaded as declared, or None.
+
+    Accepted: the scalar types the validator parses exactly (integers of 8 to 64 bits, float32/64, decimal128, bool,
+    string, date32, microsecond timestamps), binary, and lists, structs and maps of accepted types, whose inner
+    fields are nullable (only a column's own value is checked for `NOT_NULL`) and whose map keys are text or
+    integers. Value checks (accepted values, bounds, pattern, json) apply to scalar columns only.
+    """
+    type_ = contract_field.type
+    meta = {k.decode() for k in (contract_field.metadata or {})}
+    structured = (pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_struct(type_)
+                  or pa.types.is_map(type_) or pa.types.is_binary(type_) or pa.types.is_large_binary(type_))
+    if structured and meta & set(CONTRACT_CHECKS):
+        return f"has value checks ({', '.join(sorted(meta & set(CONTRACT_CHECKS)))}) that a {type_} value cannot take"
+    if schemas.MOSTLY_DISTINCT in meta and not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
+        return f"is declared mostly_distinct, which applies to text only, not to {type_}"
+    return _type_problem(type_, top=True)
+
+
+def _type_problem(type_: pa.DataType, *, top: bool) -> str | None:
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _inner_problem(type_.value_field)
+    if pa.types.is_struct(type_):
+        names = [type_.field(i).name for i in range(type_.num_fields)]
+        if len(set(names)) != len(names) or "" in names:
+            return f"has a struct type with blank or repeated field names ({type_})"
+        return next((p for p in (_inner_problem(type_.field(i)) for i in range(type_.num_fields)) if p), None)
+    if pa.types.is_map(type_):
+        key = type_.key_type
+        if not (pa.types.is_string(key) or pa.types.is_large_string(key) or key in (pa.int8(), pa.int16(),
+                                                                                      pa.int32(), pa.int64())):
+            return f"has a map type with {key} keys (map keys are text or integers)"
+        return _inner_problem(type_.item_field)
+    if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
+        return None
+    if pa.types.is_timestamp(type_):
+        return None if type_.unit == "us" else (f"has type {type_}: contract timestamps have microsecond precision "
+                                                 f"(pa.timestamp('us', tz='UTC'))")
+    if (type_ in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_(), pa.string(),
+                  pa.large_string(), pa.date32())
+            or pa.types.is_decimal128(type_)):
+        return None
+    return f"has type {type_}, which a contract cannot declare (types: {_SCALAR_CONTRACT_TYPES}, binary, list, " \
+           f"struct, map){'' if top else ' inside a nested type'}"
+
+
+def _inner_problem(inner: pa.Field) -> str | None:
+    if not inner.nullable:
+        return (f"declares the inner field {inner.name!r} not nullable: only a column's own value is checked for "
+                f"NOT_NULL, so fields inside nested types must be nullable")
+    return _type_problem(inner.type, top=False)
 
 
 def _spec(name: str, schema: pa.Schema, files: str, formats: Sequence[FileFormat], primary_key: Sequence[str],

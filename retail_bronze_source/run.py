@@ -1,17 +1,18 @@
-"""One Bronze run: the source into DuckDB, its packages into the Parquet change log and Delta, rejects CSVs, a summary.
+"""One Bronze run: the source into DuckDB, then the Parquet change log, the Delta mirror and the rejects CSVs.
 
-Raw files are read and validated once, by the warehouse pipeline; the lake pipeline imports the warehouse's loaded
-packages (`change_log`), and the Delta mirror follows the lake's packages (`delta_mirror`).
+Raw files are read and validated once, by the warehouse pipeline. Every other sink follows the warehouse and knows
+what it holds: the change log imports the warehouse loads it lacks (`sinks.change_log`), the Delta mirror writes the change
+log's loads it lacks (`sinks.delta`), the rejects CSVs are written for the loads that have none. So a run killed at
+any point, a deleted lake or pipelines directory, or a lost warehouse (restored from the lake) all converge on the
+next run. Which state belongs to which sink is settled first (`sinks.identity`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,31 +21,44 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from dlt.common.schema.typing import TDeleteInsertStrategyDict
-from dlt.extract.source import DltSource
+from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
+from dlt.pipeline.helpers import pipeline_drop
 from dlt.pipeline.pipeline import Pipeline
 
-from . import DEFAULT_CHUNK_SIZE, DELETE_INSERT, retail_source
-from .change_log import change_log_resources
+from . import SOURCE_NAME, run_source
 from .crash_points import crash_point
-from .delta_mirror import Compaction, MirroredTable, compact_tables, mirror_to_delta
-from .extract import MANIFEST_TABLE, REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE, TableExtractor, discover_files
+from .helpers import quote_ident
+from .outputs import (
+    MANIFEST_TABLE,
+    REJECTS_TABLE,
+    SCHEMA_HISTORY_SCHEMA,
+    SCHEMA_HISTORY_TABLE,
+    SHARED_TABLES,
+    TABLE_RESETS_SCHEMA,
+    TABLE_RESETS_TABLE,
+)
+from .promote import Promotion, history_rows, plan_promotions, promote
 from .registry import RETAIL_TABLES, TableSpec, select_tables
+from .resources import SinkOptions, preview
 from .run_lock import run_lock
-from .sinks import (
-    DATASET,
-    LOADER_FILE_FORMAT,
-    FailedJob,
-    failed_jobs,
-    lake_pipeline,
+from .sinks import DATASET, LOADER_FILE_FORMAT, Layout
+from .sinks.change_log import sync_change_log
+from .sinks.delta import Compaction, DeltaTableFailure, MirroredTable, mirror_and_compact
+from .sinks.identity import SinkMismatch, completed_loads, open_sinks, pipeline_names
+from .sinks.packages import FailedJob, failed_jobs
+from .sinks.rejects_csv import sync_rejects_csv
+from .sinks.restore import manifest_ledgers
+from .sinks.warehouse import (
+    detach_shared_tables,
     load_arrow,
     load_failed_rejects,
     load_rejects,
+    restore_merge_dispositions,
+    sweep_orphans,
+    table_exists,
     undo_interrupted_jobs,
-    warehouse_pipeline,
-    write_rejects_csv,
+    wait_for_warehouse,
 )
-from .validate import quote_ident
 
 
 @dataclass
@@ -73,133 +87,174 @@ class RunResult:
     schema_changes: list[dict[str, Any]] = field(default_factory=list)
     """Columns this run added to existing tables (`--evolve-schema`), as recorded in `bronze.schema_history`."""
     warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a run reads and writes."""
-
-    raw_url: str
-    lake: Path
-    warehouse: Path
-
-    @property
-    def delta_root(self) -> Path:
-        return self.lake / DATASET / "delta"
-
-    @property
-    def rejects_root(self) -> Path:
-        return self.lake / "_rejects"
+    delta_failures: list[DeltaTableFailure] = field(default_factory=list)
+    """Delta tables this run could not write or compact (every other table and sink is complete)."""
+    pipelines: tuple[str, str] = ("", "")
+    """The names of the warehouse and lake pipelines (for `dlt pipeline <name> info`)."""
+    notes: list[str] = field(default_factory=list)
+    """What the run did to bring the sinks together before loading (a state dropped, a warehouse restored...)."""
 
 
 DEFAULT_LOCK_TIMEOUT = 60.0
+WAREHOUSE_OPTIONS = SinkOptions(append_new_rows=True, parquet_files=True)
+"""The warehouse loads new rows as plain appends (its interrupted jobs are undone before a retry) and takes Parquet
+files written by the resources."""
 
 
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None,
-               lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool = False) -> RunResult:
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool | None = None,
+               reload: Sequence[str] = ()) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
-    The run holds the lock of its warehouse and of its lake for its whole duration: a second run waits up to
-    `lock_timeout` seconds and then raises `RunLocked` naming the holder.
+    The run holds the locks of its warehouse, its lake and its pipelines' working directories for its whole duration:
+    a second run waits up to `lock_timeout` seconds and then raises `RunLocked` naming the holder; a warehouse open in another process
+    (a BI tool, the DuckDB CLI) is waited for as long, then `WarehouseBusy`. `evolve_schema` None follows the
+    configuration (`[sources.retail_bronze] evolve_schema`). `reload` names tables to load again from their raw files
+    in every sink (their tables, rejects and manifest records are replaced).
     """
-    tune_malloc()
-    with run_lock(layout.warehouse.with_name(layout.warehouse.name + ".lock"), lock_timeout), \
-            run_lock(layout.lake / ".retail_bronze.lock", lock_timeout):
-        return _run(layout, table_names=table_names, tables=tables, pipelines_dir=pipelines_dir, chunk_size=chunk_size,
-                    evolve_schema=evolve_schema)
-
-
-MALLOC_ARENAS = 2
-MALLOC_MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
-"""glibc `mallopt` parameter numbers (malloc.h)."""
-
-
-def tune_malloc() -> None:
-    """Make glibc's malloc give memory back: at most `MALLOC_ARENAS` arenas, and blocks of `MALLOC_MMAP_THRESHOLD`
-    bytes or more mapped on their own (glibc only; elsewhere nothing to do).
-
-    By default each thread of the readers, DuckDB and DataFusion may get an arena of its own, and the mmap threshold
-    grows with the largest block freed, so freed read buffers stay in the heap: reading 10M rows kept 150 to 300 MB
-    more resident. It applies to the whole process, like `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_`.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # a libc without glibc's mallopt (musl): its allocator needs no tuning here
-    libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-
-
-def _run(layout: Layout, *, table_names: Sequence[str] | None, tables: Sequence[TableSpec] | None,
-         pipelines_dir: str | None, chunk_size: int | None, evolve_schema: bool) -> RunResult:
-    _require_load_settings()
     specs = select_tables(tables or RETAIL_TABLES, table_names)
-    stamp = datetime.now(UTC)
-    options: dict[str, Any] = {"raw_url": layout.raw_url, "tables": specs, "ingestion_ts": stamp,
-                               "evolve_schema": evolve_schema, "append_new_rows": True, "parquet_files": True}
-    if chunk_size:
-        options["chunk_size"] = chunk_size
+    unknown = sorted(set(reload) - {s.name for s in specs})
+    if unknown:
+        raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
+    with _locked(layout, pipelines_dir, lock_timeout):
+        return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
+                    reload=reload)
 
-    warehouse = warehouse_pipeline(layout.warehouse, pipelines_dir=pipelines_dir)
+
+@contextmanager
+def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> Iterator[None]:
+    """Hold the locks of the warehouse, the lake and the pipelines' working directories, and wait for a warehouse
+    open in another process (see `run_bronze`)."""
+    working = Path(pipelines_dir or get_dlt_pipelines_dir())
+    locks = [layout.warehouse.with_name(layout.warehouse.name + ".lock"), layout.lake / ".retail_bronze.lock",
+             *(working / f".{name}.lock" for name in pipeline_names(layout.warehouse, layout.lake))]
+    with ExitStack() as held:
+        for lock in locks:
+            held.enter_context(run_lock(lock, lock_timeout))
+        wait_for_warehouse(layout.warehouse, lock_timeout)
+        yield
+
+
+def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
+         evolve_schema: bool | None, reload: Sequence[str]) -> RunResult:
+    stamp = datetime.now(UTC)
+    sinks = open_sinks(layout, specs, pipelines_dir)
+    warehouse, lake = sinks.warehouse, sinks.lake
+    swept = sweep_orphans(warehouse, {s.name for s in specs} | set(SHARED_TABLES), sinks.identity.restored_through)
+    if swept:
+        sinks.notes.append(f"removed {swept} row(s) an interrupted load had left in the warehouse")
     failed = _finish_pending(warehouse, undo_interrupted=True)
-    source = retail_source(**options)
-    guard_late_versions(source, specs, DATASET)
+    if warehouse.refresh:
+        # dlt would drop the tables in the warehouse only; a reload replaces them in every sink.
+        sinks.notes.append(f"refresh={warehouse.refresh} is configured: every table of the run is reloaded from its "
+                           "raw files in every sink")
+        reload = [spec.name for spec in specs]
+        warehouse.refresh = None
+    if reload:
+        _drop_tables(warehouse, reload)
+    seeds, resets = _reconcile_ledgers(warehouse, layout.warehouse, specs, reload)
+    if seeds:
+        sinks.notes.append(f"the file ledger of {', '.join(sorted(seeds))} was rebuilt from the manifest")
+
+    source = run_source(specs, layout.raw_url, ingestion_ts=stamp, evolve_schema=evolve_schema, chunk_size=chunk_size,
+                        options=WAREHOUSE_OPTIONS, ledger_seeds=seeds,
+                        extra=[_resets_resource(resets, stamp)] if resets else [])
     columns_before = _data_columns(warehouse)
-    info = warehouse.run(source, loader_file_format=LOADER_FILE_FORMAT)
-    warehouse_load_id = info.loads_ids[0] if info.loads_ids else None
+    extracted = warehouse.extract(source, loader_file_format=LOADER_FILE_FORMAT)
+    warehouse_load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
+    warehouse.normalize()
+    info = warehouse.load(raise_on_failed_jobs=False)
+    restore_merge_dispositions(warehouse, [s.name for s in specs if s.write_disposition == "merge"])
+    detach_shared_tables(warehouse, SHARED_TABLES)
     changes = _schema_changes(columns_before, _data_columns(warehouse), warehouse_load_id, stamp)
     if changes:
         load_arrow(warehouse, pa.Table.from_pylist(changes, schema=SCHEMA_HISTORY_SCHEMA), SCHEMA_HISTORY_TABLE,
                    ["table_name", "column_name"])
+        detach_shared_tables(warehouse, SHARED_TABLES)
     failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
     crash_point("warehouse_loaded")
 
-    lake = lake_pipeline(layout.lake, pipelines_dir=pipelines_dir)
-    lake_failed = _finish_pending(lake)
-    imports = change_log_resources(warehouse)
-    lake_info = lake.run(imports, loader_file_format=LOADER_FILE_FORMAT) if imports else None
-    lake_load_id = lake_info.loads_ids[0] if lake_info and lake_info.loads_ids else None
-    lake_failed += failed_jobs(lake, lake_info) if lake_info else []
-    if lake_failed:
-        _record_load_failures(warehouse, lake_failed, stamp)
+    lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp)
     failed += lake_failed
     crash_point("lake_loaded")
 
     # The warehouse is complete: its reports are read while the Delta mirror runs (both release the GIL).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
-        reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, failed, specs, stamp,
-                              warnings=not evolve_schema)
-        mirrored = mirror_to_delta(lake, layout.delta_root, specs)
-        compacted = compact_tables(layout.delta_root)
+        reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, specs,
+                              warnings=not _evolves(warehouse, specs))
+        mirrored, compacted, delta_failures = mirror_and_compact(layout.lake, specs)
         files, summary, warnings = reports.result()
     return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
-                     warnings)
+                     warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
 
 
-def _warehouse_reports(layout: Layout, load_id: str | None, failed: list[FailedJob], specs: Sequence[TableSpec],
-                       stamp: datetime, *, warnings: bool) -> tuple[list[Path], dict[str, TableSummary], list[str]]:
-    """What a run reports from the warehouse once it is loaded: the rejects CSVs written, the summary by table and
-    the rescued-column warnings (when `warnings`)."""
-    rejects = _rejects_of_load(layout.warehouse, load_id, failed)
-    files = write_rejects_csv(rejects, layout.rejects_root, load_id or f"load_failed_{stamp:%Y%m%dT%H%M%S}")
+def _follow_warehouse(layout: Layout, warehouse: Pipeline, lake: Pipeline,
+                      stamp: datetime) -> tuple[str | None, list[FailedJob]]:
+    """Bring the change log up to the warehouse (packages a killed run left first); return the lake load id and the
+    lake's refused jobs (recorded in the warehouse as `LOAD_FAILED` rejects)."""
+    lake_failed = _finish_pending(lake)
+    lake_info = sync_change_log(warehouse, layout.warehouse, lake)
+    lake_load_id = lake_info.loads_ids[-1] if lake_info and lake_info.loads_ids else None
+    lake_failed += failed_jobs(lake, lake_info) if lake_info else []
+    if lake_failed:
+        _record_load_failures(warehouse, lake_failed, stamp)
+    return lake_load_id, lake_failed
+
+
+@dataclass
+class PromoteResult:
+    """The outcome of `promote_rescued`: the columns promoted and those that could not be."""
+
+    promoted: list[Promotion]
+    refused: list[Promotion]
+    delta_failures: list[DeltaTableFailure]
+
+
+def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
+                    tables: Sequence[TableSpec] | None = None, pipelines_dir: str | None = None,
+                    lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> PromoteResult:
+    """Promote the columns kept in `_rescued_data` of the selected tables to real (text) columns of the rows already
+    loaded, in the warehouse and its Delta mirror, recorded in `bronze.schema_history` (see `promote`).
+
+    The lake is first brought up to the warehouse, so that both hold the same rows; nothing new is extracted."""
+    specs = select_tables(tables or RETAIL_TABLES, table_names)
+    with _locked(layout, pipelines_dir, lock_timeout):
+        stamp = datetime.now(UTC)
+        sinks = open_sinks(layout, specs, pipelines_dir)
+        warehouse, lake = sinks.warehouse, sinks.lake
+        _finish_pending(warehouse, undo_interrupted=True)
+        _follow_warehouse(layout, warehouse, lake, stamp)
+        mirror_and_compact(layout.lake, specs)
+        plans = plan_promotions(warehouse, layout.warehouse, [s.name for s in specs])
+        done = promote(warehouse, layout.warehouse, layout.delta_root, plans)
+        failures: list[DeltaTableFailure] = []
+        if done:
+            load_arrow(warehouse, pa.Table.from_pylist(history_rows(done), schema=SCHEMA_HISTORY_SCHEMA),
+                       SCHEMA_HISTORY_TABLE, ["table_name", "column_name"])
+            detach_shared_tables(warehouse, SHARED_TABLES)
+            _follow_warehouse(layout, warehouse, lake, stamp)
+            failures = mirror_and_compact(layout.lake, specs)[2]
+        return PromoteResult(done, [p for p in plans if p.refused is not None], failures)
+
+
+def _evolves(pipeline: Pipeline, specs: Sequence[TableSpec]) -> bool:
+    """Whether the tables of this run evolve their schema (then there are no rescued-column warnings to give)."""
+    if not pipeline.default_schema_name:
+        return False
+    contracts = [pipeline.default_schema.tables.get(s.name, {}).get("schema_contract") for s in specs]
+    return any(isinstance(c, dict) and c.get("columns") == "evolve" for c in contracts)
+
+
+def _warehouse_reports(layout: Layout, load_id: str | None, specs: Sequence[TableSpec], *,
+                       warnings: bool) -> tuple[list[Path], dict[str, TableSummary], list[str]]:
+    """What a run reports from the warehouse once it is loaded: the rejects CSVs written (for every load that had
+    none), the summary by table and the rescued-column warnings (when `warnings`)."""
+    files = sync_rejects_csv(layout.warehouse, layout.rejects_root)
     summary = _summary(layout.warehouse, load_id, specs)
     return files, summary, _rescue_warnings(layout.warehouse, load_id) if warnings else []
-
-
-SCHEMA_HISTORY_TABLE = "schema_history"
-SCHEMA_HISTORY_SCHEMA = pa.schema([
-    pa.field("table_name", pa.string(), nullable=False),
-    pa.field("column_name", pa.string(), nullable=False),
-    pa.field("data_type", pa.string(), nullable=False),
-    pa.field("load_id", pa.string()),
-    pa.field("changed_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
 
 
 def _data_columns(pipeline: Pipeline) -> dict[str, dict[str, str]]:
@@ -218,54 +273,34 @@ def _schema_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str
     """Columns added to tables that existed before the run."""
     return [
         {"table_name": table, "column_name": name, "data_type": data_type, "load_id": load_id, "changed_at": stamp}
-        for table, columns in sorted(after.items()) if table in before and table != SCHEMA_HISTORY_TABLE
+        for table, columns in sorted(after.items()) if table in before and table not in SHARED_TABLES
         for name, data_type in columns.items() if name not in before[table]
     ]
 
 
 def _rescue_warnings(warehouse: Path, load_id: str | None) -> list[str]:
-    """One warning per table whose files of this load had columns outside the contract."""
+    """One warning per table whose rows of this load keep columns in `_rescued_data` (columns outside the contract
+    that the table does not have: added and promoted columns are loaded into their own column)."""
     if load_id is None:
         return []
+    warnings = []
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        if not _has_table(con, MANIFEST_TABLE):
+        if not table_exists(con, MANIFEST_TABLE):
             return []
-        found = con.execute(f"SELECT table_name, string_agg(DISTINCT extra_columns, ',') FROM {DATASET}.{MANIFEST_TABLE} "
-                            f"WHERE load_id = ? AND extra_columns IS NOT NULL GROUP BY 1 ORDER BY 1", [load_id]).fetchall()
-    return [f"{table}: column(s) {', '.join(sorted(set(columns.split(','))))} are not in the contract and were kept in "
-            f"_rescued_data; declare them in schemas/schemas.py or run with --evolve-schema" for table, columns in found]
-
-
-REQUIRED_LOAD_SETTINGS = {"LOAD__RAISE_ON_FAILED_JOBS": "false", "LOAD__DELETE_COMPLETED_JOBS": "false",
-                          "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true"}
-"""dlt settings a run depends on: refused jobs become LOAD_FAILED rejects instead of blocking the package, loaded
-packages stay on disk for the Delta mirror, and every row carries its load id (interrupted appends are undone by it)."""
-
-
-def _require_load_settings() -> None:
-    for key, value in REQUIRED_LOAD_SETTINGS.items():
-        current = os.environ.setdefault(key, value)
-        if current.lower() != value:
-            raise ValueError(f"{key}={current} is not supported by a Bronze run: it needs {value}")
-
-
-def guard_late_versions(source: DltSource, specs: Sequence[TableSpec], dataset: str) -> None:
-    """Keep DuckDB merges from replacing a newer version of a key with an older one that arrives late.
-
-    Staged rows whose key already holds a higher sequence value in `dataset` are left out of the merge (dlt's
-    `source_filter`); they still land in the change log, and the Delta upsert applies the same rule.
-    """
-    for spec in specs:
-        if spec.write_disposition != "merge" or not spec.sequence_column:
-            continue
-        version = [quote_ident(c) for c in (*spec.primary_key, spec.sequence_column)]
-        seq = quote_ident(spec.sequence_column)
-        on = " AND ".join([*(f"g.{quote_ident(k)} = x.{quote_ident(k)}" for k in spec.primary_key), f"g.{seq} > x.{seq}"])
-        staged = f"{quote_ident(dataset + '_staging')}.{quote_ident(spec.name)}"
-        loaded = f"{quote_ident(dataset)}.{quote_ident(spec.name)}"
-        stale = f"SELECT {', '.join('x.' + c for c in version)} FROM {staged} AS x JOIN {loaded} AS g ON {on}"
-        guarded: TDeleteInsertStrategyDict = {**DELETE_INSERT, "source_filter": f"({', '.join(version)}) NOT IN ({stale})"}
-        source.resources[spec.name].apply_hints(write_disposition=guarded)
+        tables = [row[0] for row in con.execute(
+            f"SELECT DISTINCT table_name FROM {DATASET}.{MANIFEST_TABLE} WHERE load_id = ? AND extra_columns IS NOT "
+            "NULL ORDER BY 1", [load_id]).fetchall()]
+        for table in tables:
+            if not table_exists(con, table):
+                continue
+            keys = sorted(row[0] for row in con.execute(
+                f"SELECT DISTINCT unnest(json_keys(_rescued_data)) FROM {DATASET}.{quote_ident(table)} "
+                "WHERE _dlt_load_id = ? AND _rescued_data IS NOT NULL", [load_id]).fetchall())
+            if keys:
+                warnings.append(f"{table}: column(s) {', '.join(keys)} are not in the contract and were kept in "
+                                f"_rescued_data; declare them in schemas/schemas.py, run with --evolve-schema, or "
+                                f"promote them later with --promote-rescued")
+    return warnings
 
 
 def _finish_pending(pipeline: Pipeline, *, undo_interrupted: bool = False) -> list[FailedJob]:
@@ -276,10 +311,68 @@ def _finish_pending(pipeline: Pipeline, *, undo_interrupted: bool = False) -> li
     """
     if not pipeline.has_pending_data:
         return []
-    pipeline.normalize()
+    if pipeline.list_extracted_load_packages():
+        pipeline.normalize()
     if undo_interrupted:
         undo_interrupted_jobs(pipeline)
-    return failed_jobs(pipeline, pipeline.load())
+    info: LoadInfo | None = pipeline.load(raise_on_failed_jobs=False)
+    return failed_jobs(pipeline, info) if info is not None else []
+
+
+def _drop_tables(warehouse: Pipeline, names: Sequence[str]) -> None:
+    """dlt's own drop of the resources `names` (their tables and file ledgers); `_reset_tables` does the rest."""
+    if not warehouse.default_schema_name:
+        return
+    known = [name for name in names if name in warehouse.default_schema.tables]
+    if known:
+        pipeline_drop(warehouse, resources=known)()
+
+
+def _reconcile_ledgers(warehouse: Pipeline, warehouse_db: Path, specs: Sequence[TableSpec], reload: Sequence[str]
+                       ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Tables whose file ledger is empty although the warehouse has loaded them, in two kinds:
+    - seeds: the warehouse holds the table's rows but its dlt state is gone (a warehouse restored from the lake, a
+      state lost with its pipelines directory and the warehouse's): the ledger is rebuilt from the manifest;
+    - resets: the table was dropped (`dlt pipeline drop`, `--reload`, a refresh) while the manifest still records its
+      files: its reject and manifest records are deleted, the reload that follows replaces them, and a
+      `table_resets` row tells the lake to replace the table too.
+    """
+    resources = warehouse.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
+    empty = [spec.name for spec in specs if not resources.get(spec.name, {}).get("files")]
+    if not empty or not warehouse_db.exists():
+        return {}, {}
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        present = {table for table in (REJECTS_TABLE, MANIFEST_TABLE) if table_exists(con, table)}
+        recorded = {row[0] for row in con.execute(
+            f"SELECT DISTINCT table_name FROM {DATASET}.{MANIFEST_TABLE}").fetchall()} if MANIFEST_TABLE in present \
+            else set()
+        holding = {name for name in empty if table_exists(con, name) and
+                   (con.execute(f"SELECT count(*) FROM {DATASET}.{quote_ident(name)}").fetchone() or (0,))[0]}
+    wiped = MANIFEST_TABLE not in present and completed_loads(warehouse_db, DATASET)
+    ledgers = manifest_ledgers(warehouse_db) if holding else {}
+    seeds = {name: ledgers[name] for name in empty if name in holding and name in ledgers}
+    resets = {name: "reloaded with --reload" if name in reload else "dropped from the warehouse"
+              for name in empty if name not in holding and (name in recorded or wiped)}
+    if resets and present:
+        with warehouse.sql_client() as client, client.begin_transaction():
+            for table in sorted(present):
+                client.execute_sql(f"DELETE FROM {client.make_qualified_table_name(table)} WHERE table_name IN "
+                                   f"({', '.join('%s' for _ in resets)})", *resets)
+    return seeds, resets
+
+
+def _resets_resource(resets: dict[str, str], stamp: datetime) -> Any:
+    import dlt
+
+    from .resources import LOAD_ID_FIELD
+
+    def rows() -> Any:
+        load_id = dlt.current.load_package_state()["load_id"]
+        table = pa.table({"table_name": list(resets), "reset_at": [stamp] * len(resets),
+                          "reason": list(resets.values())}, schema=TABLE_RESETS_SCHEMA)
+        yield table.append_column(LOAD_ID_FIELD, pa.repeat(pa.scalar(load_id), table.num_rows))
+
+    return dlt.resource(rows(), name=TABLE_RESETS_TABLE, table_name=TABLE_RESETS_TABLE, write_disposition="append")
 
 
 def _record_load_failures(warehouse: Pipeline, failed: list[FailedJob], stamp: datetime) -> None:
@@ -287,31 +380,12 @@ def _record_load_failures(warehouse: Pipeline, failed: list[FailedJob], stamp: d
     load_rejects(warehouse, rejects)
 
 
-def _rejects_of_load(warehouse: Path, load_id: str | None, failed: list[FailedJob]) -> pa.Table:
-    if load_id is None and not failed:
-        return REJECTS_OUTPUT_SCHEMA.empty_table()
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        if not _has_table(con, REJECTS_TABLE):
-            return REJECTS_OUTPUT_SCHEMA.empty_table()
-        ids = [i for i in [load_id, *(j.load_id for j in failed)] if i]
-        placeholders = ", ".join("?" for _ in ids)
-        columns = ", ".join(REJECTS_OUTPUT_SCHEMA.names)
-        return con.execute(f"SELECT {columns} FROM {DATASET}.{REJECTS_TABLE} WHERE load_id IN ({placeholders}) "
-                           f"ORDER BY table_name, src_filename, src_row_number, reason_code", ids).to_arrow_table()
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                        [DATASET, table]).fetchone()
-    return bool(found and found[0])
-
-
 def _summary(warehouse: Path, load_id: str | None, specs: Sequence[TableSpec]) -> dict[str, TableSummary]:
     summary = {spec.name: TableSummary() for spec in specs}
     if load_id is None:
         return summary
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        if _has_table(con, MANIFEST_TABLE):
+        if table_exists(con, MANIFEST_TABLE):
             for table, files, read, valid, rejected in con.execute(
                 f"SELECT table_name, count(*), sum(row_count), sum(valid_count), sum(reject_count) "
                 f"FROM {DATASET}.{MANIFEST_TABLE} WHERE load_id = ? GROUP BY table_name", [load_id]
@@ -319,7 +393,7 @@ def _summary(warehouse: Path, load_id: str | None, specs: Sequence[TableSpec]) -
                 summary.setdefault(table, TableSummary())
                 item = summary[table]
                 item.files, item.rows_read, item.valid, item.rejected = files, int(read), int(valid), int(rejected)
-        if _has_table(con, REJECTS_TABLE):
+        if table_exists(con, REJECTS_TABLE):
             for table, reason, n in con.execute(
                 f"SELECT table_name, reason_code, count(*) FROM {DATASET}.{REJECTS_TABLE} WHERE load_id = ? "
                 f"GROUP BY ALL", [load_id]
@@ -332,25 +406,25 @@ def dry_run(layout: Layout, *, table_names: Sequence[str] | None = None, tables:
             ledgers: dict[str, dict[str, Any]] | None = None) -> dict[str, TableSummary]:
     """Read and validate what a run would load, writing nothing; `ledgers` are the file ledgers already recorded."""
     specs = select_tables(tables or RETAIL_TABLES, table_names)
-    stamp = datetime.now(UTC)
-    summary: dict[str, TableSummary] = defaultdict(TableSummary)
-    for spec in specs:
-        ledger = dict((ledgers or {}).get(spec.name, {}))
-        extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=DEFAULT_CHUNK_SIZE, ledger=ledger)
-        item = summary[spec.name]
-        for kind, table in extractor.run(discover_files(spec, layout.raw_url)):
-            if kind == "manifest":
-                item.files += table.num_rows
-                item.rows_read += pc.sum(table["row_count"]).as_py() or 0
-                item.valid += pc.sum(table["valid_count"]).as_py() or 0
-                item.rejected += pc.sum(table["reject_count"]).as_py() or 0
-            elif kind == "rejects":
-                for count in pc.value_counts(table["reason_code"]).to_pylist():
-                    item.reasons[count["values"]] += count["counts"]
-    return dict(summary)
+    summary: dict[str, TableSummary] = {spec.name: TableSummary() for spec in specs}
+    for table_name, kind, table in preview(specs, layout.raw_url, ledgers or {}):
+        item = summary[table_name]
+        if kind == "manifest":
+            item.files += table.num_rows
+            item.rows_read += pc.sum(table["row_count"]).as_py() or 0
+            item.valid += pc.sum(table["valid_count"]).as_py() or 0
+            item.rejected += pc.sum(table["reject_count"]).as_py() or 0
+        else:
+            for count in pc.value_counts(table["reason_code"]).to_pylist():
+                item.reasons[count["values"]] += count["counts"]
+    return summary
 
 
 def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     """The file ledgers (rel path -> fingerprint) stored in a pipeline's state, by table."""
-    resources = pipeline.state.get("sources", {}).get("retail_bronze", {}).get("resources", {})
+    resources = pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
     return {name: dict(state.get("files", {})) for name, state in resources.items()}
+
+
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "RunResult", "SinkMismatch", "TableSummary", "dry_run",
+           "promote_rescued", "run_bronze"]

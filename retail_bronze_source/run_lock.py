@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-POLL_SECONDS = 0.2
+from . import settings
 
 
 class RunLocked(Exception):
@@ -47,7 +47,7 @@ def run_lock(path: Path, timeout: float) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise RunLocked(f"another run holds {path} ({_holder(path)}); waited {timeout:g} s") from None
-                time.sleep(POLL_SECONDS)
+                time.sleep(settings.LOCK_POLL_SECONDS)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)

@@ -103,3 +103,40 @@ def rows_of(table: pa.Table, columns: list[str], schema: pa.Schema | None = None
     if schema is not None:
         selected = selected.cast(pa.schema([schema.field(c).with_nullable(True) for c in columns]))
     return sorted((tuple(r.values()) for r in selected.to_pylist()), key=repr)
+
+
+RUN_SPECIFIC = {"ingestion_ts", "_dlt_load_id", "load_id", "processed_at"}
+"""Columns that differ between two runs by design; everything else must be identical."""
+OUTPUTS = ("rejects", "manifest_processed_files")
+
+
+def _comparable(table: pa.Table) -> list[tuple[Any, ...]]:
+    kept = sorted(c for c in table.column_names if c not in RUN_SPECIFIC)
+    return sorted((tuple(r.values()) for r in table.select(kept).to_pylist()), key=repr)
+
+
+def snapshot(box: Sandbox, tables: list[str]) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+    """Every table of `tables` and the shared outputs in every sink, without the columns that differ between runs."""
+    return {
+        name: {
+            "duckdb": _comparable(warehouse_table(box.warehouse, name)),
+            "parquet": _comparable(changelog_table(box.lake, name)),
+            "delta": _comparable(delta_table(box.lake, name)),
+        }
+        for name in [*tables, *OUTPUTS]
+    }
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The command line in a process of its own."""
+    import os
+
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), *args], cwd=cwd,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def box_args(box: Sandbox, tables: list[str]) -> list[str]:
+    """The command line arguments of a run on `box`."""
+    return ["--raw", str(box.raw), "--lake", str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir",
+            str(box.pipelines_dir), "--tables", ",".join(tables)]

@@ -12,17 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 from conftest import REPO, SAMPLE, Sandbox, changelog_table, delta_table, make_sandbox, query, warehouse_table
+from conftest import snapshot as snapshot_of
 
 from retail_bronze_source.crash_points import POINTS
-from retail_bronze_source.sinks import undo_interrupted_jobs, warehouse_pipeline
+from retail_bronze_source.sinks.warehouse import undo_interrupted_jobs, warehouse_pipeline
 
 TABLES = ["customers", "order_items", "events", "sensors"]
 OUTPUTS = [*TABLES, "rejects", "manifest_processed_files"]
-RUN_SPECIFIC = {"ingestion_ts", "_dlt_load_id", "load_id", "processed_at"}
-"""Columns that differ between two runs by design; everything else must be identical."""
 
 
 def _start(box: Sandbox, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -40,21 +39,9 @@ def _run(box: Sandbox, env: dict[str, str] | None = None) -> int:
     return process.returncode
 
 
-def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
-    kept = sorted(c for c in table.column_names if c not in RUN_SPECIFIC)
-    return sorted((tuple(r.values()) for r in table.select(kept).to_pylist()), key=repr)
-
-
 def snapshot(box: Sandbox) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
     """Every output in every sink, without the columns that differ between runs."""
-    return {
-        name: {
-            "duckdb": _rows(warehouse_table(box.warehouse, name)),
-            "parquet": _rows(changelog_table(box.lake, name)),
-            "delta": _rows(delta_table(box.lake, name)),
-        }
-        for name in OUTPUTS
-    }
+    return snapshot_of(box, TABLES)
 
 
 def _sandbox(root: Path) -> Sandbox:
@@ -70,6 +57,14 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[
     state = snapshot(box)
     assert all(state[name]["duckdb"] for name in OUTPUTS)
     return state
+
+
+def _assert_rejects_csv_complete(box: Sandbox) -> None:
+    """The rejects CSVs hold every reject record of the warehouse, one file per table and load."""
+    expected = sorted(query(box.warehouse, "SELECT table_name, load_id, count(*) FROM bronze.rejects GROUP BY ALL"))
+    written = sorted((path.parent.name, path.stem, pacsv.read_csv(path).num_rows)
+                     for path in (box.lake / "_rejects").glob("*/*.csv"))
+    assert written == expected
 
 
 def _assert_sinks_agree_on_run_columns(box: Sandbox) -> None:
@@ -97,6 +92,7 @@ def test_kill_at_a_point_then_a_normal_run_equals_a_clean_run(tmp_path: Path, po
     assert _run(box) == 0
     assert snapshot(box) == clean
     _assert_sinks_agree_on_run_columns(box)
+    _assert_rejects_csv_complete(box)
 
 
 @pytest.mark.slow
@@ -115,6 +111,7 @@ def test_random_kills_over_several_rounds_then_a_normal_run_equals_a_clean_run(t
     assert killed >= 1
     assert snapshot(box) == clean
     _assert_sinks_agree_on_run_columns(box)
+    _assert_rejects_csv_complete(box)
 
 
 KILL_AROUND_JOB_COMMIT = """
@@ -170,9 +167,9 @@ from datetime import UTC, datetime
 import dlt
 import pyarrow as pa
 from dlt.common.storages.load_package import PackageStorage
-from retail_bronze_source.extract import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE
-from retail_bronze_source.run import _require_load_settings
-from retail_bronze_source.sinks import LOADER_FILE_FORMAT, warehouse_pipeline
+from retail_bronze_source.outputs import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE
+from retail_bronze_source.sinks import LOADER_FILE_FORMAT
+from retail_bronze_source.sinks.warehouse import warehouse_pipeline
 
 record, completed = PackageStorage.save_pending_transition, []
 
@@ -184,13 +181,13 @@ def save_pending_transition(self, load_id, file_name, state, failed_message=None
     record(self, load_id, file_name, state, failed_message)
 
 PackageStorage.save_pending_transition = save_pending_transition
-_require_load_settings()
 values = {"ingestion_ts": datetime(2026, 11, 30, tzinfo=UTC), "table_name": "orders", "src_filename": "orders_1.csv", "src_row_number": 7, "reason_code": "NOT_NULL",
           "column_name": "order_id", "reason_detail": "order_id is empty", "raw_record": "{}", "load_id": "1"}
 records = pa.Table.from_pylist([values, values], schema=REJECTS_OUTPUT_SCHEMA)
 resource = dlt.resource([records, records], name=REJECTS_TABLE, write_disposition="append")
 from pathlib import Path
-warehouse_pipeline(Path(sys.argv[1]), pipelines_dir=sys.argv[2]).run(resource, loader_file_format=LOADER_FILE_FORMAT)
+warehouse_pipeline(Path(sys.argv[1]), "undo_test", pipelines_dir=sys.argv[2]).run(
+    resource, loader_file_format=LOADER_FILE_FORMAT)
 """
 """Loads two jobs of identical reject records (2 each) and dies after DuckDB committed the second job, before dlt
 wrote its completion marker."""
@@ -200,13 +197,14 @@ wrote its completion marker."""
 def test_undoing_an_interrupted_rejects_job_keeps_equal_records_of_completed_jobs(tmp_path: Path) -> None:
     warehouse, pipelines_dir = tmp_path / "warehouse.duckdb", tmp_path / "pipelines"
     killed = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_REJECTS_JOB, str(warehouse), str(pipelines_dir)],
-                            cwd=REPO, env={**os.environ, "DATA_WRITER__FILE_MAX_ITEMS": "1"}, capture_output=True,
+                            cwd=REPO, env={**os.environ, "DATA_WRITER__FILE_MAX_ITEMS": "1",
+                                           "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true"}, capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert query(warehouse, "SELECT count(*) FROM bronze.rejects")[0][0] == 4
 
-    pipeline = warehouse_pipeline(warehouse, pipelines_dir=str(pipelines_dir))
+    pipeline = warehouse_pipeline(warehouse, "undo_test", pipelines_dir=str(pipelines_dir))
     assert undo_interrupted_jobs(pipeline) == 1
     assert query(warehouse, "SELECT count(*) FROM bronze.rejects")[0][0] == 2  # the completed job's records stay
-    pipeline.load()
+    pipeline.load(raise_on_failed_jobs=False)
     assert query(warehouse, "SELECT count(*), count(DISTINCT _dlt_load_id) FROM bronze.rejects")[0] == (4, 1)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source import extract, reasons
-from retail_bronze_source.extract import TableExtractor, discover_files, fingerprint
-from retail_bronze_source.registry import TableSpec
+from retail_bronze_source import reasons, settings
+from retail_bronze_source.discovery import discover_files
+from retail_bronze_source.extract import TableExtractor
+from retail_bronze_source.registry import DerivedColumn, TableSpec
 from schemas.schemas import col
 
 SPEC = TableSpec(
@@ -46,14 +47,13 @@ def test_a_file_whose_rows_all_conflict_still_emits_every_reject(tmp_path: Path)
         assert row["reject_count"] == sum(1 for r in rejects if r["src_filename"] == path), path
 
 
-def test_the_fingerprint_is_the_sha256_of_every_byte_across_read_blocks(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(extract, "_HASH_BLOCK", 7)
+def test_the_manifest_fingerprint_is_the_sha256_of_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "HASH_BLOCK_BYTES", 7)  # many blocks
     content = b"id,value,updated_at\n" + b"".join(f"{i},v{i},2024-01-01T00:00:00Z\n".encode() for i in range(50))
     (tmp_path / "things").mkdir()
     (tmp_path / "things" / "a.csv").write_bytes(content)
-    [file] = discover_files(SPEC, str(tmp_path))
-    assert fingerprint(file, "csv") == f"sha256:{hashlib.sha256(content).hexdigest()}"
+    [manifest] = _run(tmp_path)["manifest"]
+    assert manifest["file_fingerprint"].to_pylist() == [f"sha256:{hashlib.sha256(content).hexdigest()}"]
 
 
 def _write_dirty_files(raw: Path, files: int) -> None:
@@ -63,21 +63,33 @@ def _write_dirty_files(raw: Path, files: int) -> None:
         (raw / "things" / f"{f}.csv").write_text("id,value,updated_at\n" + "\n".join(rows) + "\n")
 
 
-def test_reject_records_and_manifest_rows_of_several_files_are_emitted_together(tmp_path: Path) -> None:
+def test_every_file_of_a_load_has_its_manifest_row_and_its_rejects(tmp_path: Path) -> None:
     _write_dirty_files(tmp_path, 3)
     out = _run(tmp_path)
-    [rejects] = out["rejects"]
-    [manifest] = out["manifest"]
-    assert rejects.column("src_filename").to_pylist() == ["things/0.csv", "things/1.csv", "things/2.csv"]
-    assert set(rejects.column("reason_code").to_pylist()) == {reasons.TYPE_MISMATCH}
-    assert manifest.select(["src_path", "row_count", "valid_count", "reject_count"]).to_pylist() == [
-        {"src_path": f"things/{f}.csv", "row_count": 4, "valid_count": 3, "reject_count": 1} for f in range(3)]
-
-
-def test_reject_records_are_handed_on_once_their_batch_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(extract, "REJECTS_BATCH_BYTES", 1)
-    _write_dirty_files(tmp_path, 3)
-    out = _run(tmp_path)
-    assert [t.column("src_filename").to_pylist() for t in out["rejects"]] == [
-        ["things/0.csv"], ["things/1.csv"], ["things/2.csv"]]
+    rejects = [r for t in out["rejects"] for r in t.to_pylist()]
+    assert [r["src_filename"] for r in rejects] == ["things/0.csv", "things/1.csv", "things/2.csv"]
+    assert {r["reason_code"] for r in rejects} == {reasons.TYPE_MISMATCH}
+    assert [r for t in out["manifest"] for r in t.select(["src_path", "row_count", "valid_count", "reject_count"])
+            .to_pylist()] == [{"src_path": f"things/{f}.csv", "row_count": 4, "valid_count": 3, "reject_count": 1}
+                              for f in range(3)]
     assert sum(t.num_rows for t in out["rows"]) == 9
+
+
+def test_an_unexpected_validation_error_rejects_its_file_and_the_others_load(tmp_path: Path) -> None:
+    # A derived column whose SQL fails on one file's values: DuckDB raises in the validation query.
+    spec = TableSpec(name="codes", schema=pa.schema([col("code", pa.string(), required=True)]), files="codes/*.csv",
+                     formats=("csv",), primary_key=(), write_disposition="append",
+                     derived=(DerivedColumn("code_number", pa.int64(), "CAST(code AS BIGINT)"),))
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "a.csv").write_text("code\n12\nabc\n")
+    (tmp_path / "codes" / "b.csv").write_text("code\n7\n")
+    extractor = TableExtractor(spec, ingestion_ts=datetime.now(UTC), load_id="1", chunk_size=1000, ledger={})
+    out: dict[str, list[pa.Table]] = {"rows": [], "rejects": [], "manifest": []}
+    for kind, table in extractor.run(discover_files(spec, str(tmp_path))):
+        out[kind].append(table)
+    assert [r["code_number"] for t in out["rows"] for r in t.to_pylist()] == [7]
+    [reject] = [r for t in out["rejects"] for r in t.to_pylist()]
+    assert (reject["src_filename"], reject["reason_code"]) == ("codes/a.csv", reasons.VALIDATION_FAILED)
+    assert reject["reason_detail"].startswith("ConversionException: Conversion Error")
+    assert [(r["src_path"], r["status"], r["row_count"]) for t in out["manifest"] for r in t.to_pylist()] == [
+        ("codes/a.csv", "file_rejected", 0), ("codes/b.csv", "ok", 1)]

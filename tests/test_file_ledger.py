@@ -120,3 +120,100 @@ def test_deleted_outputs_are_rebuilt_from_the_raw_files(tmp_path: Path) -> None:
     assert result.summary["stores"].files == 2
     assert warehouse_table(box.warehouse, "stores").num_rows == rows
     assert delta_table(box.lake, "stores").num_rows == rows
+
+
+def test_a_changed_file_with_its_size_and_mtime_restored_is_loaded_again(tmp_path: Path) -> None:
+    """`cp -p` and `rsync -t` keep the modification time: only the content tells the versions apart."""
+    box, folder = _events_box(tmp_path)
+    path = folder / "a.jsonl"
+    path.write_text(_event(1, "aaaa") + _event(2))
+    run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    stat = path.stat()
+    path.write_text(_event(1, "bbbb") + _event(2))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    again = run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    assert again.summary["events"].files == 1
+    for table in (warehouse_table(box.warehouse, "events"), delta_table(box.lake, "events")):
+        props = {r["event_id"][-1]: r["properties"] for r in table.to_pylist()}
+        assert "bbbb" in props["1"] and len(props) == 2
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_file_is_loaded_once_it_can_be_read(tmp_path: Path) -> None:
+    box, folder = _events_box(tmp_path)
+    path = folder / "a.jsonl"
+    path.write_text(_event(1) + _event(2))
+    path.chmod(0)
+    first = run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    assert first.summary["events"].reasons == {"FILE_UNREADABLE": 1}
+    path.chmod(0o644)
+    run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    assert len(_sinks(box)["duckdb"]) == len(_sinks(box)["delta"]) == 2
+
+
+def test_a_file_that_could_not_be_read_is_read_again_by_the_next_run(tmp_path: Path) -> None:
+    """A file gone between listing and reading (the same happens with permissions or a failing disk): recorded in
+    the manifest as `FILE_UNREADABLE`, never in the ledger, so the next run that can read it loads its rows."""
+    from datetime import UTC, datetime
+
+    from retail_bronze_source.discovery import discover_files
+    from retail_bronze_source.extract import TableExtractor
+
+    box, folder = _events_box(tmp_path)
+    path = folder / "a.jsonl"
+    path.write_text(_event(1) + _event(2))
+    ledger: dict = {}
+
+    def extract() -> dict[str, list]:
+        found = discover_files(EVENTS, str(box.raw))
+        if path.exists() and attempt == 0:
+            path.rename(folder / "moved_away")
+        extractor = TableExtractor(EVENTS, ingestion_ts=datetime.now(UTC), load_id="1", chunk_size=1000,
+                                   ledger=ledger)
+        out: dict[str, list] = {}
+        for kind, table in extractor.run(found):
+            out.setdefault(kind, []).extend(table.to_pylist())
+        return out
+
+    attempt = 0
+    first = extract()
+    assert [(r["reason_code"], r["src_filename"]) for r in first["rejects"]] == [("FILE_UNREADABLE", "events/a.jsonl")]
+    assert "events/a.jsonl" not in ledger
+    (folder / "moved_away").rename(path)
+    attempt = 1
+    second = extract()
+    assert len(second["rows"]) == 2 and "rejects" not in second
+    assert ledger["events/a.jsonl"]["fingerprint"].startswith("sha256:")
+
+
+def test_a_dangling_link_is_recorded_once_and_loaded_when_it_leads_to_a_file(tmp_path: Path) -> None:
+    box, folder = _events_box(tmp_path)
+    target = box.raw / "incoming" / "a.jsonl"
+    (folder / "a.jsonl").symlink_to(target)
+    first = run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    assert first.summary["events"].reasons == {"FILE_UNREADABLE": 1}
+    assert run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir)).summary[
+        "events"].files == 0
+    target.parent.mkdir()
+    target.write_text(_event(1) + _event(2))
+    run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+    assert _sinks(box)["duckdb"] == _sinks(box)["delta"] and len(_sinks(box)["duckdb"]) == 2
+
+
+def test_a_delta_table_with_an_unsupported_feature_is_rejected_once(tmp_path: Path) -> None:
+    from conftest import CORPUS
+
+    source = CORPUS / "delta" / "delta-rs" / "table-with-dv-small"
+    if not source.is_dir():
+        pytest.skip("shared corpus absent")
+    returns = next(s for s in RETAIL_TABLES if s.name == "returns")
+    box = make_sandbox(tmp_path)
+    shutil.copytree(source, box.raw / "returns")
+    first = run_bronze(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir))
+    again = run_bronze(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir))
+    assert returns.formats == ("delta",)
+    assert list(first.summary["returns"].reasons) in (["UNSUPPORTED_FILE"], ["MISSING_REQUIRED_COLUMN"])
+    assert again.summary["returns"].files == 0
+    assert query(box.warehouse, "SELECT count(*) FROM bronze.rejects")[0][0] == 1
+    assert query(box.warehouse, "SELECT count(*) FROM bronze.manifest_processed_files")[0][0] == 1

@@ -5,15 +5,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retail_bronze_source import parquet_files
-from retail_bronze_source.parquet_files import (
-    MIN_ROWS_PER_FILE,
-    ROW_GROUP_ROWS,
-    SAMPLE_ROWS,
-    RowFiles,
-    files_for,
-    parquet_options,
-)
+from retail_bronze_source import settings
+from retail_bronze_source.parquet_files import RowFiles, files_for, parquet_options
+
+MIN_ROWS_PER_FILE = settings.MIN_ROWS_PER_PARQUET_FILE
+ROW_GROUP_ROWS = settings.PARQUET_ROW_GROUP_ROWS
+SAMPLE_ROWS = settings.PARQUET_SAMPLE_ROWS
 
 
 def bronze_like(n: int, start: int = 0) -> pa.Table:
@@ -83,7 +80,7 @@ def test_small_tables_are_written_in_whole_row_groups(tmp_path: Path) -> None:
 
 
 def test_a_file_that_reaches_the_target_size_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parquet_files, "TARGET_FILE_SIZE", 1024)
+    monkeypatch.setattr(settings, "TARGET_FILE_SIZE", 1024)
     with RowFiles(tmp_path, "t") as out:
         for start in range(0, 3 * ROW_GROUP_ROWS + 5, ROW_GROUP_ROWS):
             out.write(bronze_like(min(ROW_GROUP_ROWS, 3 * ROW_GROUP_ROWS + 5 - start), start).select(["order_id"]))

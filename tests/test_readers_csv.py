@@ -7,14 +7,14 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pytest
 
 from retail_bronze_source import reasons
-from retail_bronze_source.readers import csv as csv_reader
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers.csv import format_csv_records, read_csv, unique_column_names
 
 CASES = Path(__file__).parent / "cases" / "csv"
@@ -26,7 +26,7 @@ def raw_file(path: Path) -> RawFile:
     return RawFile(fsspec.filesystem("file"), path=str(path), rel_path=path.name)
 
 
-def read(path: Path, chunk_size: int = 1000, **options: str) -> list[RawChunk]:
+def read(path: Path, chunk_size: int = 1000, **options: Any) -> list[RawChunk]:
     return list(read_csv(raw_file(path), chunk_size, **options))
 
 
@@ -219,7 +219,7 @@ def test_record_numbers_across_blocks_match_a_reference_parser(tmp_path: Path) -
     expected_rows = [(n, r) for n, r in enumerate(records, start=1) if len(r) == 2]
     expected_rejects = [(n, ",".join(r)) for n, r in enumerate(records, start=1) if len(r) != 2]
 
-    chunks = read(path, chunk_size=1)
+    chunks = read(path, chunk_size=1, max_record_bytes=1 << 20)
     assert len(chunks) >= 3
     assert numbers_of(chunks) == [n for n, _ in expected_rows]
     assert [[row["id"], row["value"]] for row in rows_of(chunks)] == [r for _, r in expected_rows]
@@ -342,11 +342,12 @@ def test_corpus_conservation(path: Path) -> None:
     assert sorted(numbers) == list(range(1, len(records) + 1))
 
 
-def test_a_quote_left_open_for_more_than_a_block_makes_the_file_unreadable(tmp_path: Path) -> None:
-    path = write(tmp_path, "open_quote.csv", b'a,b\n1,"open\n' + b"2,x\n" * 600_000)
+def test_a_quote_left_open_for_more_than_a_block_is_a_record_over_the_length_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, "open_quote.csv", b'a,b\n1,"open\n' + b"2,x\n" * 1_200_000)
     with pytest.raises(FileRejected) as caught:
         read(path, chunk_size=1)
-    assert caught.value.reason_code == reasons.FILE_UNREADABLE
+    assert caught.value.reason_code == reasons.LIMIT_EXCEEDED
+    assert caught.value.reason_detail.startswith(f"max_record_bytes: a record is longer than {2 << 20} bytes")
     assert "quote that is never closed" in caught.value.reason_detail
 
 
@@ -371,8 +372,6 @@ class _CountingFile(io.RawIOBase):
 def test_the_reader_reads_a_bounded_number_of_blocks_ahead_and_joins_blocks_into_chunks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     block = 64 << 10
-    monkeypatch.setattr(csv_reader, "_MIN_BLOCK_BYTES", block)
-    monkeypatch.setattr(csv_reader, "_MAX_BLOCK_BYTES", block)
     path = write(tmp_path, "long.csv", b"id,value\n" + b"".join(b"%d,%s\n" % (i, b"v" * 40) for i in range(200_000)))
     opened: list[_CountingFile] = []
 
@@ -381,7 +380,7 @@ def test_the_reader_reads_a_bounded_number_of_blocks_ahead_and_joins_blocks_into
         return opened[-1]
 
     monkeypatch.setattr(RawFile, "open", counting_open)
-    chunks = read_csv(raw_file(path), 5_000)
+    chunks = read_csv(raw_file(path), 5_000, max_record_bytes=block)
     first = next(chunks)
     # pyarrow reads ahead on a background thread, at most 32 blocks: a fraction of the 9 MB file.
     assert opened[0].bytes_read <= 40 * block

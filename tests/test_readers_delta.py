@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import time
 from pathlib import Path
 
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers.delta import delta_version, read_delta
 from retail_bronze_source.reasons import FILE_UNREADABLE, UNSUPPORTED_FILE
 
@@ -151,3 +155,19 @@ def test_corrupt_log_is_rejected(tmp_path: Path) -> None:
         list(read_delta(raw_file(path), 10))
     assert info.value.reason_code == FILE_UNREADABLE
     assert "\n" not in info.value.reason_detail
+
+
+def test_int96_files_added_after_a_version_keep_their_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "spark_table"
+    first = pa.table({"id": pa.array([1], pa.int64()), "ts": pa.array([0], pa.timestamp("us", tz="UTC"))})
+    write_deltalake(str(path), first)
+    # Spark writes INT96 timestamps by default; an added file as Spark would write it.
+    stamps = [dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC), dt.datetime(1, 1, 1, tzinfo=dt.UTC)]
+    added = pa.table({"id": pa.array([2, 3], pa.int64()), "ts": pa.array(stamps, pa.timestamp("us", tz="UTC"))})
+    pq.write_table(added, path / "part-int96.parquet", use_deprecated_int96_timestamps=True)
+    commit = [{"add": {"path": "part-int96.parquet", "partitionValues": {}, "size": os.path.getsize(
+        path / "part-int96.parquet"), "modificationTime": int(time.time() * 1000), "dataChange": True}},
+              {"commitInfo": {"operation": "WRITE"}}]
+    (path / "_delta_log" / "00000000000000000001.json").write_text("\n".join(json.dumps(a) for a in commit) + "\n")
+    assert read_all(path, starting_version=0).to_pylist() == [{"id": 2, "ts": stamps[0]}, {"id": 3, "ts": stamps[1]}]
+    assert read_all(path).sort_by("id").column("ts").to_pylist()[1:] == stamps

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from retail_bronze_source import reasons
-from retail_bronze_source.readers.base import RawChunk, RawFile
+from retail_bronze_source.raw import RawChunk, RawFile
 from retail_bronze_source.readers.jsonl import read_jsonl
 
 CASES = Path(__file__).parent / "cases" / "jsonl"

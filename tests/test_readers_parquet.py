@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retail_bronze_source.readers.base import FileRejected, RawFile
+from retail_bronze_source.helpers import records_as_json, row_number_array
+from retail_bronze_source.raw import FileRejected, RawFile
 from retail_bronze_source.readers.parquet import read_parquet
-from retail_bronze_source.readers.records import records_as_json, row_number_array
 from retail_bronze_source.reasons import FILE_UNREADABLE
 
 BAD_DATA = Path(__file__).parents[1] / ".." / "shared" / "corpus" / "parquet" / "parquet-testing" / "bad_data"
@@ -136,3 +136,27 @@ def test_records_as_json_keeps_duplicate_column_names() -> None:
 def test_row_number_array() -> None:
     assert row_number_array(7, 3).to_pylist() == [7, 8, 9]
     assert row_number_array(1, 0).to_pylist() == []
+
+
+def test_int96_timestamps_beyond_the_nanosecond_range_keep_their_value(tmp_path: Path) -> None:
+    # Read as nanoseconds (pyarrow's default), 9999-12-31 wrapped around to 1816-03-30.
+    stamps = [dt.datetime(9999, 12, 31, 23, 59, 59, 999999), dt.datetime(2024, 1, 1), dt.datetime(1, 1, 1), None]
+    path = tmp_path / "spark.parquet"
+    pq.write_table(pa.table({"ts": pa.array(stamps, pa.timestamp("us"))}), path, use_deprecated_int96_timestamps=True)
+    assert pq.ParquetFile(path).schema.column(0).physical_type == "INT96"
+    chunks = list(read_parquet(raw_file(path), 3))
+    assert [v for c in chunks for v in c.data["ts"].to_pylist()] == stamps
+    assert all(not c.rejects for c in chunks)
+
+
+def test_int96_nanoseconds_below_the_microsecond_reject_their_row(tmp_path: Path) -> None:
+    path = tmp_path / "impala.parquet"
+    table = pa.table({"id": [1, 2, 3], "ts": pa.array([1_000_000_123, 2_000_000_000, None], pa.timestamp("ns"))})
+    pq.write_table(table, path, use_deprecated_int96_timestamps=True, row_group_size=2)
+    chunks = list(read_parquet(raw_file(path), 1))
+    assert [r for c in chunks for r in c.data.to_pylist()] == [
+        {"id": 2, "ts": dt.datetime(1970, 1, 1, 0, 0, 2)}, {"id": 3, "ts": None}]
+    assert [r for c in chunks for r in c.row_numbers.to_pylist()] == [2, 3]
+    [reject] = [r for c in chunks for r in c.rejects]
+    assert (reject.row_number, reject.reason_code) == (1, "TYPE_MISMATCH")
+    assert "123 ns" in reject.reason_detail and json.loads(reject.raw_record)["id"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import zipfile
 from pathlib import Path
 
 import fsspec
@@ -11,7 +12,7 @@ import openpyxl
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source.readers.base import FileRejected, RawChunk, RawFile
+from retail_bronze_source.raw import FileRejected, RawChunk, RawFile
 from retail_bronze_source.readers.xlsx import read_xlsx
 from retail_bronze_source.reasons import FILE_UNREADABLE, TOO_MANY_COLUMNS, UNSUPPORTED_FILE
 
@@ -179,10 +180,12 @@ def test_corpus_merged_cells_header_only() -> None:
 
 @needs_corpus
 @pytest.mark.parametrize("name", ["merged-cells.xls", "table-with-ints-floats-dates.xls"])
-def test_corpus_legacy_xls_is_unreadable(name: str) -> None:
+def test_corpus_legacy_xls_is_unsupported_saying_what_to_do(name: str) -> None:
     with pytest.raises(FileRejected) as info:
         list(read_xlsx(raw_file(CORPUS / name), 10))
-    assert info.value.reason_code == FILE_UNREADABLE
+    assert info.value.reason_code == UNSUPPORTED_FILE
+    assert "legacy Excel 97-2003 workbook" in info.value.reason_detail
+    assert "save it as Excel Workbook (.xlsx) or CSV UTF-8" in info.value.reason_detail
 
 
 def non_empty_data_rows(path: Path) -> int:
@@ -209,3 +212,29 @@ def test_corpus_conservation(path: Path) -> None:
     for chunk in chunks:
         assert chunk.data.num_rows == len(chunk.row_numbers)
         assert len(chunk.row_numbers) + len(chunk.rejects) <= 7
+
+
+def strict_ooxml(path: Path, rows: list[list[object]]) -> Path:
+    """A workbook saved as Strict Open XML (ISO 29500 strict namespaces), built from an openpyxl workbook."""
+    plain = write_workbook(path.with_suffix(".plain.xlsx"), {"Sheet1": rows})
+    transitional = ("http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+                    "http://schemas.openxmlformats.org/officeDocument/2006/relationships")
+    strict = ("http://purl.oclc.org/ooxml/spreadsheetml/main", "http://purl.oclc.org/ooxml/officeDocument/relationships")
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith((".xml", ".rels")):
+                text = data.decode()
+                for old, new in zip(transitional, strict, strict=True):
+                    text = text.replace(old, new)
+                data = text.encode()
+            target.writestr(item, data)
+    return path
+
+
+def test_a_workbook_the_reader_cannot_see_into_is_rejected_not_empty(tmp_path: Path) -> None:
+    path = strict_ooxml(tmp_path / "strict.xlsx", [["id", "name"], [1, "a"]])
+    with pytest.raises(FileRejected) as raised:
+        list(read_xlsx(raw_file(path), 10))
+    assert raised.value.reason_code == UNSUPPORTED_FILE
+    assert "Strict Open XML" in raised.value.reason_detail

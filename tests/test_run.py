@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 from conftest import (
     REPO,
@@ -26,9 +31,10 @@ from conftest import (
 )
 
 from retail_bronze_source import reasons
-from retail_bronze_source.audit import table_schema
-from retail_bronze_source.registry import RETAIL_TABLES, TableSpec
+from retail_bronze_source.outputs import table_schema
+from retail_bronze_source.registry import RETAIL_TABLES, DerivedColumn, TableSpec
 from retail_bronze_source.run import RunResult, run_bronze
+from schemas.schemas import col
 
 MERGE_TABLES = [s for s in RETAIL_TABLES if s.write_disposition == "merge"]
 APPEND_TABLES = [s for s in RETAIL_TABLES if s.write_disposition == "append"]
@@ -121,9 +127,13 @@ def test_every_planted_reject_and_nothing_else(first_run: tuple[Sandbox, RunResu
 
 
 def test_every_reason_code_but_load_failed_is_planted_in_the_sample(expected: dict[str, Any]) -> None:
-    # LOAD_FAILED needs a destination that refuses a job, COLUMN_TYPE_CHANGED a run with --evolve-schema
-    assert {r["reason_code"] for r in expected["rejects"]} == reasons.ALL - {reasons.LOAD_FAILED,
-                                                                            reasons.COLUMN_TYPE_CHANGED}
+    # LOAD_FAILED needs a destination that refuses a job, COLUMN_TYPE_CHANGED and COLUMN_NAME_CONFLICT mostly a run
+    # with --evolve-schema, VALIDATION_FAILED a defect (tests/test_validate.py and tests/test_extract.py cover them),
+    # OUTSIDE_RAW_ROOT a link leading out of the raw root (tests/test_discovery.py), LIMIT_EXCEEDED files over the
+    # readers' limits (tests/test_limits.py)
+    assert {r["reason_code"] for r in expected["rejects"]} == reasons.ALL - {
+        reasons.LOAD_FAILED, reasons.COLUMN_TYPE_CHANGED, reasons.COLUMN_NAME_CONFLICT, reasons.VALIDATION_FAILED,
+        reasons.OUTSIDE_RAW_ROOT, reasons.LIMIT_EXCEEDED}
 
 
 def test_manifest_conserves_rows_per_file(first_run: tuple[Sandbox, RunResult], expected: dict[str, Any]) -> None:
@@ -274,36 +284,79 @@ def test_cli_dry_run_writes_nothing(tmp_path: Path, expected: dict[str, Any]) ->
 
 
 def test_cli_run_then_dlt_pipeline_commands(tmp_path: Path) -> None:
+    """The default layout (run from its directory, dlt's default pipelines dir) is inspected by plain name."""
     raw = tmp_path / "raw"
     shutil.copytree(SAMPLE, raw)
-    pipelines = tmp_path / "p"
-    done = _cli("--raw", str(raw), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
-                "--pipelines-dir", str(pipelines), "--tables", "stores,events")
+    env = {**os.environ, "DLT_DATA_DIR": str(tmp_path / "dlt_home")}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(raw),
+                           "--tables", "stores,events"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     assert "stores" in done.stdout and "FILE_ENCODING=1" in done.stdout
+    assert "inspect: dlt pipeline retail_bronze info" in done.stdout
     dlt_cli = Path(sys.executable).with_name("dlt")
     for command in (["info"], ["trace"], ["load-package"], ["failed-jobs"]):
-        shown = subprocess.run([str(dlt_cli), "pipeline", "--pipelines-dir", str(pipelines), "retail_bronze",
-                                *command], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        shown = subprocess.run([str(dlt_cli), "pipeline", "retail_bronze", *command], capture_output=True, text=True,
+                               timeout=120, cwd=tmp_path, env=env)
         assert shown.returncode == 0, (command, shown.stderr)
         assert shown.stdout.strip(), command
 
 
-def test_cli_locked_warehouse_fails_with_one_line(tmp_path: Path) -> None:
+def test_cli_other_layouts_name_their_pipelines_after_their_targets(tmp_path: Path) -> None:
+    pipelines = tmp_path / "p"
+    done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                "--pipelines-dir", str(pipelines), "--tables", "stores")
+    assert done.returncode == 0, done.stderr
+    inspect = next(line for line in done.stdout.splitlines() if line.startswith("inspect:")).split()
+    name = inspect[inspect.index("--pipelines-dir") + 2]
+    assert name.startswith("retail_bronze_") and (pipelines / name).is_dir()
+    shown = subprocess.run([str(Path(sys.executable).with_name("dlt")), "pipeline", "--pipelines-dir", str(pipelines),
+                            name, "info"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "stores" in shown.stdout
+
+
+def test_cli_warehouse_open_elsewhere_waits_then_fails_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "w.duckdb").parent.mkdir(exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('locked', flush=True); time.sleep(60)", str(tmp_path / "w.duckdb")],
+                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+                               "print('open', flush=True); time.sleep(60)", str(_empty_warehouse(tmp_path))],
                               stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
-                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores")
+                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores", "--lock-timeout", "1")
     finally:
         holder.kill()
         holder.wait()
-    assert done.returncode == 1
+    assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "lock" in lines[0].lower()
+    assert len(lines) == 1 and lines[0].startswith("error: the warehouse"), lines
+    assert f"pid {holder.pid}" in lines[0] and "waited 1 s" in lines[0]
+    assert not (tmp_path / "lake" / "bronze").exists()
+
+
+def test_a_warehouse_released_within_the_timeout_is_waited_for(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('open', flush=True); time.sleep(3)", str(_empty_warehouse(tmp_path))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        done = _cli("--raw", str(SAMPLE), "--lake", str(tmp_path / "lake"), "--warehouse", str(tmp_path / "w.duckdb"),
+                    "--pipelines-dir", str(tmp_path / "p"), "--tables", "stores", "--lock-timeout", "30")
+    finally:
+        holder.wait()
+    assert done.returncode == 0, done.stderr
+    assert query(tmp_path / "w.duckdb", "SELECT count(*) FROM bronze.stores")[0][0] > 0
+
+
+def _empty_warehouse(folder: Path) -> Path:
+    import duckdb
+
+    path = folder / "w.duckdb"
+    duckdb.connect(str(path)).close()
+    return path
 
 
 def test_relative_paths_follow_the_working_directory_of_each_run(tmp_path: Path) -> None:
@@ -315,3 +368,56 @@ def test_relative_paths_follow_the_working_directory_of_each_run(tmp_path: Path)
                     "--pipelines-dir", str(pipelines), "--tables", "stores", cwd=work)
         assert done.returncode == 0, done.stderr
         assert query(work / "duckdb" / "warehouse.duckdb", "SELECT count(*) FROM bronze.stores")[0][0] > 0
+
+
+def test_files_that_broke_validation_load_or_are_rejected_and_the_other_tables_load(tmp_path: Path) -> None:
+    # Each of these files failed the whole run in extraction (and the pending package every later run).
+    box = make_sandbox(tmp_path)
+    typed = TableSpec(name="typed", schema=pa.schema([col("id", pa.int64(), required=True), col("value", pa.float64()),
+                                                      col("amount", pa.decimal128(12, 2)), col("tag", pa.string())]),
+                      files="typed/*", formats=("parquet",), primary_key=("id",), write_disposition="merge")
+    lines = TableSpec(name="lines", schema=pa.schema([col("note", pa.string())]), files="lines/*",
+                      formats=("jsonl",), primary_key=(), write_disposition="append")
+    codes = TableSpec(name="codes", schema=pa.schema([col("code", pa.string())]), files="codes/*", formats=("csv",),
+                      primary_key=(), write_disposition="append",
+                      derived=(DerivedColumn("number", pa.int64(), "CAST(code AS BIGINT)"),))
+    for folder in ("typed", "lines", "codes"):
+        (box.raw / folder).mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "value": pa.array(np.array([1.5, 0.25], dtype=np.float16)),
+                             "extra": pa.array(np.array([2.5, 3], dtype=np.float16))}), box.raw / "typed/half.parquet")
+    pq.write_table(pa.table({"id": [3], "amount": pa.array([Decimal("12.50")], pa.decimal256(40, 2)),
+                             "huge": pa.array([Decimal("1" + "0" * 45)], pa.decimal256(50, 0))}),
+                   box.raw / "typed/wide_decimals.parquet")
+    pq.write_table(pa.table({"id": [4, 5], "tag": pa.array([[("k", 1)], None], pa.map_(pa.string(), pa.int64())),
+                             "raw": pa.array([b"\xff\xfe", b"ok"], pa.binary(2))}), box.raw / "typed/map_and_bytes.parquet")
+    pq.write_table(pa.table({"id": [6], "seen": pa.array([dt.datetime(9999, 12, 31)], pa.timestamp("us"))}),
+                   box.raw / "typed/int96.parquet", use_deprecated_int96_timestamps=True)
+    (box.raw / "lines/empty_object.jsonl").write_text("{}\n")
+    (box.raw / "lines/note.jsonl").write_text('{"note": "x"}\n')
+    (box.raw / "codes/bad.csv").write_text("code\nabc\n")
+    (box.raw / "codes/good.csv").write_text("code\n12\n")
+
+    result = run_bronze(box.layout, tables=[typed, lines, codes], pipelines_dir=str(box.pipelines_dir))
+
+    assert result.failed_jobs == []
+    manifest = {r[0]: r[1:] for r in query(box.warehouse, "SELECT src_path, row_count, valid_count, reject_count, "
+                                                          "status FROM bronze.manifest_processed_files")}
+    assert manifest == {
+        "typed/half.parquet": (2, 2, 0, "ok"), "typed/wide_decimals.parquet": (1, 1, 0, "ok"),
+        "typed/map_and_bytes.parquet": (2, 1, 1, "with_rejects"), "typed/int96.parquet": (1, 1, 0, "ok"),
+        "lines/empty_object.jsonl": (1, 1, 0, "ok"), "lines/note.jsonl": (1, 1, 0, "ok"),
+        "codes/bad.csv": (0, 0, 0, "file_rejected"), "codes/good.csv": (1, 1, 0, "ok")}
+    assert query(box.warehouse, "SELECT id, value, amount, _rescued_data FROM bronze.typed ORDER BY id") == [
+        (1, 1.5, None, '{"extra":"2.5"}'), (2, 0.25, None, '{"extra":"3.0"}'), (3, None, Decimal("12.50"), '{"huge":"'
+                                                                                                    + "1" + "0" * 45 + '"}'),
+        (5, None, None, '{"raw":"ok"}'), (6, None, None, '{"seen":"9999-12-31 00:00:00"}')]
+    rejects = query(box.warehouse, "SELECT src_filename, reason_code, column_name, reason_detail FROM bronze.rejects "
+                                   "ORDER BY 1")
+    assert [r[:3] for r in rejects] == [("codes/bad.csv", reasons.VALIDATION_FAILED, None),
+                                        ("typed/map_and_bytes.parquet", reasons.TYPE_MISMATCH, "tag")]
+    assert rejects[0][3].startswith("ConversionException: Conversion Error: Could not convert string 'abc'")
+    assert rejects[1][3] == """'[["k",1]]' is not a valid string"""
+    assert query(box.warehouse, "SELECT count(*), count(note) FROM bronze.lines") == [(2, 1)]
+    assert query(box.warehouse, "SELECT code, number FROM bronze.codes") == [("12", 12)]
+    for table, rows in (("typed", 5), ("lines", 2), ("codes", 1)):
+        assert delta_table(box.lake, table).num_rows == rows

@@ -12,7 +12,7 @@ import pytest
 from conftest import SAMPLE
 
 from retail_bronze_source import SCHEMA_CONTRACT, TableSpec, reasons, retail_source
-from retail_bronze_source.audit import table_schema
+from retail_bronze_source.outputs import table_schema
 from retail_bronze_source.registry import RETAIL_TABLES, select_tables
 from schemas.schemas import col
 
@@ -33,9 +33,11 @@ def test_every_registry_table_has_a_resource_with_its_hints() -> None:
             assert (keys, merge_keys) == ([], ["src_filename"])
 
 
-def test_change_log_source_is_append_only() -> None:
-    source = retail_source(raw_url=str(SAMPLE), append_only=True)
-    assert {r.compute_table_schema()["write_disposition"] for r in source.resources.values()} == {"append"}
+def test_performance_internals_are_not_public_arguments() -> None:
+    import inspect
+
+    assert set(inspect.signature(retail_source).parameters) == {
+        "raw_url", "table_names", "ingestion_ts", "chunk_size", "evolve_schema", "tables"}
 
 
 def test_raw_url_resolves_from_the_source_config_section(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -60,8 +62,7 @@ def test_registry_entry_must_name_columns_of_its_contract() -> None:
                   primary_key=("b",), write_disposition="merge", sequence_column=None)
 
 
-@pytest.mark.parametrize("parquet_files", [False, True], ids=["arrow-items", "parquet-files"])
-def test_another_project_declares_its_own_table_and_destination(tmp_path: Path, parquet_files: bool) -> None:
+def test_another_project_declares_its_own_table_and_destination(tmp_path: Path) -> None:
     raw = tmp_path / "drops"
     (raw / "loyalty").mkdir(parents=True)
     (raw / "loyalty" / "points_1.csv").write_text(
@@ -75,7 +76,7 @@ def test_another_project_declares_its_own_table_and_destination(tmp_path: Path, 
     )
     pipeline = dlt.pipeline("their_pipeline", destination=dlt.destinations.duckdb(str(tmp_path / "theirs.duckdb")),
                             dataset_name="landing", pipelines_dir=str(tmp_path / "pipelines"))
-    info = pipeline.run(retail_source(raw_url=str(raw), tables=[points], parquet_files=parquet_files),
+    info = pipeline.run(retail_source(raw_url=str(raw), tables=[points]),
                         loader_file_format="parquet")
     assert not info.has_failed_jobs
     with duckdb.connect(str(tmp_path / "theirs.duckdb"), read_only=True) as con:
@@ -87,15 +88,14 @@ def test_another_project_declares_its_own_table_and_destination(tmp_path: Path, 
                                ).fetchall()
         columns = [r[0] for r in con.execute("DESCRIBE landing.loyalty_points").fetchall()]
     assert loaded == [(1, 10, 1), (4, 12, 4), (1, 10, 5)]
-    if parquet_files:  # files written by the resource always carry their load id
-        assert load_ids == [(info.loads_ids[0],)]
+    assert load_ids == [(info.loads_ids[0],)]  # whatever the normalizer configuration
     assert rejected == [(2, reasons.OUT_OF_RANGE, "points"), (3, reasons.ACCEPTED_VALUES, "tier")]
     with duckdb.connect(str(tmp_path / "theirs.duckdb"), read_only=True) as con:
         raw_records = con.execute("SELECT raw_record FROM landing.rejects ORDER BY src_row_number").fetchall()
     assert raw_records == [("2;-5;gold",), ("3;7;tin",)]
     assert [c for c in columns if not c.startswith("_dlt")] == table_schema(points).names
 
-    again = pipeline.run(retail_source(raw_url=str(raw), tables=[points], parquet_files=parquet_files),
+    again = pipeline.run(retail_source(raw_url=str(raw), tables=[points]),
                          loader_file_format="parquet")
     assert not again.has_failed_jobs
     with duckdb.connect(str(tmp_path / "theirs.duckdb"), read_only=True) as con:

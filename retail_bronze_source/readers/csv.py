@@ -19,43 +19,136 @@ Policies:
 from __future__ import annotations
 
 import codecs
+import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .. import reasons
-from .base import FileRejected, ParseReject, RawChunk, RawFile
+from .. import limits, reasons
+from ..helpers import arange
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile
+from .streams import LineFilter, open_text
 
-_MIN_BLOCK_BYTES = 1 << 20
-_MAX_BLOCK_BYTES = 2 << 20
-"""pyarrow's CSV reader reads up to 32 blocks ahead on a background thread, so the block size bounds what one file's
-reader holds (64 MB at 2 MiB; with 8 MiB blocks it read a 165 MB file whole). It is also the longest record."""
-_BYTES_PER_ROW = 64
+_PARSER_READ_AHEAD = 32
+"""Blocks pyarrow's CSV reader reads ahead on its background thread: the block size (`max_record_bytes`) bounds what
+one file's reader holds to 32 times that (64 MB by default; with 8 MiB blocks it read a 165 MB file whole)."""
 
 
-def read_csv(file: RawFile, chunk_size: int, *, delimiter: str = ",") -> Iterator[RawChunk]:
-    """Stream `file` as CSV with a header record: chunks of at most `chunk_size` rows (parsed blocks joined), in file
-    order."""
-    if len(delimiter) != 1 or delimiter in '"\r\n':
-        raise ValueError(f"delimiter must be one character other than a quote or line break, got {delimiter!r}")
-    block_size = max(min(chunk_size * _BYTES_PER_ROW, _MAX_BLOCK_BYTES), _MIN_BLOCK_BYTES)
-    with file.open() as handle:
-        stream = _CheckedStream(handle, file, block_size)
+@dataclass(frozen=True)
+class Dialect:
+    """How a delimited file is written: its `reader_options` (see `readers/options.py`) in one value."""
+
+    delimiter: str = ","
+    quote_char: str | None = '"'
+    escape_char: str | None = None
+    header: bool = True
+    column_names: tuple[str, ...] = ()
+    header_row: int = 1
+    comment: str | None = None
+    null_values: tuple[str, ...] = ()
+    decimal: str = "."
+    decimal_columns: tuple[str, ...] = ()
+    encoding: str = "utf-8"
+    skip_empty_records: bool = False
+    max_columns: int = limits.MAX_COLUMNS
+    max_record_bytes: int = limits.MAX_CSV_RECORD_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("delimiter", "quote_char", "escape_char"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 1 or value in "\r\n"):
+                raise ValueError(f"{name} must be one character other than a line break, got {value!r}")
+        if self.quote_char is not None and self.delimiter == self.quote_char:
+            raise ValueError(f"delimiter {self.delimiter!r} is also the quote character")
+        if not self.header and not self.column_names:
+            raise ValueError("a file without header needs column_names")
+        if self.header_row < 1 or self.max_columns < 1 or self.max_record_bytes < 1024:
+            raise ValueError("header_row and max_columns must be >= 1, max_record_bytes >= 1024")
+        if self.decimal not in (".", ","):
+            raise ValueError(f"decimal must be '.' or ',', got {self.decimal!r}")
+        codecs.lookup(self.encoding)
+
+    @property
+    def transforms_values(self) -> bool:
+        """Whether values are changed after parsing (null tokens, decimal commas)."""
+        return bool(self.null_values) or (self.decimal == "," and bool(self.decimal_columns))
+
+
+def read_csv(file: RawFile, chunk_size: int, **options: Any) -> Iterator[RawChunk]:
+    """Stream `file` as delimited text (by default RFC 4180 CSV with a header record): chunks of at most `chunk_size`
+    rows (parsed blocks joined), in file order. `options` are the table's `reader_options` (`Dialect`)."""
+    dialect = _dialect(options)
+    # A record of values as written with RFC 4180 quotes is re-serialized for a reject only when rejected (cheaper than
+    # keeping every record's text); otherwise the reader keeps every record's text (before null tokens or decimal
+    # commas apply).
+    keep = dialect.quote_char != '"' or dialect.escape_char is not None or dialect.transforms_values
+    render = None if keep else functools.partial(format_csv_records, delimiter=dialect.delimiter)
+    for chunk in _read_delimited(file, chunk_size, dialect, keep_records=keep):
+        chunk.render = render
+        yield chunk
+
+
+def read_tsv(file: RawFile, chunk_size: int, **options: Any) -> Iterator[RawChunk]:
+    """Stream `file` as tab-separated text: `read_csv` with the tab as delimiter, whatever the table declares for its
+    other delimited files, and each record's text kept for its rejects."""
+    yield from _read_delimited(file, chunk_size, _dialect({**options, "delimiter": "\t"}), keep_records=True)
+
+
+def read_txt(file: RawFile, chunk_size: int, **options: Any) -> Iterator[RawChunk]:
+    """Stream `file` as delimited text with the table's declared `delimiter` (a table taking .txt files must declare
+    one), each record's text kept for its rejects."""
+    if "delimiter" not in options:
+        raise ValueError("a .txt file is read with the table's declared delimiter; declare reader_options['delimiter']")
+    yield from _read_delimited(file, chunk_size, _dialect(options), keep_records=True)
+
+
+def _dialect(options: dict[str, Any]) -> Dialect:
+    values = dict(options)
+    for name in ("column_names", "null_values", "decimal_columns"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return Dialect(**values)
+
+
+def _open_stack(file: RawFile, dialect: Dialect) -> IO[bytes]:
+    """The file's text as UTF-8 (decompressed, transcoded), without lines before the header and comment lines."""
+    handle = open_text(file, dialect.encoding)
+    skip = dialect.header_row - 1 if dialect.header else 0
+    if skip or dialect.comment:
+        handle = cast(IO[bytes], LineFilter(handle, skip_lines=skip, comment=dialect.comment,
+                                            quote=dialect.quote_char, escape=dialect.escape_char))
+    return handle
+
+
+def _read_delimited(file: RawFile, chunk_size: int, dialect: Dialect, *, keep_records: bool) -> Iterator[RawChunk]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    block_size = dialect.max_record_bytes
+    with _open_stack(file, dialect) as handle:
+        stream = _CheckedStream(handle, file, block_size, reopen=lambda: _open_stack(file, dialect))
         head = stream.read(block_size)
         if not head:
             return
         stream.push_back(head)
         try:
-            header = _header_names(head, delimiter)
+            header = _header_names(head, dialect) if dialect.header else list(dialect.column_names)
+            if len(header) > dialect.max_columns:
+                raise FileRejected(
+                    reasons.LIMIT_EXCEEDED,
+                    f"max_columns: the {'header' if dialect.header else 'file'} has {len(header)} columns, over the "
+                    f"limit of {dialect.max_columns} (reader_options['max_columns'] raises it)"
+                )
             invalid = _InvalidRows()
             reader = pacsv.open_csv(
                 stream,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
-                parse_options=_parse_options(delimiter, invalid),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size,
+                                               column_names=None if dialect.header else header),
+                parse_options=_parse_options(dialect, invalid),
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in header},
                     strings_can_be_null=False,
@@ -64,11 +157,11 @@ def read_csv(file: RawFile, chunk_size: int, *, delimiter: str = ",") -> Iterato
                 ),
             )
         except pa.ArrowException as error:
-            raise FileRejected(
-                reasons.FILE_UNREADABLE, _unreadable(error, block_size), rel_path=file.rel_path
-            ) from error
+            raise FileRejected(*_unreadable(error, block_size)) from error
         names = unique_column_names(header)
-        yield from _joined(_chunks(reader, invalid, names, stream, delimiter, file.rel_path, block_size), chunk_size)
+        chunks = _chunks(reader, invalid, names, stream, dialect, file.rel_path, block_size)
+        for chunk in _joined(chunks, limits.chunk_rows(chunk_size, len(names))):
+            yield _applied(chunk, dialect, keep_records)
 
 
 def unique_column_names(names: list[str]) -> list[str]:
@@ -86,18 +179,24 @@ def unique_column_names(names: list[str]) -> list[str]:
     return result
 
 
-def format_csv_records(table: pa.Table, delimiter: str = ",") -> pa.Array:
+def format_csv_records(table: pa.Table, delimiter: str = ",", quote_char: str | None = '"') -> pa.Array:
     """Each row of an all-string `table` as one RFC 4180 record (no line terminator); nulls become empty fields.
 
-    A field is quoted only when it holds the delimiter, a quote, CR or LF; inner quotes are doubled.
+    A field is quoted only when it holds the delimiter, a quote, CR or LF; inner quotes are doubled. Without a quote
+    character (`None`) fields are joined as they are.
     """
     if table.num_columns == 0:
         return pc.fill_null(pa.nulls(table.num_rows, pa.string()), "")
     fields = []
     for column in table.columns:
         text = pc.fill_null(column.cast(pa.string()), "")
-        needs_quotes = pc.or_(pc.match_substring(text, delimiter), pc.match_substring_regex(text, '["\r\n]'))
-        quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
+        if quote_char is None:
+            fields.append(text)
+            continue
+        special = pc.match_substring_regex(text, "[" + _regex_class(quote_char) + "\r\n]")
+        needs_quotes = pc.or_(pc.match_substring(text, delimiter), special)
+        quoted = pc.binary_join_element_wise(quote_char, pc.replace_substring(text, quote_char, quote_char * 2),
+                                             quote_char, "")
         fields.append(pc.if_else(needs_quotes, quoted, text))
     records = pc.binary_join_element_wise(*fields, delimiter)
     return records.combine_chunks() if isinstance(records, pa.ChunkedArray) else records
@@ -118,12 +217,16 @@ class _InvalidRows:
         return taken
 
 
-def _parse_options(delimiter: str, handler: Any) -> pacsv.ParseOptions:
+def _regex_class(char: str) -> str:
+    return "\\" + char if char in "\\]^-[" else char
+
+
+def _parse_options(dialect: Dialect, handler: Any) -> pacsv.ParseOptions:
     return pacsv.ParseOptions(
-        delimiter=delimiter,
-        quote_char='"',
+        delimiter=dialect.delimiter,
+        quote_char=dialect.quote_char if dialect.quote_char is not None else False,
         double_quote=True,
-        escape_char=False,
+        escape_char=dialect.escape_char if dialect.escape_char is not None else False,
         newlines_in_values=True,
         ignore_empty_lines=True,
         invalid_row_handler=handler,
@@ -133,37 +236,40 @@ def _parse_options(delimiter: str, handler: Any) -> pacsv.ParseOptions:
 _HEADER_PROBE_BYTES = 1 << 16
 
 
-def _header_names(head: bytes, delimiter: str) -> list[str]:
+def _header_names(head: bytes, dialect: Dialect) -> list[str]:
     """Header field names as pyarrow parses them from the first block.
 
     Only the first 64 KiB are parsed (pyarrow infers a type for every column of what it parses); a header record
     longer than that is parsed from the whole block.
     """
     try:
-        return _probe_names(head, min(len(head), _HEADER_PROBE_BYTES), delimiter)
+        return _probe_names(head, min(len(head), _HEADER_PROBE_BYTES), dialect)
     except pa.ArrowException:
         if len(head) <= _HEADER_PROBE_BYTES:
             raise
-        return _probe_names(head, len(head), delimiter)
+        return _probe_names(head, len(head), dialect)
 
 
-def _probe_names(head: bytes, size: int, delimiter: str) -> list[str]:
+def _probe_names(head: bytes, size: int, dialect: Dialect) -> list[str]:
     probe = pacsv.open_csv(
         io.BytesIO(head),
         read_options=pacsv.ReadOptions(use_threads=False, block_size=size + 1),
-        parse_options=_parse_options(delimiter, lambda _row: "skip"),
+        parse_options=_parse_options(dialect, lambda _row: "skip"),
     )
     return list(probe.schema.names)
 
 
-def _unreadable(error: pa.ArrowException, block_size: int) -> str:
+def _unreadable(error: pa.ArrowException, block_size: int) -> tuple[str, str]:
+    """The reason code and detail of a parser failure."""
     if "straddl" in str(error):
-        return f"a record spans more than {block_size} bytes, usually a quote that is never closed ({error})"
-    return f"CSV parse error: {error}"
+        return (reasons.LIMIT_EXCEEDED,
+                f"max_record_bytes: a record is longer than {block_size} bytes, usually a quote that is never closed "
+                f"(reader_options['max_record_bytes'] raises the limit) ({error})")
+    return reasons.FILE_UNREADABLE, f"CSV parse error: {error}"
 
 
-def _reject(record_number: int, expected: int, actual: int, text: str) -> ParseReject:
-    if text.count('"') % 2:
+def _reject(record_number: int, expected: int, actual: int, text: str, quote_char: str | None) -> ParseReject:
+    if quote_char is not None and text.count(quote_char) % 2:
         return ParseReject(
             record_number,
             reasons.MALFORMED_ROW,
@@ -179,7 +285,7 @@ def _chunks(
     invalid: _InvalidRows,
     names: list[str],
     stream: _CheckedStream,
-    delimiter: str,
+    dialect: Dialect,
     rel_path: str,
     block_size: int,
 ) -> Iterator[RawChunk]:
@@ -197,12 +303,14 @@ def _chunks(
         except StopIteration:
             batch = None
         except pa.ArrowException as error:
-            raise FileRejected(reasons.FILE_UNREADABLE, _unreadable(error, block_size), rel_path=rel_path) from error
-        # Per-record Python only for rejected records, which pyarrow reports one by one.
+            raise FileRejected(*_unreadable(error, block_size)) from error
+        # Per-record Python only for rejected records, which pyarrow reports one by one. pyarrow numbers records
+        # from 1 with the header included.
         for number, expected, actual, text in invalid.take():
-            if number - 1 <= last_row:
-                raise RuntimeError(f"{rel_path}: pyarrow reported record {number - 1} after record {last_row}")
-            pending.append(_reject(number - 1, expected, actual, text))
+            record = number - 1 if dialect.header else number
+            if record <= last_row:
+                raise RuntimeError(f"{rel_path}: pyarrow reported record {record} after record {last_row}")
+            pending.append(_reject(record, expected, actual, text, dialect.quote_char))
         pending.sort(key=lambda reject: reject.row_number)
         chunk: RawChunk | None = None
         if batch is None:
@@ -210,7 +318,7 @@ def _chunks(
                 chunk = RawChunk(data=_empty(names), row_numbers=pa.array([], pa.int64()), rejects=pending)
         else:
             rows = pa.Table.from_batches([batch]).rename_columns(names)
-            candidates = pc.add(_arange(rows.num_rows + len(pending)), last_row + 1)
+            candidates = pc.add(arange(rows.num_rows + len(pending)), last_row + 1)
             if pending:
                 known = pa.array([reject.row_number for reject in pending], pa.int64())
                 candidates = pc.filter(candidates, pc.invert(pc.is_in(candidates, value_set=known)))
@@ -230,7 +338,7 @@ def _chunks(
         yield RawChunk(data=_empty(names), row_numbers=pa.array([], pa.int64()))
         return
     last_record = max([last_row] + [reject.row_number for reject in held.rejects])
-    yield _check_unterminated_quote(held, last_record, stream, delimiter)
+    yield _check_unterminated_quote(held, last_record, stream, dialect)
 
 
 def _joined(chunks: Iterator[RawChunk], rows: int) -> Iterator[RawChunk]:
@@ -260,30 +368,32 @@ def _join(chunks: list[RawChunk]) -> RawChunk:
     )
 
 
-def _arange(n: int) -> pa.Array:
-    """0, 1, ..., n - 1 as int64."""
-    return pc.subtract(pc.cumulative_sum(pc.fill_null(pa.nulls(n, pa.int64()), 1)), 1)
-
 
 def _empty(names: list[str]) -> pa.Table:
     return pa.table({name: pa.array([], pa.string()) for name in names})
 
 
-def _check_unterminated_quote(chunk: RawChunk, last_record: int, stream: _CheckedStream, delimiter: str) -> RawChunk:
+def _check_unterminated_quote(chunk: RawChunk, last_record: int, stream: _CheckedStream, dialect: Dialect) -> RawChunk:
     """The last chunk, with its final row turned into a MALFORMED_ROW reject if the file ends inside a quoted field.
 
     pyarrow reads an unterminated quoted field as running to the end of the file; that is the case exactly when the
-    file ends with a quote followed by the last value with its quotes doubled.
+    file ends with a quote followed by the last value with its quotes doubled (or escaped, with an escape character).
     """
     n = chunk.data.num_rows
-    if n == 0 or chunk.data.num_columns == 0 or chunk.row_numbers[n - 1].as_py() != last_record:
+    quote, escape = dialect.quote_char, dialect.escape_char
+    if quote is None or n == 0 or chunk.data.num_columns == 0 or chunk.row_numbers[n - 1].as_py() != last_record:
         return chunk
     last_value = chunk.data.column(chunk.data.num_columns - 1)[n - 1].as_py()
-    source = ('"' + last_value.replace('"', '""')).encode()
-    if not stream.tail().endswith(source):
+    written = [quote + last_value.replace(quote, quote * 2)]
+    if escape is not None:
+        written.append(quote + last_value.replace(escape, escape * 2).replace(quote, escape + quote))
+    tail = stream.tail()
+    source = next((text.encode() for text in written if tail.endswith(text.encode())), None)
+    if source is None:
         return chunk
     record = chunk.data.slice(n - 1)
-    leading = format_csv_records(record.select(range(record.num_columns - 1)), delimiter)[0].as_py()
+    delimiter = dialect.delimiter
+    leading = format_csv_records(record.select(range(record.num_columns - 1)), delimiter, quote)[0].as_py()
     text = (leading + delimiter if record.num_columns > 1 else "") + source.decode()
     text = text.removesuffix("\n").removesuffix("\r")
     reject = ParseReject(last_record, reasons.MALFORMED_ROW, "quoted field not closed before the end of the file", text)
@@ -294,6 +404,72 @@ def _check_unterminated_quote(chunk: RawChunk, last_record: int, stream: _Checke
     )
 
 
+def _applied(chunk: RawChunk, dialect: Dialect, keep_records: bool) -> RawChunk:
+    """`chunk` with the dialect's record-level options applied, in this order: each record's text kept (before any
+    value changes), entirely empty records skipped, null tokens read as missing, decimal commas read as points."""
+    if not (keep_records or dialect.skip_empty_records or dialect.transforms_values):
+        return chunk
+    data, numbers, rejects = chunk.data, chunk.row_numbers, chunk.rejects
+    records = format_csv_records(data, dialect.delimiter, dialect.quote_char) if keep_records else None
+    if dialect.skip_empty_records:
+        data, numbers, records, rejects = _without_empty_records(data, numbers, records, rejects, dialect)
+    if dialect.null_values:
+        tokens = pa.array(dialect.null_values, pa.string())
+        data = pa.table([pc.if_else(pc.is_in(column, value_set=tokens), pa.scalar(None, pa.string()), column)
+                         for column in data.columns], names=data.column_names)
+    if dialect.decimal == "," and dialect.decimal_columns:
+        data, numbers, records, rejects = _decimal_commas(data, numbers, records, rejects, dialect)
+    return RawChunk(data=data, row_numbers=numbers, rejects=rejects, raw_records=records)
+
+
+def _without_empty_records(data: pa.Table, numbers: pa.Array, records: pa.Array | None, rejects: list[ParseReject],
+                           dialect: Dialect) -> tuple[pa.Table, pa.Array, pa.Array | None, list[ParseReject]]:
+    """Drop the records whose fields are all empty: rows of empty strings, and ragged records whose text holds only
+    delimiters and quotes."""
+    if data.num_columns and data.num_rows:
+        empty = pc.equal(data.column(0), "")
+        for column in data.columns[1:]:
+            empty = pc.and_(empty, pc.equal(column, ""))
+        keep = pc.invert(empty)
+        if pc.any(empty).as_py():
+            data, numbers = data.filter(keep), numbers.filter(keep)
+            records = records.filter(keep) if records is not None else None
+    blank = set(dialect.delimiter + (dialect.quote_char or ""))
+    return data, numbers, records, [r for r in rejects if r.reason_code == reasons.MALFORMED_ROW
+                                    or not set(r.raw_record) <= blank]
+
+
+def _decimal_commas(data: pa.Table, numbers: pa.Array, records: pa.Array | None, rejects: list[ParseReject],
+                    dialect: Dialect) -> tuple[pa.Table, pa.Array, pa.Array | None, list[ParseReject]]:
+    """Read the decimal columns' commas as decimal points. A value there holding a point is a `TYPE_MISMATCH` reject
+    (thousands separators are not read): taken as written it would load as another number."""
+    columns = [name for name in dialect.decimal_columns if name in data.column_names]
+    if not columns or not data.num_rows:
+        return data, numbers, records, rejects
+    bad = None
+    for name in columns:
+        has_point = pc.fill_null(pc.match_substring(data[name], "."), False)
+        bad = has_point if bad is None else pc.or_(bad, has_point)
+    assert bad is not None
+    if pc.any(bad).as_py():
+        # Per-row Python only for the rejected rows.
+        rows = pc.indices_nonzero(bad).to_pylist()
+        texts = records.take(rows).to_pylist() if records is not None else [""] * len(rows)
+        for row, text in zip(rows, texts, strict=True):
+            values = {name: data[name][row].as_py() for name in columns}
+            shown = ", ".join(f"{name} {value!r}" for name, value in values.items() if value and "." in value)
+            rejects = [*rejects, ParseReject(numbers[row].as_py(), reasons.TYPE_MISMATCH,
+                                             f"{shown}: a '.' where the table declares the decimal separator ','",
+                                             text or "")]
+        keep = pc.invert(bad)
+        data, numbers = data.filter(keep), numbers.filter(keep)
+        records = records.filter(keep) if records is not None else None
+        rejects = sorted(rejects, key=lambda reject: reject.row_number)
+    converted = {name: pc.replace_substring(data[name], ",", ".") for name in columns}
+    data = pa.table([converted.get(name, data[name]) for name in data.column_names], names=data.column_names)
+    return data, numbers, records, rejects
+
+
 class _CheckedStream(io.RawIOBase):
     """The file's bytes, validated as UTF-8 while read, ending in a line break, with the recent bytes kept.
 
@@ -302,10 +478,11 @@ class _CheckedStream(io.RawIOBase):
     (about 65k page faults in a run of 2M rows of CSV).
     """
 
-    def __init__(self, raw: IO[bytes], file: RawFile, block_size: int) -> None:
+    def __init__(self, raw: IO[bytes], file: RawFile, block_size: int, reopen: Callable[[], IO[bytes]]) -> None:
         super().__init__()
         self._raw = raw
         self._file = file
+        self._reopen = reopen
         self._carry = b""
         """Bytes of a character that the last read split; they are checked with the next read."""
         self._offset = 0
@@ -396,15 +573,14 @@ class _CheckedStream(io.RawIOBase):
             offset = self._offset - pending + error.start
             raise FileRejected(
                 reasons.FILE_ENCODING,
-                f"invalid UTF-8 at byte offset {offset} (line {self._line_at(offset)}): {error.reason}",
-                rel_path=self._file.rel_path,
+                f"invalid UTF-8 at byte offset {offset} (line {self._line_at(offset)}): {error.reason}"
             ) from error
         raise AssertionError("pyarrow and Python disagree on UTF-8 validity")
 
     def _line_at(self, offset: int) -> int:
-        """The 1-based line of byte `offset`, counted in the file read again up to it (only for the error)."""
+        """The 1-based line of byte `offset`, counted in the text read again up to it (only for the error)."""
         lines, left = 1, offset
-        with self._file.open() as again:
+        with self._reopen() as again:
             while left > 0 and (data := again.read(min(left, 1 << 20))):
                 lines += data.count(b"\n")
                 left -= len(data)

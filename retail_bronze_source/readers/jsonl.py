@@ -3,7 +3,10 @@
 Policies:
 - `row_numbers` are 1-based physical line numbers. Lines that are empty or hold only JSON whitespace (space, tab, CR)
   are not records: they are skipped but still counted in the line numbering. One trailing CR per line is dropped, and
-  a UTF-8 BOM at the very start of the file is ignored (a file holding only a BOM has no records).
+  a UTF-8 BOM at the very start of the file is ignored (a file holding only a BOM has no records). A file whose first
+  line ends in a lone CR has CR line ends.
+- Limits (file-level `LIMIT_EXCEEDED`): a line longer than `max_record_bytes`, more than `max_columns` distinct keys
+  in one chunk. A declared `encoding` other than UTF-8 is transcoded; a byte invalid in it is `FILE_ENCODING`.
 - A line that is not strict RFC 8259 JSON is an `INVALID_JSON` reject: this includes NaN/Infinity, trailing commas,
   lone surrogate escapes (`"\\ud800"`) and invalid UTF-8 (its `raw_record` is decoded with backslash escapes). Valid
   JSON whose top level is not an object is `NOT_AN_OBJECT`.
@@ -20,19 +23,19 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any, NoReturn
 
 import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import reasons
-from .base import FileRejected, ParseReject, RawChunk, RawFile
+from .. import limits, reasons, settings
+from ..helpers import arange
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile
+from .streams import open_text
 
-_MIN_BLOCK_BYTES = 1 << 20
-_BYTES_PER_ROW = 64
-_MAX_LINE_BYTES = 256 << 20
 _BOM = codecs.BOM_UTF8
 _KIND_NAMES = {
     "VARCHAR": "a string",
@@ -51,48 +54,100 @@ _NUMBER_REWRITE_SUSPECT = r"[0-9][eE]|[0-9]\.[0-9]*[0-9]0(?:[^0-9]|$)|-0(?:[^.0-
 -0, tiny values, more than 15 significant digits): their top-level numbers are re-read as written."""
 
 
-def read_jsonl(file: RawFile, chunk_size: int) -> Iterator[RawChunk]:
-    """Stream `file` as JSON Lines: one chunk per block of lines, with the lines that are not objects as rejects."""
-    block_size = max(chunk_size * _BYTES_PER_ROW, _MIN_BLOCK_BYTES)
+def read_jsonl(file: RawFile, chunk_size: int, *, encoding: str = "utf-8", max_columns: int = limits.MAX_COLUMNS,
+               max_record_bytes: int = limits.MAX_JSON_RECORD_BYTES) -> Iterator[RawChunk]:
+    """Stream `file` as JSON Lines: one chunk per block of lines, with the lines that are not objects as rejects.
+
+    The file is decompressed and transcoded to UTF-8 as it streams (`open_text`). A line longer than
+    `max_record_bytes`, or a chunk whose objects hold more than `max_columns` keys, rejects the file as
+    `LIMIT_EXCEEDED`."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    with open_text(file, encoding) as handle:
+        yield from read_lines(handle, chunk_size, file.rel_path, max_columns=max_columns,
+                              max_record_bytes=max_record_bytes)
+
+
+def read_lines(handle: IO[bytes], chunk_size: int, rel_path: str, *, max_columns: int,
+               max_record_bytes: int) -> Iterator[RawChunk]:
+    """The JSON Lines records of the UTF-8 text `handle`, read a block at a time (see `read_jsonl`).
+
+    Line ends are LF (a CR before it is dropped) or, in a file whose first line ends in a lone CR, CR: old Mac
+    exports. Such a file's CRLF reads as two line ends, the second ending an empty line.
+    """
+    block_size = max(chunk_size * settings.JSON_BYTES_PER_ROW, settings.JSON_BLOCK_BYTES)
+    limits_ = RecordLimits(max_columns, max_record_bytes, rel_path)
     con = duckdb.connect()
     try:
-        with file.open() as handle:
-            carry = b""
-            next_line = 1
-            first = True
-            while True:
-                block = handle.read(block_size)
-                if first:
-                    first = False
-                    if block.startswith(_BOM):
-                        block = block[len(_BOM) :]
-                if not block:
-                    if carry:
-                        chunk = _parse_lines(con, carry, next_line, final=True)
-                        if chunk is not None:
-                            yield chunk
-                    return
-                data = carry + block if carry else block
-                cut = data.rfind(b"\n") + 1
-                carry = data[cut:]
-                if len(carry) > _MAX_LINE_BYTES:
-                    long_line = next_line + data.count(b"\n", 0, cut)
-                    raise FileRejected(
-                        reasons.FILE_UNREADABLE,
-                        f"line {long_line} is longer than {_MAX_LINE_BYTES} bytes",
-                        rel_path=file.rel_path,
-                    )
-                if cut:
-                    complete = data[:cut]
-                    chunk = _parse_lines(con, complete, next_line, final=False)
-                    next_line += complete.count(b"\n")
+        carry = b""
+        next_line = 1
+        first = True
+        cr_only = False
+        while True:
+            block = handle.read(block_size)
+            if first and block:
+                first = False
+                if block.startswith(_BOM):
+                    block = block[len(_BOM) :]
+                cr_only = _ends_lines_with_cr(block)
+            if cr_only:
+                block = block.replace(b"\r", b"\n")
+            if not block:
+                if carry:
+                    chunk = _parse_lines(con, carry, next_line, final=True, limits_=limits_)
                     if chunk is not None:
                         yield chunk
+                return
+            data = carry + block if carry else block
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            if len(carry) > max_record_bytes:
+                limits_.too_long(next_line + data.count(b"\n", 0, cut), len(carry))
+            if cut:
+                complete = data[:cut]
+                chunk = _parse_lines(con, complete, next_line, final=False, limits_=limits_)
+                next_line += complete.count(b"\n")
+                if chunk is not None:
+                    yield chunk
     finally:
         con.close()
 
 
-def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *, final: bool) -> RawChunk | None:
+def _ends_lines_with_cr(block: bytes) -> bool:
+    """Whether the first line break of `block` is a lone CR (not followed by LF)."""
+    cr = block.find(b"\r")
+    if cr < 0 or cr == len(block) - 1:
+        return False
+    lf = block.find(b"\n")
+    return (lf < 0 or cr < lf) and block[cr + 1 : cr + 2] != b"\n"
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """The limits a JSON text reader enforces, raising `LIMIT_EXCEEDED` for the file `rel_path`."""
+
+    max_columns: int
+    max_record_bytes: int
+    rel_path: str
+
+    def too_long(self, record: int, length: int, what: str = "line") -> NoReturn:
+        raise FileRejected(
+            reasons.LIMIT_EXCEEDED,
+            f"max_record_bytes: {what} {record} is {'at least ' if what == 'line' else ''}{length} bytes long, over the "
+            f"limit of {self.max_record_bytes} (reader_options['max_record_bytes'] raises it)"
+        )
+
+    def check_columns(self, count: int) -> None:
+        if count > self.max_columns:
+            raise FileRejected(
+                reasons.LIMIT_EXCEEDED,
+                f"max_columns: the objects of one chunk hold {count} distinct keys, over the limit of "
+                f"{self.max_columns} (reader_options['max_columns'] raises it)"
+            )
+
+
+def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *, final: bool,
+                 limits_: RecordLimits) -> RawChunk | None:
     """Parse the lines of `data` (complete lines ending in LF, or the file's last line if `final`)."""
     body = data if final else data[:-1]
     whole = pa.LargeBinaryArray.from_buffers(
@@ -100,7 +155,18 @@ def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *
     )
     lines = pc.list_flatten(pc.split_pattern(whole, b"\n"))
     lines = pc.if_else(pc.ends_with(lines, b"\r"), pc.binary_slice(lines, 0, -1), lines)
-    line_numbers = pc.add(_arange(len(lines)), first_line)
+    line_numbers = pc.add(arange(len(lines)), first_line)
+    lengths = pc.binary_length(lines)
+    longest = pc.max(lengths).as_py() or 0
+    if longest > limits_.max_record_bytes:
+        at = pc.index(lengths, longest).as_py()
+        limits_.too_long(line_numbers[at].as_py(), longest)
+    return parse_records(con, lines, line_numbers, limits_)
+
+
+def parse_records(con: duckdb.DuckDBPyConnection, lines: pa.Array, line_numbers: pa.Array,
+                  limits_: RecordLimits) -> RawChunk | None:
+    """Parse `lines` (binary JSON texts, one record each) numbered `line_numbers`; blank ones are not records."""
     is_record = pc.invert(pc.match_substring_regex(lines, r"^[ \t\r\n]*$"))
 
     rejects: list[ParseReject] = []
@@ -135,7 +201,7 @@ def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *
         except orjson.JSONDecodeError as error:
             not_strict[j] = f": {error}"
     if not_strict:
-        ok = pc.and_(ok, pc.invert(pc.is_in(_arange(len(ok)), value_set=pa.array(list(not_strict), pa.int64()))))
+        ok = pc.and_(ok, pc.invert(pc.is_in(arange(len(ok)), value_set=pa.array(list(not_strict), pa.int64()))))
     is_object = pc.and_(ok, pc.fill_null(pc.equal(kind, "OBJECT"), False))
     for j in pc.indices_nonzero(pc.invert(ok)).to_pylist():
         detail = "not valid RFC 8259 JSON" + not_strict.get(j, "")
@@ -157,7 +223,7 @@ def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *
     objects = text_lines.take(object_rows)
     rewrite = pc.match_substring_regex(objects, _NUMBER_REWRITE_SUSPECT)
     return RawChunk(
-        data=_extract(con, objects, rewrite),
+        data=_extract(con, objects, rewrite, limits_),
         row_numbers=candidate_numbers.take(object_rows),
         rejects=sorted(rejects, key=lambda reject: reject.row_number),
         raw_records=objects.cast(pa.string()),
@@ -165,7 +231,7 @@ def _parse_lines(con: duckdb.DuckDBPyConnection, data: bytes, first_line: int, *
     )
 
 
-def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Array) -> pa.Table:
+def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Array, limits_: RecordLimits) -> pa.Table:
     """Top-level values of the JSON objects `objects` as one string column per key."""
     n = len(objects)
     if n == 0:
@@ -173,7 +239,9 @@ def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Arra
     con.register("jsonl_objects", pa.table({"line": objects}))
     try:
         key_lists = _fetch(con, "SELECT json_keys(line) AS k FROM jsonl_objects").column("k")
-        keys: list[str] = pc.unique(pc.list_flatten(key_lists)).to_pylist()
+        unique_keys = pc.unique(pc.list_flatten(key_lists))
+        limits_.check_columns(len(unique_keys))
+        keys: list[str] = unique_keys.to_pylist()
         if not keys:
             return pa.table({"_": pa.nulls(n, pa.string())}).select([])
         structure = json.dumps(dict.fromkeys(keys, "VARCHAR"))
@@ -215,7 +283,7 @@ def _numbers_as_written(objects: pa.Array, rows: list[int], keys: list[str], col
                 target[0].append(r)
                 target[1].append(str(value))
     for j, (row_ids, texts) in updates.items():
-        mask = pc.is_in(_arange(len(objects)), value_set=pa.array(row_ids, pa.int64()))
+        mask = pc.is_in(arange(len(objects)), value_set=pa.array(row_ids, pa.int64()))
         columns[j] = pc.replace_with_mask(columns[j], mask, pa.array(texts, pa.string()))
     return columns
 
@@ -227,10 +295,6 @@ def _is_utf8(value: bytes) -> bool:
         return False
     return True
 
-
-def _arange(n: int) -> pa.Array:
-    """0, 1, ..., n - 1 as int64."""
-    return pc.subtract(pc.cumulative_sum(pc.fill_null(pa.nulls(n, pa.int64()), 1)), 1)
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:

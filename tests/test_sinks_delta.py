@@ -12,19 +12,24 @@ import pytest
 from conftest import SAMPLE, delta_table, make_sandbox, query
 from deltalake import DeltaTable
 
-from retail_bronze_source import delta_mirror
-from retail_bronze_source.delta_mirror import (
+from retail_bronze_source import settings
+from retail_bronze_source.sinks import delta as delta_mirror
+from retail_bronze_source.registry import RETAIL_TABLES
+from retail_bronze_source.run import run_bronze
+from retail_bronze_source.sinks.delta import (
     APP_ID,
     MirrorPlan,
+    PackageRows,
     compact_tables,
     load_id_version,
     mirror_plan,
-    mirror_table,
     mirror_to_delta,
 )
-from retail_bronze_source.registry import RETAIL_TABLES
-from retail_bronze_source.run import run_bronze
-from retail_bronze_source.sinks import lake_pipeline
+
+
+def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
+    """One warehouse load's files of one table written to Delta (as one change log load of the same id)."""
+    return delta_mirror.mirror_table(target, PackageRows.of(files), load_id, load_id, plan)
 
 
 def _versions(path: Path, rows: list[tuple[int, str, int]]) -> str:
@@ -76,10 +81,10 @@ def test_a_load_id_is_mirrored_once_even_when_repeated(tmp_path: Path) -> None:
 @pytest.mark.parametrize("max_open_files", [32, 2], ids=["streamed", "sorted-first"])
 def test_partitioned_append_keeps_every_row_in_its_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              max_open_files: int) -> None:
-    monkeypatch.setattr(delta_mirror, "MAX_OPEN_FILES", max_open_files)
-    monkeypatch.setattr(delta_mirror, "MAX_ROWS_PER_FILE", 7)
-    monkeypatch.setattr(delta_mirror, "SORT_BATCH_ROWS", 4)
-    monkeypatch.setattr(delta_mirror, "MAX_PENDING_ROWS", 10)
+    monkeypatch.setattr(settings, "DELTA_MAX_OPEN_FILES", max_open_files)
+    monkeypatch.setattr(settings, "DELTA_MAX_ROWS_PER_FILE", 7)
+    monkeypatch.setattr(settings, "BATCH_ROWS", 4)
+    monkeypatch.setattr(settings, "DELTA_MAX_PENDING_ROWS", 10)
     regions = ["north", "a/b c", None, "zürich=1"]
     first = pa.table({"id": pa.array(range(40), pa.int64()),
                       "region": pa.array([regions[i % 4] for i in range(40)], pa.string()),
@@ -149,10 +154,9 @@ def test_run_mirrors_partitioned_tables_and_rerun_of_the_mirror_writes_nothing(t
     events = delta_table(box.lake, "events")
     assert events.column("event_date").to_pylist() == [ts.date() for ts in events.column("event_ts").to_pylist()]
     versions = {p.name: DeltaTable(str(p)).version() for p in delta_root.iterdir()}
-    lake = lake_pipeline(box.lake, pipelines_dir=str(box.pipelines_dir))
-    assert mirror_to_delta(lake, delta_root, RETAIL_TABLES) == []
+    assert mirror_to_delta(box.lake, RETAIL_TABLES) == []
     assert versions == {p.name: DeltaTable(str(p)).version() for p in delta_root.iterdir()}
-    assert {m.load_id for m in result.mirrored} == {result.lake_load_id}
+    assert {m.load_id for m in result.mirrored} == {result.warehouse_load_id}
 
 
 def test_mirror_interrupted_half_way_is_completed_exactly_once(tmp_path: Path) -> None:
@@ -162,8 +166,7 @@ def test_mirror_interrupted_half_way_is_completed_exactly_once(tmp_path: Path) -
     events_version = DeltaTable(str(delta_root / "events")).version()
     for name in ("customers", "rejects"):
         shutil.rmtree(delta_root / name)
-    lake = lake_pipeline(box.lake, pipelines_dir=str(box.pipelines_dir))
-    redone = mirror_to_delta(lake, delta_root, RETAIL_TABLES)
+    redone = mirror_to_delta(box.lake, RETAIL_TABLES)
     assert sorted(m.table_name for m in redone) == ["customers", "rejects"]
     assert DeltaTable(str(delta_root / "events")).version() == events_version
     for name in ("customers", "events", "rejects", "manifest_processed_files"):

@@ -1,9 +1,15 @@
-"""The post-load step mirroring the lake pipeline's loaded packages into Delta tables at `<root>/<table>/`.
+"""The Delta mirror: the change log's loads written into Delta tables at `<lake>/bronze/delta/<table>/`.
 
-Append tables are appended, keyed tables upserted by key (a row never replaces a newer version of its key). Each
-commit carries the load id as a Delta application transaction (`app_id` = `retail_bronze_mirror`, version = the load id
-in microseconds), written atomically with the data, so a load id is mirrored exactly once even when the step is re-run
-or was killed half way.
+Append tables are appended, keyed tables upserted by key (a row never replaces a newer version of its key). The mirror
+reads the change log itself, not the pipelines directory, so a lost pipelines directory or a Delta table deleted by
+hand is rebuilt from the change log by the next run. Each Delta commit holds the rows of one warehouse load and
+carries two application transactions, written atomically with the data: `retail_bronze_mirror` = the warehouse load
+id and `retail_bronze_mirror_source` = the change log's load id, both in microseconds. A warehouse load is mirrored
+exactly once per table, even when the step is re-run, was killed half way, or the change log holds it twice (a lake
+rebuilt from the warehouse).
+
+A `table_resets` row (a table dropped with `dlt pipeline drop`, or reloaded with `--reload`) makes the mirror remove the
+table's earlier rows, and its earlier reject and manifest records, before it writes the load that reloads it.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
-import tempfile
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -21,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import duckdb
@@ -31,31 +38,27 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, RemoveAction
-from dlt.pipeline.pipeline import Pipeline
 
-from .crash_points import crash_point
-from .extract import MANIFEST_TABLE
-from .parquet_files import TARGET_FILE_SIZE, parquet_options
-from .registry import TableSpec
-from .sinks import loaded_load_ids, package_files
-from .validate import quote_ident, quote_literal
+from .. import settings
+from ..crash_points import crash_point
+from ..helpers import quote_ident, quote_literal
+from ..outputs import LOAD_ID, MANIFEST_TABLE, REJECTS_TABLE, TABLE_RESETS_TABLE
+from ..parquet_files import parquet_options
+from ..registry import TableSpec
+from ..workdirs import staging_dir
 
 logger = logging.getLogger(__name__)
 
 APP_ID = "retail_bronze_mirror"
+SOURCE_APP_ID = "retail_bronze_mirror_source"
+NOT_MIRRORED = frozenset({"change_log_imports", "init"})
+"""Change-log tables that are the lake's own bookkeeping, not warehouse data."""
+_CHANGE_LOG_FILE = re.compile(r"^(\d+\.\d+)\.")
+"""A change log file name starts with its lake load id (`<load_id>.<file_id>.parquet`)."""
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-SORT_BATCH_ROWS = 128 * 1024
-MAX_OPEN_FILES = 32
-WRITER_THREADS = 2
-"""Threads encoding Parquet row groups of a partitioned append (the main thread reads and splits the package)."""
-MAX_PENDING_ROWS = 2 * SORT_BATCH_ROWS
-"""Rows held across all partitions before they are written out as row groups (bounds the append's memory)."""
-MAX_ROWS_PER_FILE = 4 * 1024 * 1024
-MERGE_WRITER = WriterProperties(max_row_group_size=SORT_BATCH_ROWS, compression="SNAPPY")
-"""Files an upsert rewrites: row groups of `SORT_BATCH_ROWS` (delta-rs buffers a whole row group; its default of
+MERGE_WRITER = WriterProperties(max_row_group_size=settings.BATCH_ROWS, compression="SNAPPY")
+"""Files an upsert rewrites: row groups of `settings.BATCH_ROWS` (delta-rs buffers a whole row group; its default of
 1M rows took about 250 MB more when a 1% update rewrote partitions of 1.5M rows)."""
-SMALL_FILES_THRESHOLD = 32
-"""A table with at least this many files, averaging under a quarter of the target size, is compacted after a run."""
 
 
 @dataclass(frozen=True)
@@ -101,32 +104,211 @@ def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
     return MirrorPlan()
 
 
-def mirror_to_delta(pipeline: Pipeline, delta_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
-    """Mirror every loaded package of `pipeline` not yet in Delta, oldest first; return what was written."""
+@dataclass(frozen=True)
+class ChangeLogFile:
+    """One Parquet file of the change log, with the warehouse loads its rows come from."""
+
+    path: str
+    lake_load: str
+    warehouse_loads: tuple[str, ...]
+
+
+def change_log_files(change_log: Path) -> dict[str, list[ChangeLogFile]]:
+    """The files of every table of the change log at `change_log` (`<lake>/bronze/parquet`) that belong to completed
+    lake loads, by table, oldest load first."""
+    completed = {path.name.split("__")[-1].removesuffix(".jsonl") for path in (change_log / "_dlt_loads").glob("*.jsonl")}
+    out: dict[str, list[ChangeLogFile]] = {}
+    if not change_log.is_dir():
+        return out
+    for folder in sorted(p for p in change_log.iterdir() if p.is_dir()):
+        if folder.name.startswith("_dlt") or folder.name in NOT_MIRRORED:
+            continue
+        for path in sorted(folder.glob("*.parquet")):
+            match = _CHANGE_LOG_FILE.match(path.name)
+            if match is None or match.group(1) not in completed:
+                continue
+            out.setdefault(folder.name, []).append(ChangeLogFile(str(path), match.group(1), _warehouse_loads(path)))
+    for files in out.values():
+        files.sort(key=lambda f: (Decimal(f.lake_load), f.path))
+    return out
+
+
+def _warehouse_loads(path: Path) -> tuple[str, ...]:
+    """The distinct `_dlt_load_id` values of a file: from its statistics when they name one value, else read."""
+    metadata = pq.ParquetFile(path).metadata
+    names = metadata.schema.names
+    if LOAD_ID not in names:
+        return ()
+    column = names.index(LOAD_ID)
+    bounds: set[Any] = set()
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            bounds.clear()
+            break
+        bounds.update({stats.min, stats.max})
+    if len(bounds) == 1:
+        value = bounds.pop()
+        return (value.decode() if isinstance(value, bytes) else str(value),)
+    values = pq.read_table(path, columns=[LOAD_ID]).column(0)
+    return tuple(sorted((str(v) for v in pc.unique(values).to_pylist() if v is not None), key=Decimal))
+
+
+@dataclass(frozen=True)
+class DeltaTableFailure:
+    """A Delta table that could not be written or compacted; the other tables were."""
+
+    table_name: str
+    target: Path
+    error: str
+
+    def __str__(self) -> str:
+        return (f"Delta table {self.table_name} could not be written ({self.error}); every other table was. Repair "
+                f"it, or remove {self.target} to have the next run rebuild it from the change log")
+
+
+class DeltaTablesFailed(Exception):
+    """Some Delta tables could not be written or compacted (`failures`); every other table was (`done`)."""
+
+    def __init__(self, failures: Sequence[DeltaTableFailure], done: Sequence[Any]) -> None:
+        super().__init__("; ".join(str(f) for f in failures))
+        self.failures = list(failures)
+        self.done = list(done)
+
+
+def _failure(target: Path, error: Exception) -> DeltaTableFailure:
+    text = " ".join(re.split(r"\n\s*0: ", str(error), maxsplit=1)[0].split())
+    return DeltaTableFailure(target.name, target, f"{type(error).__name__}: {text[:300]}")
+
+
+def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
+    """Mirror every warehouse load of the change log of `lake_root` that Delta does not hold yet, oldest first.
+
+    A table that cannot be written (a broken log, a foreign schema) does not stop the others: its later loads wait,
+    since each table takes its loads in order, and once every other table is mirrored `DeltaTablesFailed` names it.
+    """
+    delta_root = lake_root / "bronze" / "delta"
+    files = change_log_files(lake_root / "bronze" / "parquet")
+    failed: dict[str, DeltaTableFailure] = {}
+    tables: dict[str, _MirrorTarget] = {}
+    for name in files:
+        try:
+            tables[name] = _MirrorTarget.of(delta_root / name)
+        except Exception as error:  # a table that cannot even be opened; reported, never swallowed
+            failed[name] = _failure(delta_root / name, error)
+    groups: dict[str, dict[str, list[ChangeLogFile]]] = {}
+    for name, target in tables.items():
+        for file in files[name]:
+            if Decimal(file.lake_load) <= target.source_version:
+                continue
+            for load in file.warehouse_loads:
+                if Decimal(load) > target.version:
+                    groups.setdefault(load, {}).setdefault(name, []).append(file)
     written = []
-    for load_id in loaded_load_ids(pipeline):
-        files_by_table = package_files(pipeline, load_id, loaded_only=True)
-        redelivered = _redelivered_files(files_by_table.get(MANIFEST_TABLE, []))
-        for table, files in sorted(files_by_table.items()):
-            plan = mirror_plan(table, specs)
-            if not plan.keys and table in {s.name for s in specs}:
-                plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(table, ()))))
-            result = mirror_table(delta_root / table, files, load_id, plan)
+    names = {s.name for s in specs}
+    for load in sorted(groups, key=Decimal):
+        by_table = groups[load]
+        manifest = [f.path for f in by_table.get(MANIFEST_TABLE, [])] or _files_of(files, MANIFEST_TABLE, load)
+        for name, problem in _apply_resets(delta_root, _files_of(files, TABLE_RESETS_TABLE, load), load, skip=set(failed)):
+            failed[name] = _failure(delta_root / name, problem)
+        redelivered = _redelivered_files(manifest, load)
+        for name in sorted(by_table):
+            if name in failed:
+                continue
+            plan = mirror_plan(name, specs)
+            if not plan.keys and name in names:
+                plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(name, ()))))
+            table_files = by_table[name]
+            lake_load = max((f.lake_load for f in table_files), key=Decimal)
+            mixed = any(len(f.warehouse_loads) > 1 for f in table_files)
+            source = PackageRows.of([f.path for f in table_files], only_load=load if mixed else None)
+            try:
+                result = mirror_table(delta_root / name, source, load, lake_load, plan)
+            except Exception as error:  # any failure of one table's write; reported, never swallowed
+                failed[name] = _failure(delta_root / name, error)
+                continue
             if result is not None:
-                written.append(MirroredTable(load_id, table, *result))
+                written.append(MirroredTable(load, name, *result))
                 crash_point("delta_table_mirrored")
+    if failed:
+        raise DeltaTablesFailed(list(failed.values()), written)
     return written
 
 
-def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
-    """Write one package's files of one table to the Delta table `target`; None if this load id is already there."""
+def mirror_and_compact(lake_root: Path, specs: Sequence[TableSpec]
+                       ) -> tuple[list[MirroredTable], list[Compaction], list[DeltaTableFailure]]:
+    """`mirror_to_delta`, then `compact_tables` on the tables it did not fail on: what was mirrored, what was
+    compacted, and the tables that could not be written (each once)."""
+    try:
+        mirrored, failures = mirror_to_delta(lake_root, specs), []
+    except DeltaTablesFailed as incomplete:
+        mirrored, failures = incomplete.done, incomplete.failures
+    try:
+        compacted = compact_tables(lake_root / "bronze" / "delta", skip={f.table_name for f in failures})
+    except DeltaTablesFailed as incomplete:
+        compacted, failures = incomplete.done, [*failures, *incomplete.failures]
+    return mirrored, compacted, failures
+
+
+def _files_of(files: dict[str, list[ChangeLogFile]], table: str, load: str) -> list[str]:
+    return [f.path for f in files.get(table, []) if load in f.warehouse_loads]
+
+
+@dataclass(frozen=True)
+class _MirrorTarget:
+    """What a Delta table holds: the newest warehouse load and change log load mirrored into it."""
+
+    version: Decimal
+    source_version: Decimal
+
+    @classmethod
+    def of(cls, target: Path) -> _MirrorTarget:
+        if not DeltaTable.is_deltatable(str(target)):
+            return cls(Decimal(-1), Decimal(-1))
+        table = DeltaTable(str(target))
+        version = Decimal(table.transaction_version(APP_ID) or -1) / 1_000_000
+        # Tables mirrored before the source version existed recorded the change log's load id as their version.
+        source = table.transaction_version(SOURCE_APP_ID)
+        return cls(version, Decimal(source) / 1_000_000 if source is not None else version)
+
+
+def _apply_resets(delta_root: Path, reset_files: list[str], load: str,
+                  skip: set[str]) -> list[tuple[str, Exception]]:
+    """Remove the earlier rows of the tables reset by warehouse load `load`, and their earlier reject and manifest
+    records (records of `load` itself stay: the step may be redone after a kill); return the tables that failed."""
+    if not reset_files:
+        return []
+    resets = pq.read_table(reset_files, columns=["table_name", LOAD_ID])
+    reset = sorted(set(resets.filter(pc.equal(resets[LOAD_ID], load))["table_name"].to_pylist()))
+    failed: list[tuple[str, Exception]] = []
+    for name in reset:
+        deletes = [(name, f"{LOAD_ID} <> {quote_literal(load)}")]
+        deletes += [(shared, f"table_name = {quote_literal(name)} AND (load_id IS NULL OR load_id <> "
+                             f"{quote_literal(load)})") for shared in (REJECTS_TABLE, MANIFEST_TABLE)]
+        for table_name, predicate in deletes:
+            path = delta_root / table_name
+            if table_name in skip or not DeltaTable.is_deltatable(str(path)):
+                continue
+            try:
+                table = DeltaTable(str(path))
+                if table_name != name or (table.transaction_version(APP_ID) or -1) < load_id_version(load):
+                    table.delete(predicate=predicate)
+            except Exception as error:  # one table's failure; reported by the caller, never swallowed
+                failed.append((table_name, error))
+    return failed
+
+
+def mirror_table(target: Path, source: PackageRows, load_id: str, lake_load: str,
+                 plan: MirrorPlan) -> tuple[int, str] | None:
+    """Write the rows of warehouse load `load_id` (from change log load `lake_load`) of one table to the Delta table
+    `target`; None if the table holds this load already."""
     version = load_id_version(load_id)
-    commit = CommitProperties(app_transactions=[Transaction(app_id=APP_ID, version=version)],
+    commit = CommitProperties(app_transactions=[Transaction(app_id=APP_ID, version=version),
+                                                Transaction(app_id=SOURCE_APP_ID, version=load_id_version(lake_load))],
                               custom_metadata={"retail_bronze.load_id": load_id})
     table = DeltaTable(str(target)) if DeltaTable.is_deltatable(str(target)) else None
     if table is not None and (table.transaction_version(APP_ID) or -1) >= version:
         return None
-    source = PackageRows.of(files)
     rows = source.count()
     # A new table gets no rows marked for hard delete: there is nothing for them to delete.
     deleted = plan.hard_delete_marker if table is None else None
@@ -155,7 +337,7 @@ def _partition_wise(table: DeltaTable, source: PackageRows, plan: MirrorPlan) ->
     keys = ", ".join(quote_ident(k) for k in plan.keys)
     moved = " OR ".join(f"t.{quote_ident(c)} IS DISTINCT FROM s.{quote_ident(c)}" for c in plan.partition_by)
     with duckdb.connect() as con:
-        con.execute("SET memory_limit = '256MB'")
+        con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         con.register("target", table.to_pyarrow_dataset())
         found = con.execute(f"SELECT count(*) FROM (SELECT {keys}, {', '.join(map(quote_ident, plan.partition_by))} "
                             f"FROM target) t JOIN {source.duckdb_relation()} s USING ({keys}) WHERE {moved}").fetchone()
@@ -171,7 +353,7 @@ def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, lo
     """Upsert the package one partition at a time, so that delta-rs rewrites (and buffers) one partition's files at
     once; only the last commit carries the load's application transaction, and a partial run is redone whole (an
     upsert of the same rows is idempotent)."""
-    with tempfile.TemporaryDirectory(prefix="retail_bronze_merge_") as tmp:
+    with staging_dir("merge") as tmp:
         with _PartitionFiles(Path(tmp), source.schema, plan.partition_by, "source", keep_partitions=True) as split:
             for batch in source.batches():
                 split.write(batch)
@@ -236,32 +418,43 @@ def _kept(deleted: str | None) -> pc.Expression | None:
 
 @dataclass(frozen=True)
 class PackageRows:
-    """One table's Parquet files of a package, read a batch at a time in one schema (the union of the files')."""
+    """One table's Parquet files of one warehouse load, read a batch at a time in one schema (the union of the
+    files'); `only_load` keeps the rows of that load only, for files that hold several."""
 
     files: tuple[str, ...]
     schema: pa.Schema
+    only_load: str | None = None
 
     @classmethod
-    def of(cls, files: Sequence[str]) -> PackageRows:
+    def of(cls, files: Sequence[str], only_load: str | None = None) -> PackageRows:
         """The rows of `files`; dictionary-encoded columns (dlt writes `_dlt_load_id` so) are read as their values."""
         schemas = [pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
                               for f in pq.read_schema(path)]) for path in files]
-        return cls(tuple(files), pa.unify_schemas(schemas, promote_options="permissive"))
+        return cls(tuple(files), pa.unify_schemas(schemas, promote_options="permissive"), only_load)
 
     def count(self) -> int:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        if self.only_load is None:
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        with duckdb.connect() as con:
+            found = con.execute(f"SELECT count(*) FROM {self.duckdb_relation()}").fetchone()
+        return int(found[0]) if found else 0
 
     def batches(self, columns: Sequence[str] | None = None, kept: pc.Expression | None = None,
-                batch_size: int = SORT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+                batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
         """The rows (only `columns`, only rows where `kept` holds), each batch cast to the union schema.
 
         Files are read without pyarrow's pre-buffering, which would hold whole row groups of every column at once.
         """
         schema = pa.schema([self.schema.field(c) for c in columns]) if columns is not None else self.schema
+        read = list(dict.fromkeys([*schema.names, *([LOAD_ID] if self.only_load is not None else [])]))
         for path in self.files:
             file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-            present = [c for c in schema.names if c in file.schema_arrow.names]
-            for batch in file.iter_batches(batch_size=batch_size, columns=present):
+            present = [c for c in read if c in file.schema_arrow.names]
+            for batch in file.iter_batches(batch_size=batch_size or settings.BATCH_ROWS, columns=present):
+                if self.only_load is not None:
+                    load_ids = batch.column(LOAD_ID)
+                    batch = batch.filter(pc.equal(load_ids.cast(pa.string()) if pa.types.is_dictionary(
+                        load_ids.type) else load_ids, self.only_load))
                 n = batch.num_rows
                 aligned = pa.record_batch([batch.column(c).cast(f.type) if c in present else pa.nulls(n, f.type)
                                            for c, f in zip(schema.names, schema, strict=True)], schema=schema)
@@ -271,8 +464,11 @@ class PackageRows:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches(kept=kept))
 
     def duckdb_relation(self) -> str:
-        """DuckDB table function reading the files by column name."""
-        return f"read_parquet([{', '.join(quote_literal(f) for f in self.files)}], union_by_name = true)"
+        """DuckDB relation reading the files by column name (the rows of `only_load` only, when set)."""
+        scan = f"read_parquet([{', '.join(quote_literal(f) for f in self.files)}], union_by_name = true)"
+        if self.only_load is None:
+            return scan
+        return f"(SELECT * FROM {scan} WHERE {LOAD_ID} = {quote_literal(self.only_load)})"
 
 
 def _append(target: Path, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
@@ -280,7 +476,7 @@ def _append(target: Path, table: DeltaTable | None, source: PackageRows, partiti
     """Append to a table (partitioned or not) with bounded memory, then commit all files as one transaction.
 
     The package is read a batch at a time and split by partition into Parquet files (`_PartitionFiles`); a package
-    with more partitions than `MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
+    with more partitions than `settings.DELTA_MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
     partition is written once. Files of a killed attempt carry the same names and are overwritten by the next one;
     unreferenced files never become part of the table. Rows whose `deleted` column is true are left out."""
     if table is None:
@@ -291,13 +487,13 @@ def _append(target: Path, table: DeltaTable | None, source: PackageRows, partiti
         table.alter.add_columns(added)
     order = ", ".join(quote_ident(c) for c in partition_by)
     with duckdb.connect() as con, _PartitionFiles(target, source.schema, partition_by, f"part-{version}") as files:
-        con.execute("SET memory_limit = '256MB'")
+        con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})"
                             ).fetchone() if partition_by else None
-        if found and found[0] > MAX_OPEN_FILES:
+        if found and found[0] > settings.DELTA_MAX_OPEN_FILES:
             where = f"WHERE {quote_ident(deleted)} IS NOT TRUE" if deleted else ""
             batches: Iterable[pa.RecordBatch] = con.execute(
-                f"SELECT * FROM {source.duckdb_relation()} {where} ORDER BY {order}").to_arrow_reader(SORT_BATCH_ROWS)
+                f"SELECT * FROM {source.duckdb_relation()} {where} ORDER BY {order}").to_arrow_reader(settings.BATCH_ROWS)
         else:
             batches = source.batches(kept=_kept(deleted))
         for batch in batches:
@@ -331,10 +527,10 @@ class _OpenFile:
 class _PartitionFiles:
     """Parquet data files of one append, under hive-style partition directories (`col=value/`).
 
-    Rows wait per partition until a partition has `SORT_BATCH_ROWS` of them (one row group) or all partitions hold
-    `MAX_PENDING_ROWS` together. Row groups are encoded by `WRITER_THREADS` threads while the next batches are read,
-    with at most `WRITER_THREADS` * 2 row groups in flight; at most `MAX_OPEN_FILES` files are open, and a file holds
-    at most `MAX_ROWS_PER_FILE` rows. Partition columns are not stored in the files (Delta keeps them in the log)."""
+    Rows wait per partition until a partition has `settings.BATCH_ROWS` of them (one row group) or all partitions hold
+    `settings.DELTA_MAX_PENDING_ROWS` together. Row groups are encoded by `settings.DELTA_WRITER_THREADS` threads while the next batches are read,
+    with at most `settings.DELTA_WRITER_THREADS` * 2 row groups in flight; at most `settings.DELTA_MAX_OPEN_FILES` files are open, and a file holds
+    at most `settings.DELTA_MAX_ROWS_PER_FILE` rows. Partition columns are not stored in the files (Delta keeps them in the log)."""
 
     def __init__(self, target: Path, schema: pa.Schema, partition_by: tuple[str, ...], prefix: str, *,
                  keep_partitions: bool = False) -> None:
@@ -349,7 +545,7 @@ class _PartitionFiles:
         self.in_flight: deque[Future[None]] = deque()
         self.written: list[tuple[str, int]] = []
         self.files = 0
-        self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="delta-write")
+        self.pool = ThreadPoolExecutor(max_workers=settings.DELTA_WRITER_THREADS, thread_name_prefix="delta-write")
 
     def __enter__(self) -> _PartitionFiles:
         return self
@@ -378,9 +574,9 @@ class _PartitionFiles:
     def _add(self, key: Partition, part: pa.Table) -> None:
         self.pending.setdefault(key, []).append(part)
         self.pending_rows += part.num_rows
-        if sum(t.num_rows for t in self.pending[key]) >= SORT_BATCH_ROWS:
+        if sum(t.num_rows for t in self.pending[key]) >= settings.BATCH_ROWS:
             self._flush(key)
-        if self.pending_rows >= MAX_PENDING_ROWS:
+        if self.pending_rows >= settings.DELTA_MAX_PENDING_ROWS:
             for key in list(self.pending):
                 self._flush(key)
 
@@ -398,20 +594,20 @@ class _PartitionFiles:
         offset = 0
         while offset < rows.num_rows:
             file = self._file(key, rows)
-            take = min(rows.num_rows - offset, MAX_ROWS_PER_FILE - file.rows)
+            take = min(rows.num_rows - offset, settings.DELTA_MAX_ROWS_PER_FILE - file.rows)
             self._submit(file, rows.slice(offset, take))
             file.rows += take
             offset += take
-            if file.rows >= MAX_ROWS_PER_FILE:
+            if file.rows >= settings.DELTA_MAX_ROWS_PER_FILE:
                 self._close(key)
 
     def _submit(self, file: _OpenFile, rows: pa.Table) -> None:
-        while len(self.in_flight) >= 2 * WRITER_THREADS:
+        while len(self.in_flight) >= 2 * settings.DELTA_WRITER_THREADS:
             self.in_flight.popleft().result()
 
         def write() -> None:
             with file.lock:
-                file.writer.write_table(rows, row_group_size=SORT_BATCH_ROWS)
+                file.writer.write_table(rows, row_group_size=settings.BATCH_ROWS)
 
         future = self.pool.submit(write)
         file.writes.append(future)
@@ -421,7 +617,7 @@ class _PartitionFiles:
         if key in self.open:
             self.open.move_to_end(key)
             return self.open[key]
-        if len(self.open) >= MAX_OPEN_FILES:
+        if len(self.open) >= settings.DELTA_MAX_OPEN_FILES:
             self._close(next(iter(self.open)))
         folder = self.target.joinpath(*(f"{quote(c, safe='')}={HIVE_NULL if v is None else quote(v, safe='')}"
                                         for c, v in zip(self.partition_by, key, strict=True)))
@@ -440,15 +636,15 @@ class _PartitionFiles:
         self.written.append((file.path, file.rows))
 
 
-def _redelivered_files(manifest_files: list[str]) -> dict[str, set[str]]:
-    """Source files of each table that this package loads again with changed content."""
+def _redelivered_files(manifest_files: list[str], load_id: str) -> dict[str, set[str]]:
+    """Source files of each table that warehouse load `load_id` loads again with changed content."""
     if not manifest_files:
         return {}
     manifest = ds.dataset(manifest_files, format="parquet").to_table(
-        columns=["table_name", "src_path", "replaced_fingerprint", "status"])
+        columns=["table_name", "src_path", "replaced_fingerprint", "status", "load_id"])
     out: dict[str, set[str]] = {}
     for row in manifest.to_pylist():
-        if row["replaced_fingerprint"] is not None and row["status"] != "changed_skipped":
+        if row["load_id"] == load_id and row["replaced_fingerprint"] is not None and row["status"] != "changed_skipped":
             out.setdefault(row["table_name"], set()).add(row["src_path"])
     return out
 
@@ -470,22 +666,41 @@ class Compaction:
     files_after: int
 
 
-def compact_tables(delta_root: Path, *, min_files: int = SMALL_FILES_THRESHOLD, force: bool = False) -> list[Compaction]:
-    """Rewrite small files of every Delta table under `delta_root` into files of about `TARGET_FILE_SIZE`.
+def compact_tables(delta_root: Path, *, min_files: int | None = None, force: bool = False,
+                   skip: Iterable[str] = ()) -> list[Compaction]:
+    """Rewrite small files of every Delta table under `delta_root` (but those named in `skip`) into files of about
+    `settings.TARGET_FILE_SIZE`.
 
     A table is compacted when it has at least `min_files` files averaging under a quarter of the target size (or
     always with `force`). Vacuum then removes only files unreferenced for longer than the default retention (7 days),
-    so readers of older versions are never broken.
+    so readers of older versions are never broken. A table that cannot be read or compacted does not stop the
+    others: `DeltaTablesFailed` names it at the end.
     """
     done = []
+    failed = []
+    skipped = set(skip)
     for target in sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []:
-        table = DeltaTable(str(target))
-        sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
-        small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < TARGET_FILE_SIZE / 4
-        if not sizes or not (force or small):
+        if target.name in skipped:
             continue
-        table.optimize.compact(target_size=TARGET_FILE_SIZE)
-        table.vacuum(dry_run=False)
-        after = len(DeltaTable(str(target)).file_uris())
-        done.append(Compaction(target.name, len(sizes), after))
+        try:
+            compaction = _compact(target, min_files=min_files or settings.DELTA_SMALL_FILES_THRESHOLD, force=force)
+        except Exception as error:  # any failure of one table; reported, never swallowed
+            failed.append(_failure(target, error))
+            continue
+        if compaction is not None:
+            done.append(compaction)
+    if failed:
+        raise DeltaTablesFailed(failed, done)
     return done
+
+
+def _compact(target: Path, *, min_files: int, force: bool) -> Compaction | None:
+    table = DeltaTable(str(target))
+    sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
+    small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < settings.TARGET_FILE_SIZE / 4
+    if not sizes or not (force or small):
+        return None
+    table.optimize.compact(target_size=settings.TARGET_FILE_SIZE)
+    table.vacuum(dry_run=False)
+    after = len(DeltaTable(str(target)).file_uris())
+    return Compaction(target.name, len(sizes), after)

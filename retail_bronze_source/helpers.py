@@ -1,4 +1,4 @@
-"""Helpers shared by the binary-format readers: row number arrays and the JSON text of original records."""
+"""Generic helpers every layer shares: SQL quoting, row numbers, contiguous arrays and the JSON text of records."""
 
 from __future__ import annotations
 
@@ -12,6 +12,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 _DATE_TIME_SPACE = r"^(-?\d{4,}-\d{2}-\d{2}) "
+
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier (double quotes, inner ones doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """Quote a string literal (single quotes, inner ones doubled; a NUL character, which DuckDB's parser takes for the
+    end of the text, as `chr(0)`)."""
+    if "\x00" in value:
+        return "(" + " || chr(0) || ".join(quote_literal(part) for part in value.split("\x00")) + ")"
+    return "'" + value.replace("'", "''") + "'"
+
+
+
+def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`values` as one contiguous array."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def arange(count: int) -> pa.Array:
+    """0, 1, ..., count - 1 as int64."""
+    return row_number_array(0, count)
 
 
 def row_number_array(first: int, count: int) -> pa.Array:
@@ -29,7 +54,8 @@ def records_as_json(table: pa.Table) -> pa.Array:
     text at the stored precision (`YYYY-MM-DDTHH:MM:SS[.fraction][offset]`; inside nested values Arrow's
     `YYYY-MM-DD HH:MM:SS` form when Python cannot hold the value), durations the integer count of their unit,
     decimals strings keeping their scale, binary values base64 strings, NaN and infinities the strings "NaN",
-    "Infinity" and "-Infinity", structs JSON objects, lists JSON arrays, maps arrays of `[key, value]` pairs.
+    "Infinity" and "-Infinity", structs JSON objects, lists JSON arrays, maps arrays of `[key, value]` pairs,
+    month-day-nanosecond intervals `[months, days, nanoseconds]`, union values their member's value.
     Out-of-range timestamps keep Arrow's text for them.
 
     Runs per row in Python: it is meant for rows already rejected, never for the whole file.
@@ -44,7 +70,7 @@ def records_as_json(table: pa.Table) -> pa.Array:
 
 
 def _column_values(column: pa.ChunkedArray) -> list[Any]:
-    if pa.types.is_temporal(column.type):
+    if pa.types.is_temporal(column.type) and not pa.types.is_interval(column.type):
         text = pc.replace_substring_regex(column.cast(pa.string()), _DATE_TIME_SPACE, r"\1T")
         return text.to_pylist()  # type: ignore[no-any-return]
     try:
@@ -94,6 +120,8 @@ def _plain(value: Any) -> Any:
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
+    if hasattr(value, "isoformat"):  # nanosecond timestamps inside nested values come as pandas Timestamps
+        return value.isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     raise TypeError(f"cannot render {type(value).__name__} as JSON")

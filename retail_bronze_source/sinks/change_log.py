@@ -1,0 +1,154 @@
+"""The Parquet change log: every completed load of the warehouse imported, file by file, into the lake.
+
+The change log holds what the warehouse loaded, with the same audit columns and `_dlt_load_id`; it knows which
+warehouse loads it holds (`CHANGE_LOG_IMPORTS`, one row per warehouse load, and `imported_through` in its pipeline's
+state, which commits with the lake load). Each run imports every completed warehouse load newer than that, oldest
+first, whatever happened in between (a run killed between the two loads, a lost pipelines directory, a lost lake):
+- from the warehouse's load package when it is still in the pipelines directory (its files are imported as they
+  are: no second read or validation);
+- otherwise exported from the warehouse (`SELECT * ... WHERE _dlt_load_id IN (...)`): the rows those loads left
+  in the warehouse, which are all their rows unless a later load has since replaced some of them (a lake rebuilt
+  after it was lost holds the current rows of each load, not the versions they replaced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import dlt
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
+from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
+from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.extract.resource import DltResource
+from dlt.pipeline.pipeline import Pipeline
+
+from ..helpers import quote_ident, quote_literal
+from ..workdirs import staging_dir
+from . import DATASET, LOADER_FILE_FORMAT
+from .packages import package_files
+from .warehouse import table_exists
+
+CHANGE_LOG_IMPORTS = "change_log_imports"
+"""Lake table listing every warehouse load the change log holds (`warehouse_load_id`, `imported_at`, `source`)."""
+IMPORTS_SCHEMA = pa.schema([
+    pa.field("warehouse_load_id", pa.string(), nullable=False),
+    pa.field("imported_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+])
+_KEPT_HINTS = ("name", "data_type", "nullable", "precision", "scale", "timezone")
+
+
+def lake_pipeline(lake: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
+    """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`."""
+    destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
+                                              layout="{table_name}/{load_id}.{file_id}.{ext}")
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
+                        pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
+
+
+def warehouse_loads(warehouse_db: Path) -> list[str]:
+    """The completed load ids of the warehouse's dataset, oldest first."""
+    if not warehouse_db.exists():
+        return []
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        if not table_exists(con, "_dlt_loads"):
+            return []
+        rows = con.execute(f"SELECT DISTINCT load_id FROM {DATASET}._dlt_loads WHERE status = 0").fetchall()
+    return sorted((row[0] for row in rows), key=Decimal)
+
+
+def imported_through(lake: Pipeline) -> str | None:
+    """The newest warehouse load the change log holds (every older completed load is held too)."""
+    state = lake.state.get("sources", {}).get(lake.default_schema_name or lake.pipeline_name, {})
+    through = state.get("imported_through")
+    # Lakes written before `imported_through` list the imported loads per table.
+    older = [load for resource in state.get("resources", {}).values() for load in resource.get("imported_loads", [])]
+    candidates = [str(x) for x in [through, *older] if x]
+    return max(candidates, key=Decimal) if candidates else None
+
+
+def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline) -> LoadInfo | None:
+    """Import every completed warehouse load newer than the change log holds, in one lake load; None if none."""
+    through = imported_through(lake)
+    missing = [load for load in warehouse_loads(warehouse_db) if through is None or Decimal(load) > Decimal(through)]
+    if not missing:
+        return None
+    on_disk = set(warehouse.list_completed_load_packages())
+    by_table: dict[str, list[str]] = {}
+    sources: dict[str, str] = {}
+    exported = []
+    for load_id in missing:
+        if load_id in on_disk and warehouse.get_load_package_info(load_id).state == "loaded":
+            for table, files in package_files(warehouse, load_id, loaded_only=True).items():
+                by_table.setdefault(table, []).extend(files)
+            sources[load_id] = "package"
+        else:
+            exported.append(load_id)
+            sources[load_id] = "warehouse"
+    with staging_dir("export") as tmp:
+        for table, files in export_loads(warehouse_db, exported, Path(tmp)).items():
+            by_table.setdefault(table, []).extend(files)
+        resources = [_import_resource(warehouse, table, files) for table, files in sorted(by_table.items())]
+        resources.append(_imports_resource(missing, sources))
+        return lake.run(resources, loader_file_format=LOADER_FILE_FORMAT)
+
+
+def export_loads(warehouse_db: Path, load_ids: list[str], folder: Path) -> dict[str, list[str]]:
+    """The rows of `load_ids` in every table of the warehouse's dataset, one Parquet file per table that has any."""
+    if not load_ids:
+        return {}
+    ids = ", ".join(quote_literal(load_id) for load_id in load_ids)
+    out: dict[str, list[str]] = {}
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        tables = [row[0] for row in con.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = ? AND column_name = "
+            "'_dlt_load_id' AND table_name NOT LIKE '\\_dlt%' ESCAPE '\\' ORDER BY 1", [DATASET]).fetchall()]
+        for table in tables:
+            rows = f"SELECT * FROM {DATASET}.{quote_ident(table)} WHERE _dlt_load_id IN ({ids})"
+            found = con.execute(f"SELECT count(*) FROM ({rows})").fetchone()
+            if not found or not found[0]:
+                continue
+            target = folder / f"{table}.parquet"
+            con.execute(f"COPY ({rows}) TO {quote_literal(str(target))} (FORMAT parquet, ROW_GROUP_SIZE 131072)")
+            out[table] = [str(target)]
+    return out
+
+
+def _append_columns(warehouse: Pipeline, table: str, files: list[str]) -> TTableSchemaColumns:
+    """The columns of `table` with types only (the change log is append-only and keyless): the warehouse schema's,
+    else the files' own."""
+    columns: Any = {}
+    for path in files:
+        columns.update(py_arrow_to_table_schema_columns(pq.read_schema(path)))
+    if warehouse.default_schema_name and table in warehouse.default_schema.tables:
+        columns.update(warehouse.default_schema.get_table_columns(table))
+    kept: Any = {name: {k: v for k, v in column.items() if k in _KEPT_HINTS} for name, column in columns.items()}
+    return cast(TTableSchemaColumns, kept)
+
+
+def _import_resource(warehouse: Pipeline, table: str, files: list[str]) -> DltResource:
+    def imports() -> Iterator[Any]:
+        for path in files:
+            yield dlt.mark.with_file_import(path, "parquet", items_count=pq.ParquetFile(path).metadata.num_rows)
+
+    return dlt.resource(imports(), name=table, table_name=table, write_disposition="append",
+                        columns=_append_columns(warehouse, table, files))
+
+
+def _imports_resource(load_ids: list[str], sources: dict[str, str]) -> DltResource:
+    """The change log's record of the warehouse loads it now holds; it also advances `imported_through`."""
+    def record() -> Iterator[Any]:
+        dlt.current.source_state()["imported_through"] = max(load_ids, key=Decimal)
+        now = datetime.now(UTC)
+        yield pa.table({"warehouse_load_id": load_ids, "imported_at": [now] * len(load_ids),
+                        "source": [sources[load_id] for load_id in load_ids]}, schema=IMPORTS_SCHEMA)
+
+    return dlt.resource(record(), name=CHANGE_LOG_IMPORTS, table_name=CHANGE_LOG_IMPORTS, write_disposition="append")
+

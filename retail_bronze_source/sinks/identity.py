@@ -1,0 +1,239 @@
+"""Whose state is whose: the pipelines of a warehouse and lake, the identity of each sink, and their binding.
+
+A run writes three places that hold state: the DuckDB warehouse, the lake (Parquet change log, Delta mirror, rejects
+CSVs) and dlt's pipelines directory (the working state of the warehouse and lake pipelines: pending packages, the file
+ledger, schemas). The sinks are the truth; the pipelines directory is a cache of them, bound to the sink it describes:
+- The default layout (`duckdb/warehouse.duckdb` and `lake` in the current directory) uses the pipelines
+  `retail_bronze` and `retail_bronze_lake`, so that `dlt pipeline retail_bronze info` works from the repository root;
+  any other warehouse or lake gets pipelines named after it (`retail_bronze_<8 hex digits of its absolute path>`), so
+  that runs on different targets never share a working directory.
+- The warehouse carries an identity (`_retail_bronze.sink`: a random id, made on its first run) and the lake a
+  binding file (`<lake>/_retail_bronze/sink.json`: its own id and the id of the warehouse it mirrors). A pipeline's
+  local state records the id of the sink it was made for; a local state made for another sink (another clone on the
+  machine, a deleted and recreated warehouse or lake) is dropped and restored from the sink itself.
+- A lake mirrors one warehouse. A warehouse that was lost (deleted, or replaced by an empty one at the same path)
+  is restored from its lake's Delta tables; any other warehouse on a lake that mirrors another is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from dlt.pipeline.pipeline import Pipeline
+
+from ..registry import TableSpec
+from . import DATASET, Layout
+from .change_log import lake_pipeline
+from .delta import mirror_to_delta
+from .restore import restore_warehouse
+from .warehouse import warehouse_pipeline
+
+WAREHOUSE_PIPELINE = "retail_bronze"
+LAKE_PIPELINE = "retail_bronze_lake"
+DEFAULT_WAREHOUSE = Path("duckdb") / "warehouse.duckdb"
+DEFAULT_LAKE = Path("lake")
+META_SCHEMA = "_retail_bronze"
+"""DuckDB schema of the warehouse's own bookkeeping, beside dlt's dataset so that dlt's commands never touch it."""
+LAKE_BINDING = Path("_retail_bronze") / "sink.json"
+LOCAL_STATE_KEY = "retail_bronze_sink"
+"""Key of the bound sink id in a pipeline's local (never synchronized) state."""
+
+
+class SinkMismatch(Exception):
+    """The warehouse and lake of a run belong to different Bronze layers; the message says what to do."""
+
+
+def pipeline_names(warehouse: Path, lake: Path) -> tuple[str, str]:
+    """The names of the warehouse and lake pipelines of a layout (see the module docstring)."""
+    warehouse, lake = warehouse.resolve(), lake.resolve()
+    warehouse_name = WAREHOUSE_PIPELINE if warehouse == DEFAULT_WAREHOUSE.resolve() else \
+        f"{WAREHOUSE_PIPELINE}_{_digest(warehouse)}"
+    lake_name = LAKE_PIPELINE if lake == DEFAULT_LAKE.resolve() else f"{LAKE_PIPELINE}_{_digest(lake)}"
+    return warehouse_name, lake_name
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(str(path).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class WarehouseIdentity:
+    """The identity of a warehouse file, kept in the file itself."""
+
+    sink_id: str
+    created_at: datetime
+    restored_through: str | None = None
+    """Newest load id of the rows restored from the lake, when the warehouse was restored (loads up to it are
+    complete although dlt's `_dlt_loads` of this file does not list them)."""
+
+
+def read_warehouse_identity(warehouse: Path) -> WarehouseIdentity | None:
+    """The identity of `warehouse`, None for a new file or one made before identities existed."""
+    if not warehouse.exists():
+        return None
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = "
+                            "'sink'", [META_SCHEMA]).fetchone()
+        if not found or not found[0]:
+            return None
+        row = con.execute(f"SELECT sink_id, created_at, restored_through FROM {META_SCHEMA}.sink").fetchone()
+    return WarehouseIdentity(row[0], row[1], row[2]) if row else None
+
+
+def write_warehouse_identity(warehouse: Path, identity: WarehouseIdentity) -> WarehouseIdentity:
+    """Store `identity` in `warehouse` (replacing any other)."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.sink (sink_id VARCHAR NOT NULL, "
+                    "created_at TIMESTAMPTZ NOT NULL, restored_through VARCHAR)")
+        con.execute(f"DELETE FROM {META_SCHEMA}.sink")
+        con.execute(f"INSERT INTO {META_SCHEMA}.sink VALUES (?, ?, ?)",
+                    [identity.sink_id, identity.created_at, identity.restored_through])
+    return identity
+
+
+def new_identity() -> WarehouseIdentity:
+    return WarehouseIdentity(uuid.uuid4().hex, datetime.now(UTC))
+
+
+def completed_loads(warehouse: Path, dataset: str) -> bool:
+    """Whether dlt completed any load into `dataset` of `warehouse`."""
+    if not warehouse.exists():
+        return False
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = "
+                            "'_dlt_loads'", [dataset]).fetchone()
+        if not found or not found[0]:
+            return False
+        loads = con.execute(f'SELECT count(*) FROM "{dataset}"._dlt_loads WHERE status = 0').fetchone()
+    return bool(loads and loads[0])
+
+
+@dataclass(frozen=True)
+class LakeBinding:
+    """Which warehouse a lake mirrors, kept in the lake (`LAKE_BINDING`)."""
+
+    lake_id: str
+    warehouse_id: str
+    warehouse_location: str
+
+
+def read_lake_binding(lake: Path) -> LakeBinding | None:
+    path = lake / LAKE_BINDING
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return LakeBinding(data["lake_id"], data["warehouse_id"], data["warehouse_location"])
+
+
+def write_lake_binding(lake: Path, binding: LakeBinding) -> LakeBinding:
+    path = lake / LAKE_BINDING
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(binding.__dict__))
+    os.replace(tmp, path)
+    return binding
+
+
+def lake_has_data(lake: Path) -> bool:
+    """Whether the lake holds any data files (change log or Delta)."""
+    root = lake / "bronze"
+    return root.is_dir() and any(root.rglob("*.parquet"))
+
+
+def bind_local_state(pipeline: Pipeline, sink_id: str, *, keep_unbound: bool) -> bool:
+    """Bind the local state of `pipeline` to the sink `sink_id`, dropping it first (state, schemas, pending packages)
+    if it was made for another sink; return whether it was dropped. `keep_unbound`: a state made before bindings
+    existed belongs to this sink (it is adopted)."""
+    pipeline.activate()
+    try:
+        bound: Any = pipeline.get_local_state_val(LOCAL_STATE_KEY)
+    except KeyError:
+        bound = None
+    if bound == sink_id:
+        return False
+    dropped = bound is not None or (not keep_unbound and pipeline.has_data)
+    if dropped:
+        pipeline.drop()
+        pipeline.activate()
+    pipeline.set_local_state_val(LOCAL_STATE_KEY, sink_id)
+    return dropped
+
+
+@dataclass
+class Sinks:
+    """The pipelines of a layout, bound to its warehouse and lake, and what was done to bind them."""
+
+    warehouse: Pipeline
+    lake: Pipeline
+    identity: WarehouseIdentity
+    notes: list[str]
+
+
+def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | None) -> Sinks:
+    """The warehouse and lake pipelines of `layout`, their local state bound to the sinks it describes; a lost
+    warehouse restored from its lake. Raises `SinkMismatch` when the lake mirrors another warehouse."""
+    warehouse_name, lake_name = pipeline_names(layout.warehouse, layout.lake)
+    notes: list[str] = []
+    identity = read_warehouse_identity(layout.warehouse)
+    had_loads = completed_loads(layout.warehouse, DATASET)
+    binding = read_lake_binding(layout.lake)
+    location = str(layout.warehouse.resolve())
+    restored = False
+    if binding is not None and (identity is None or identity.sink_id != binding.warehouse_id):
+        if not lake_has_data(layout.lake):
+            binding = None  # an empty lake: it mirrors whatever warehouse this is
+        elif identity is None and not had_loads and binding.warehouse_location == location:
+            mirror_to_delta(layout.lake, specs)  # Delta first takes every load the change log holds
+            through = restore_warehouse(layout.warehouse, layout.delta_root)
+            identity = write_warehouse_identity(layout.warehouse, WarehouseIdentity(
+                binding.warehouse_id, datetime.now(UTC), through))
+            restored = True
+            if through is not None:
+                notes.append(f"the warehouse {layout.warehouse} was missing or empty: restored from the lake's Delta "
+                             f"tables (loads up to {through})")
+        else:
+            raise SinkMismatch(
+                f"the lake {layout.lake} mirrors the warehouse {binding.warehouse_location}, not {layout.warehouse}: "
+                f"run with --warehouse {binding.warehouse_location}, or give this warehouse a lake of its own "
+                f"(--lake)")
+    if identity is None:
+        identity = write_warehouse_identity(layout.warehouse, new_identity())
+    if binding is None:
+        binding = write_lake_binding(layout.lake, LakeBinding(new_identity().sink_id, identity.sink_id, location))
+    elif binding.warehouse_location != location:
+        binding = write_lake_binding(layout.lake, LakeBinding(binding.lake_id, identity.sink_id, location))
+
+    warehouse = warehouse_pipeline(layout.warehouse, warehouse_name, pipelines_dir=pipelines_dir)
+    if restored:
+        warehouse.drop()
+    if bind_local_state(warehouse, identity.sink_id, keep_unbound=had_loads) and not restored:
+        notes.append(f"the local state of pipeline {warehouse_name} was made for another warehouse: restored it from "
+                     f"{layout.warehouse}")
+    _repair_default_schema(warehouse)
+    warehouse.sync_destination()
+    lake = lake_pipeline(layout.lake, lake_name, pipelines_dir=pipelines_dir)
+    if bind_local_state(lake, binding.lake_id, keep_unbound=lake_has_data(layout.lake)):
+        notes.append(f"the local state of pipeline {lake_name} was made for another lake: restored it from "
+                     f"{layout.lake}")
+    _repair_default_schema(lake)
+    lake.sync_destination()
+    return Sinks(warehouse, lake, identity, notes)
+
+
+def _repair_default_schema(pipeline: Pipeline) -> None:
+    """Name the pipeline's only schema as its default when its state names none: dlt's own `dlt pipeline ... drop`
+    leaves the state so, and dlt then never loads the package that carries the drop."""
+    names = list(pipeline.schemas.keys())
+    if pipeline.default_schema_name is None and len(names) == 1:
+        pipeline.default_schema_name = names[0]  # type: ignore[assignment]

@@ -1,0 +1,169 @@
+"""State belongs to the data it describes: several lakes and clones on one machine, lost or shared sinks.
+
+Each scenario ends with every sink equal to a clean run of the same raw files (run-specific columns aside), or with
+a one-line refusal that writes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, SAMPLE, Sandbox, box_args, generate, make_sandbox, query, run_cli, snapshot
+
+from retail_bronze_source.sinks.identity import pipeline_names
+
+TABLES = ["customers", "order_items", "events", "sensors"]
+Snapshot = dict[str, dict[str, list[tuple[Any, ...]]]]
+
+
+def _raw(root: Path, source: Path = SAMPLE) -> Path:
+    raw = root / "raw"
+    for table in TABLES:
+        shutil.copytree(source / table, raw / table)
+    return raw
+
+
+def _run(box: Sandbox, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = run_cli(*box_args(box, TABLES), *extra, env=env)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def other_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Raw files of another delivery (another generator seed): other keys, values and rejects."""
+    out = tmp_path_factory.mktemp("other_raw")
+    generate(out / "generated", "--seed", "7", "--scale", "1")
+    return _raw(out, out / "generated")
+
+
+def _clean(root: Path, raw: Path) -> Snapshot:
+    box = make_sandbox(root, raw=raw)
+    _run(box)
+    return snapshot(box, TABLES)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    root = tmp_path_factory.mktemp("clean")
+    return _clean(root, _raw(root))
+
+
+@pytest.fixture(scope="module")
+def other_clean(tmp_path_factory: pytest.TempPathFactory, other_raw: Path) -> Snapshot:
+    return _clean(tmp_path_factory.mktemp("other_clean"), other_raw)
+
+
+def _lose(box: Sandbox, part: str) -> None:
+    if part == "warehouse":
+        for path in box.warehouse.parent.glob(box.warehouse.name + "*"):
+            if not path.name.endswith(".lock"):
+                path.unlink()
+    else:
+        shutil.rmtree({"lake": box.lake, "pipelines": box.pipelines_dir}[part])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lost", [("warehouse",), ("lake",), ("pipelines",), ("warehouse", "lake"),
+                                  ("warehouse", "pipelines"), ("lake", "pipelines")], ids="+".join)
+def test_lost_sinks_converge_to_a_clean_run(tmp_path: Path, lost: tuple[str, ...], clean: Snapshot) -> None:
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    for part in lost:
+        _lose(box, part)
+    recovered = _run(box)
+    assert snapshot(box, TABLES) == clean, recovered.stdout
+    again = _run(box)
+    assert snapshot(box, TABLES) == clean
+    assert "total                 0" in again.stdout
+
+
+@pytest.mark.slow
+def test_alternating_lakes_never_share_state(tmp_path: Path, other_raw: Path, clean: Snapshot,
+                                             other_clean: Snapshot) -> None:
+    """Lake A, then lake B on other raw files, then A again, with one pipelines directory."""
+    a = make_sandbox(tmp_path / "a", raw=_raw(tmp_path / "a"))
+    b = make_sandbox(tmp_path / "b", raw=other_raw)
+    shared = tmp_path / "pipelines"
+    for box in (a, b, a, b):
+        _run(Sandbox(box.raw, box.lake, box.warehouse, shared))
+    assert snapshot(a, TABLES) == clean
+    assert snapshot(b, TABLES) == other_clean
+
+
+@pytest.mark.slow
+def test_two_clones_on_one_machine_keep_their_own_state(tmp_path: Path, other_raw: Path, clean: Snapshot,
+                                                        other_clean: Snapshot) -> None:
+    """Two checkouts, each with the default layout (so both use the pipeline name retail_bronze in dlt's default
+    pipelines directory), run one after the other and then at the same time."""
+    home = {"DLT_DATA_DIR": str(tmp_path / "dlt_home")}
+    clones = {"one": _raw(tmp_path / "one"), "two": other_raw}
+    for name, raw in clones.items():
+        (tmp_path / name).mkdir(exist_ok=True)
+        if raw.parent != tmp_path / name:
+            shutil.copytree(raw, tmp_path / name / "raw")
+    for name in ("one", "two", "one"):
+        done = run_cli("--raw", "raw", "--tables", ",".join(TABLES), cwd=tmp_path / name, env=home)
+        assert done.returncode == 0, done.stderr
+        assert "inspect: dlt pipeline retail_bronze info" in done.stdout
+    racing = [subprocess.Popen([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), "--raw", "raw",
+                                "--tables", ",".join(TABLES)], cwd=tmp_path / name, env={**_environ(), **home},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in clones]
+    for process in racing:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    for name, expected in (("one", clean), ("two", other_clean)):
+        box = Sandbox(tmp_path / name / "raw", tmp_path / name / "lake",
+                      tmp_path / name / "duckdb" / "warehouse.duckdb", tmp_path / "dlt_home" / "pipelines")
+        assert snapshot(box, TABLES) == expected, name
+
+
+@pytest.mark.slow
+def test_concurrent_runs_on_different_targets_sharing_a_pipelines_dir(tmp_path: Path, other_raw: Path,
+                                                                      clean: Snapshot, other_clean: Snapshot) -> None:
+    shared = tmp_path / "pipelines"
+    a = Sandbox(_raw(tmp_path / "a"), tmp_path / "a" / "lake", tmp_path / "a" / "w.duckdb", shared)
+    b = Sandbox(other_raw, tmp_path / "b" / "lake", tmp_path / "b" / "w.duckdb", shared)
+    racing = [subprocess.Popen([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), *box_args(box, TABLES)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for box in (a, b)]
+    for process in racing:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    assert snapshot(a, TABLES) == clean
+    assert snapshot(b, TABLES) == other_clean
+    assert query(a.warehouse, "SELECT count(*) - count(DISTINCT customer_id) FROM bronze.customers") == [(0,)]
+
+
+@pytest.mark.slow
+def test_a_lake_is_refused_to_a_second_warehouse(tmp_path: Path, clean: Snapshot) -> None:
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    other = Sandbox(box.raw, box.lake, tmp_path / "other" / "w.duckdb", box.pipelines_dir)
+    done = run_cli(*box_args(other, TABLES))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"mirrors the warehouse {box.warehouse.resolve()}" in lines[0], lines
+    assert not other.warehouse.exists() or query(
+        other.warehouse, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'bronze'") == [(0,)]
+    assert snapshot(box, TABLES) == clean
+
+
+def test_default_layout_keeps_the_plain_pipeline_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert pipeline_names(Path("duckdb/warehouse.duckdb"), Path("lake")) == ("retail_bronze", "retail_bronze_lake")
+    assert pipeline_names(tmp_path / "duckdb" / "warehouse.duckdb", tmp_path / "lake") == (
+        "retail_bronze", "retail_bronze_lake")
+    other = pipeline_names(tmp_path / "x.duckdb", tmp_path / "lake2")
+    assert other[0].startswith("retail_bronze_") and other[1].startswith("retail_bronze_lake_")
+    assert other != pipeline_names(tmp_path / "y.duckdb", tmp_path / "lake3")
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
