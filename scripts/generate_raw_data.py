@@ -2163,6 +2163,7 @@ MANIFEST_TRUTH = pa.schema([pa.field("src_path", pa.string()), pa.field("file_fi
                             pa.field("table_name", pa.string()), pa.field("file_size", pa.int64()),
                             pa.field("row_count", pa.int64()), pa.field("valid_count", pa.int64()),
                             pa.field("reject_count", pa.int64()), pa.field("superseded_count", pa.int64()),
+                            pa.field("late_count", pa.int64()),
                             pa.field("status", pa.string()), pa.field("replaced_fingerprint", pa.string()),
                             pa.field("extra_columns", pa.string()), pa.field("_round", pa.int32())])
 
@@ -2176,7 +2177,8 @@ class GroundTruth:
       `src_row_hash`) are all `DUPLICATE_KEY` rejects.
     - Merge tables: the load keeps one version per key, the highest sequence value, ties to the file that sorts last,
       then the last row; the others are `superseded_count`. It replaces the loaded version of its key unless that one
-      has a higher sequence value (late versions never win). The change log gets every load's kept versions.
+      has a higher sequence value (late versions never win; `late_count`). The change log gets every load's kept
+      versions, late ones included.
     - Append tables: a loaded file's valid rows replace the rows of every earlier version of that file (none when
       the new version is rejected as a whole). The change log gets every load's valid rows.
     - With `evolve` (`--evolve-schema`), columns outside the contract are added to the table instead of rescued:
@@ -2292,11 +2294,14 @@ class GroundTruth:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE kept AS SELECT * FROM ok QUALIFY row_number() OVER "
                              f"(PARTITION BY {key} ORDER BY {seq} DESC, src_filename DESC, src_row_number DESC) = 1")
             same = " AND ".join(f"a.{k} = b.{k}" for k in table.key)
+            late = dict(self.con.execute(f"SELECT a.src_filename, count(*) FROM kept a JOIN state b ON {same} "
+                                         f"AND b.{seq} > a.{seq} GROUP BY ALL").fetchall())
             state = self.con.execute(
                 f"SELECT * FROM state a WHERE NOT EXISTS (SELECT 1 FROM kept b WHERE {same} AND b.{seq} >= a.{seq}) "
                 f"UNION ALL BY NAME SELECT * FROM kept a WHERE NOT EXISTS (SELECT 1 FROM state b WHERE {same} "
                 f"AND b.{seq} > a.{seq})").to_arrow_table()
         else:
+            late = {}
             self.con.execute("CREATE OR REPLACE TEMP TABLE kept AS SELECT * FROM ok")
             replaced = pa.table({"src_filename": pa.array([f.path for f in accepted], pa.string())})
             self.con.register("replaced", replaced)
@@ -2326,6 +2331,7 @@ class GroundTruth:
             row = {"src_path": f.path, "file_fingerprint": f.fingerprint, "table_name": table.name,
                    "file_size": len(f.data), "row_count": f.row_count, "valid_count": f.row_count - rejected,
                    "reject_count": rejected, "superseded_count": counts.get(f.path, 0) - kept.get(f.path, 0),
+                   "late_count": late.get(f.path, 0),
                    "status": "file_rejected" if f.file_reject else "empty" if f.row_count == 0
                    else "with_rejects" if rejected else "ok",
                    "replaced_fingerprint": self.ledger.get(f.path), "extra_columns": f.extra_columns,
