@@ -2151,6 +2151,9 @@ def _stray(table: ChaosTable, path: str, number: int) -> FileVersion:
                        table.typed.empty_table(), None)
 
 
+LATE_VERSIONS_IN_CHANGE_LOG = True
+"""README, "Late versions never win": a version older than the one already loaded lands in the change log (and
+replaces nothing in DuckDB or Delta)."""
 REJECT_TRUTH = pa.schema([pa.field("table_name", pa.string()), pa.field("src_filename", pa.string()),
                           pa.field("src_row_number", pa.int64()), pa.field("src_sheet", pa.string()),
                           pa.field("reason_code", pa.string()), pa.field("column_name", pa.string()),
@@ -2312,6 +2315,9 @@ class GroundTruth:
             self._added_by(table, number, files, types, set(kept_rows["src_filename"].to_pylist()))
         schema = self.schema(table)
         self.state[table.name] = state.select(schema.names).cast(schema)
+        if not LATE_VERSIONS_IN_CHANGE_LOG and table.merge:
+            kept_rows = self.con.execute(f"SELECT * FROM kept a WHERE NOT EXISTS (SELECT 1 FROM state b WHERE "
+                                         f"{same} AND b.{table.sequence} > a.{table.sequence})").to_arrow_table()
         self.log[table.name].append(kept_rows.select(schema.names).cast(schema))
         duplicates = self.con.execute("SELECT src_filename, src_row_number FROM dup").to_arrow_table()
         for path in sorted(set(duplicates["src_filename"].to_pylist())):
