@@ -2151,9 +2151,9 @@ def _stray(table: ChaosTable, path: str, number: int) -> FileVersion:
                        table.typed.empty_table(), None)
 
 
-LATE_VERSIONS_IN_CHANGE_LOG = True
-"""README, "Late versions never win": a version older than the one already loaded lands in the change log (and
-replaces nothing in DuckDB or Delta)."""
+LATE_VERSIONS_IN_CHANGE_LOG = False
+"""README, "Late versions never win": a version older than the one already loaded replaces nothing and is loaded
+nowhere, not even in the change log; the manifest counts it (`late_count`)."""
 REJECT_TRUTH = pa.schema([pa.field("table_name", pa.string()), pa.field("src_filename", pa.string()),
                           pa.field("src_row_number", pa.int64()), pa.field("src_sheet", pa.string()),
                           pa.field("reason_code", pa.string()), pa.field("column_name", pa.string()),

@@ -48,32 +48,7 @@ FIRST_SEED = int(os.environ.get("RETAIL_BRONZE_CHAOS_FIRST_SEED", "1"))
 ROUNDS = int(os.environ.get("RETAIL_BRONZE_CHAOS_ROUNDS", "3"))
 RANDOM_TIMES = os.environ.get("RETAIL_BRONZE_CHAOS_RANDOM_KILLS", "") == "1"
 TABLES = list(gen.CHAOS_TABLES)
-EMPTIED_APPEND_FILE = ("an append-table file delivered again with no valid rows (empty, or every row rejected) keeps "
-                       "its earlier rows in DuckDB and Delta: delete-insert on src_filename deletes only the files "
-                       "that bring rows")
-LATE_NOT_IN_CHANGE_LOG = ("late versions never reach the change log: since ee56ff8 the resource leaves them out "
-                          "(late_count), while the README says an older version lands in the change log and replaces "
-                          "nothing")
-SPARSE_RESCUED_KEYS = ("a JSON Lines record without a key outside the contract that another record of its chunk has "
-                       "gets that key as null in _rescued_data (README: the record's columns outside the contract, "
-                       "null when none)")
-FIRST_LOAD_HISTORY = ("--evolve-schema: columns added by the load that creates a table are not recorded in "
-                      "schema_history (README: each column added by evolution is recorded)")
-KILLED_LOAD_HISTORY = ("--evolve-schema: when a run is killed after DuckDB committed a job of a load that adds "
-                       "columns, the next run completes the load but never records those columns in schema_history "
-                       "(it takes the columns before the run after finishing the pending package)")
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    **{(f"seed-{s}", "changelog-tables"): LATE_NOT_IN_CHANGE_LOG for s in (1, 2, 3, 4)},
-    ("seed-1", "duckdb-tables"): EMPTIED_APPEND_FILE, ("seed-1", "delta-tables"): EMPTIED_APPEND_FILE,
-    ("seed-3", "duckdb-tables"): EMPTIED_APPEND_FILE, ("seed-3", "delta-tables"): EMPTIED_APPEND_FILE,
-    ("emptied-files", "duckdb-tables"): EMPTIED_APPEND_FILE, ("emptied-files", "delta-tables"): EMPTIED_APPEND_FILE,
-    **{("sparse-added-keys", f"{sink}-tables"): SPARSE_RESCUED_KEYS for sink in ("duckdb", "delta", "changelog")},
-    **{("evolving-first-load", f"{sink}-schema_history"): FIRST_LOAD_HISTORY
-       for sink in ("duckdb", "delta", "changelog")},
-    ("evolving-late-versions", "changelog-tables"): LATE_NOT_IN_CHANGE_LOG,
-    **{("evolving-killed-load", f"{sink}-schema_history"): KILLED_LOAD_HISTORY
-       for sink in ("duckdb", "delta", "changelog")},
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 """(case, check) pairs that fail because of a bug in the package, with the bug. The marks are strict: a fix makes the
 test pass, and then the mark goes. Random kill times (`RETAIL_BRONZE_CHAOS_RANDOM_KILLS=1`) drop the marks."""
 
