@@ -37,7 +37,7 @@ from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
 from .sinks.warehouse import WarehouseBusy
-from .storage import LOCAL_PROTOCOLS, StoreError, protocol_of
+from .storage import LOCAL_PROTOCOLS, StoreError, StoreStepFailed, protocol_of
 
 
 class CliError(Exception):
@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return inspect_runs(argv[0], argv[1:])
     args = parse_args(argv)
     tune_malloc()  # this process is the command line's own
+    if dlt.config.get("runtime.log_level") is None:
+        # dlt logs every retried job with a traceback; the command line prints each failure as one line itself.
+        dlt.config["runtime.log_level"] = "CRITICAL"
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
         layout = _layout(args)
@@ -145,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
                             evolve_schema=args.evolve_schema, reload=reload,
                             progress=lambda done: say(format_progress(done)))
+    except StoreStepFailed as error:
+        say(f"error: {error}", error=True)
+        return 1
     except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError) as error:
         say(f"error: {error}", error=True)
         return 2

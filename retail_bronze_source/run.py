@@ -38,6 +38,7 @@ from .outputs import (
     SHARED_TABLES,
     TABLE_RESETS_SCHEMA,
     TABLE_RESETS_TABLE,
+    table_schema,
 )
 from .promote import Promotion, history_rows, plan_promotions, promote
 from .registry import RETAIL_TABLES, TableSpec, select_tables
@@ -52,6 +53,7 @@ from .sinks.rejects_csv import sync_rejects_csv
 from .sinks.restore import manifest_ledgers
 from .sinks.warehouse import (
     detach_shared_tables,
+    drop_emptied_files,
     load_arrow,
     load_failed_rejects,
     load_rejects,
@@ -174,6 +176,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     swept = sweep_orphans(warehouse, {s.name for s in specs} | set(SHARED_TABLES), sinks.identity.restored_through)
     if swept:
         sinks.notes.append(f"removed {swept} row(s) an interrupted load had left in the warehouse")
+    columns_before = _data_columns(warehouse)
     failed = _finish_pending(warehouse, undo_interrupted=True)
     if warehouse.refresh:
         # dlt would drop the tables in the warehouse only; a reload replaces them in every sink.
@@ -191,7 +194,6 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     source = run_source(specs, layout.raw_url, ingestion_ts=stamp, evolve_schema=evolve_schema, chunk_size=chunk_size,
                         options=replace(WAREHOUSE_OPTIONS, progress=observer.progress), ledger_seeds=seeds,
                         extra=[_resets_resource(resets, stamp)] if resets else [])
-    columns_before = _data_columns(warehouse)
     extracted = warehouse.extract(source, loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
     observer.lap("extract")
@@ -200,7 +202,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     info = warehouse.load(raise_on_failed_jobs=False)
     restore_merge_dispositions(warehouse, [s.name for s in specs if s.write_disposition == "merge"])
     detach_shared_tables(warehouse, SHARED_TABLES)
-    changes = _schema_changes(columns_before, _data_columns(warehouse), warehouse_load_id, stamp)
+    changes = _schema_changes(warehouse, specs, columns_before, warehouse_load_id, stamp)
     if changes:
         load_arrow(warehouse, pa.Table.from_pylist(changes, schema=SCHEMA_HISTORY_SCHEMA), SCHEMA_HISTORY_TABLE,
                    ["table_name", "column_name"])
@@ -208,6 +210,9 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
+    emptied = drop_emptied_files(warehouse, [s.name for s in specs if s.write_disposition != "merge"])
+    if emptied:
+        sinks.notes.append(f"removed {emptied} row(s) of file(s) delivered again without a valid row")
     observer.lap("load")
     crash_point("warehouse_loaded")
 
@@ -318,14 +323,46 @@ def _data_columns(pipeline: Pipeline) -> dict[str, dict[str, str]]:
     }
 
 
-def _schema_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]], load_id: str | None,
-                    stamp: datetime) -> list[dict[str, Any]]:
-    """Columns added to tables that existed before the run."""
-    return [
-        {"table_name": table, "column_name": name, "data_type": data_type, "load_id": load_id, "changed_at": stamp}
-        for table, columns in sorted(after.items()) if table in before and table not in SHARED_TABLES
-        for name, data_type in columns.items() if name not in before[table]
-    ]
+def _schema_changes(pipeline: Pipeline, specs: Sequence[TableSpec], before: dict[str, dict[str, str]],
+                    load_id: str | None, stamp: datetime) -> list[dict[str, Any]]:
+    """Columns added by schema evolution that `bronze.schema_history` does not record yet.
+
+    For the run's tables: every column outside the table's loaded schema (`table_schema`), whether this run added
+    it, the load that created the table did, or a killed run's load the run completed. For other data tables (nested
+    ones): the columns added since `before`, taken before pending packages were finished."""
+    after = _data_columns(pipeline)
+    if not after:
+        return []
+    naming = pipeline.default_schema.naming
+    recorded = _recorded_history(pipeline)
+    by_name = {spec.name: spec for spec in specs}
+    changes = []
+    for table, columns in sorted(after.items()):
+        if table in SHARED_TABLES:
+            continue
+        spec = by_name.get(table)
+        if spec is not None:
+            known = {naming.normalize_identifier(name) for name in table_schema(spec).names}
+        elif table in before:
+            known = set(before[table])
+        else:
+            continue
+        changes += [{"table_name": table, "column_name": name, "data_type": data_type, "load_id": load_id,
+                     "changed_at": stamp}
+                    for name, data_type in columns.items()
+                    if name not in known and not name.startswith("_dlt_") and (table, name) not in recorded]
+    return changes
+
+
+def _recorded_history(pipeline: Pipeline) -> set[tuple[str, str]]:
+    """(table, column) pairs `bronze.schema_history` holds."""
+    with pipeline.sql_client() as client:
+        table = client.make_qualified_table_name(SCHEMA_HISTORY_TABLE)
+        found = client.execute_sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND "
+                                   "table_name = %s", client.dataset_name, SCHEMA_HISTORY_TABLE)
+        if not found or not found[0][0]:
+            return set()
+        return {(row[0], row[1]) for row in client.execute_sql(f"SELECT table_name, column_name FROM {table}") or []}
 
 
 def _rescue_warnings(warehouse: Path, load_id: str | None) -> list[str]:

@@ -222,6 +222,38 @@ def test_second_run_loads_nothing_new(tmp_path: Path) -> None:
     assert second.rejects_files == []
 
 
+def test_an_append_file_delivered_again_without_a_valid_row_takes_its_rows_away(tmp_path: Path) -> None:
+    """The sample's only events file with valid rows, delivered again empty: its rows leave DuckDB and Delta (the
+    change log keeps the loads it had); delivered again as it was, they come back; delivered with every row broken,
+    they leave again."""
+    box = make_sandbox(tmp_path, raw=SAMPLE)
+
+    def run() -> RunResult:
+        return run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+
+    def counts() -> tuple[dict[str, int], int, int]:
+        return (dict(query(box.warehouse, "SELECT src_filename, count(*) FROM bronze.events GROUP BY 1")),
+                delta_table(box.lake, "events").num_rows, changelog_table(box.lake, "events").num_rows)
+
+    run()
+    loaded, _, logged = counts()
+    assert list(loaded) == ["events/events_3.jsonl"] and loaded["events/events_3.jsonl"] > 0
+    path = box.raw / "events" / "events_3.jsonl"
+    kept = path.read_bytes()
+    path.write_bytes(b"")
+    emptied = run()
+    assert counts() == ({}, 0, logged)
+    assert any("without a valid row" in note for note in emptied.notes), emptied.notes
+    path.write_bytes(kept)
+    run()
+    assert counts() == (loaded, sum(loaded.values()), 2 * logged)
+    path.write_bytes(b"".join(b'{"event_id": "not a number"}\n' for _ in range(3)))
+    broken = run()
+    assert counts() == ({}, 0, 2 * logged)
+    assert query(box.warehouse, "SELECT count(DISTINCT src_row_number) FROM bronze.rejects WHERE load_id = ?",
+                 [broken.warehouse_load_id])[0][0] == 3
+
+
 def _refusing_table(warehouse: Path, spec: TableSpec) -> None:
     """Create `bronze.<table>` with the loaded columns and a CHECK constraint every row violates."""
     import duckdb
