@@ -347,11 +347,28 @@ def _schema_changes(pipeline: Pipeline, specs: Sequence[TableSpec], before: dict
             known = set(before[table])
         else:
             continue
-        changes += [{"table_name": table, "column_name": name, "data_type": data_type, "load_id": load_id,
-                     "changed_at": stamp}
-                    for name, data_type in columns.items()
-                    if name not in known and not name.startswith("_dlt_") and (table, name) not in recorded]
+        added = {name: data_type for name, data_type in columns.items()
+                 if name not in known and not name.startswith("_dlt_") and (table, name) not in recorded}
+        first = _first_loads(pipeline, table, list(added)) if added else {}
+        changes += [{"table_name": table, "column_name": name, "data_type": data_type,
+                     "load_id": first.get(name) or load_id, "changed_at": stamp}
+                    for name, data_type in added.items()]
     return changes
+
+
+def _first_loads(pipeline: Pipeline, table: str, columns: list[str]) -> dict[str, str | None]:
+    """The load that first brought a value of each of `columns` (a column of a killed run's load is recorded by the
+    run that completes it, under that load)."""
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+        found = client.execute_sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND "
+                                   "table_name = %s", client.dataset_name, table)
+        if not found or not found[0][0]:
+            return {}
+        firsts = ", ".join(f"arg_min(_dlt_load_id, CAST(_dlt_load_id AS DECIMAL(20, 7))) FILTER "
+                           f"(WHERE {client.escape_column_name(c)} IS NOT NULL)" for c in columns)
+        rows = client.execute_sql(f"SELECT {firsts} FROM {qualified}")
+    return dict(zip(columns, rows[0], strict=True)) if rows else {}
 
 
 def _recorded_history(pipeline: Pipeline) -> set[tuple[str, str]]:

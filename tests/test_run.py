@@ -223,10 +223,10 @@ def test_second_run_loads_nothing_new(tmp_path: Path) -> None:
 
 
 def test_an_append_file_delivered_again_without_a_valid_row_takes_its_rows_away(tmp_path: Path) -> None:
-    """The sample's only events file with valid rows, delivered again empty: its rows leave DuckDB and Delta (the
-    change log keeps the loads it had); delivered again as it was, they come back; delivered with every row broken,
-    they leave again."""
-    box = make_sandbox(tmp_path, raw=SAMPLE)
+    """Events file 1 delivered again empty and file 2 with every row broken: their rows leave DuckDB and Delta (the
+    change log keeps the loads it had), file 3 keeps its rows; file 1 delivered again as it was comes back."""
+    box = make_sandbox(tmp_path)
+    shutil.copytree(SAMPLE / "events", box.raw / "events")
 
     def run() -> RunResult:
         return run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
@@ -237,21 +237,21 @@ def test_an_append_file_delivered_again_without_a_valid_row_takes_its_rows_away(
 
     run()
     loaded, _, logged = counts()
-    assert list(loaded) == ["events/events_3.jsonl"] and loaded["events/events_3.jsonl"] > 0
-    path = box.raw / "events" / "events_3.jsonl"
-    kept = path.read_bytes()
-    path.write_bytes(b"")
+    assert sorted(loaded) == [f"events/events_{i}.jsonl" for i in (1, 2, 3)] and all(loaded.values())
+    one, two = box.raw / "events" / "events_1.jsonl", box.raw / "events" / "events_2.jsonl"
+    kept = one.read_bytes()
+    one.write_bytes(b"")
+    two.write_bytes(b"".join(b'{"event_id": "not a number"}\n' for _ in range(3)))
     emptied = run()
-    assert counts() == ({}, 0, logged)
+    rest = {"events/events_3.jsonl": loaded["events/events_3.jsonl"]}
+    assert counts() == (rest, sum(rest.values()), logged)
     assert any("without a valid row" in note for note in emptied.notes), emptied.notes
-    path.write_bytes(kept)
-    run()
-    assert counts() == (loaded, sum(loaded.values()), 2 * logged)
-    path.write_bytes(b"".join(b'{"event_id": "not a number"}\n' for _ in range(3)))
-    broken = run()
-    assert counts() == ({}, 0, 2 * logged)
     assert query(box.warehouse, "SELECT count(DISTINCT src_row_number) FROM bronze.rejects WHERE load_id = ?",
-                 [broken.warehouse_load_id])[0][0] == 3
+                 [emptied.warehouse_load_id])[0][0] == 3
+    one.write_bytes(kept)
+    run()
+    back = {**rest, "events/events_1.jsonl": loaded["events/events_1.jsonl"]}
+    assert counts() == (back, sum(back.values()), logged + loaded["events/events_1.jsonl"])
 
 
 def _refusing_table(warehouse: Path, spec: TableSpec) -> None:
