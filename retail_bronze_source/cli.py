@@ -18,7 +18,18 @@ from . import SECTION
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
-from .run import DEFAULT_LOCK_TIMEOUT, Layout, TableSummary, dry_run, promote_rescued, recorded_ledgers, run_bronze
+from .run import (
+    DEFAULT_LOCK_TIMEOUT,
+    Layout,
+    PublishRefused,
+    RunResult,
+    TableSummary,
+    dry_run,
+    promote_rescued,
+    publish_staged,
+    recorded_ledgers,
+    run_bronze,
+)
 from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
@@ -27,6 +38,12 @@ from .sinks.warehouse import WarehouseBusy
 
 class CliError(Exception):
     """A run that cannot start or finish; the message is the one-line cause."""
+
+
+EXIT_HELD = 3
+"""A write-audit-publish run whose audits passed holds its staging for inspection (`on_success = "inspect"`)."""
+EXIT_AUDIT_FAILED = 4
+"""A write-audit-publish run whose audits failed: nothing was published."""
 
 
 DEFAULT_RAW = "data_raw"
@@ -60,6 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
                         help="seconds to wait for another run on the same warehouse or lake (default 60)")
     parser.add_argument("--pipelines-dir", default=None, help="dlt pipelines dir (default: dlt's own, ~/.dlt)")
+    parser.add_argument("--wap", action="store_true", default=None,
+                        help="write-audit-publish: load a staged copy of the warehouse, run the tables' audits on it "
+                             "and publish only if they pass (default: [sources.retail_bronze] wap); exit 3: held for "
+                             "inspection, exit 4: audits failed, nothing published")
+    parser.add_argument("--publish", action="store_true",
+                        help="publish the staging a write-audit-publish run held for inspection, then exit")
     return parser.parse_args(argv)
 
 
@@ -123,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compact(layout)
         if args.promote_rescued:
             return _promote(layout, names, args)
+        if args.publish:
+            return _publish(layout, args)
         if args.dry_run:
             ledgers = _existing_ledgers(layout, args.pipelines_dir)
             say("dry run: nothing is written; this is what a run would load and reject")
@@ -130,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
-                            evolve_schema=args.evolve_schema, reload=reload)
-    except (CliError, RunLocked, WarehouseBusy, SinkMismatch) as error:
+                            evolve_schema=args.evolve_schema, reload=reload, wap=args.wap)
+    except (CliError, RunLocked, WarehouseBusy, SinkMismatch, PublishRefused) as error:
         say(f"error: {error}", error=True)
         return 2
     except Exception as error:
@@ -155,6 +180,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = f" --pipelines-dir {args.pipelines_dir}" if args.pipelines_dir else ""
     say(f"inspect: dlt pipeline{inspect} {result.pipelines[0]} info|trace|load-package "
         f"(the lake: {result.pipelines[1]})")
+    for failure in result.delta_failures:
+        say(f"error: {failure}", error=True)
+    if result.wap is not None:
+        return _report_wap(result)
+    return 1 if result.delta_failures else 0
+
+
+def _report_wap(result: RunResult) -> int:
+    """Print what a write-audit-publish run did with its staged load; return the exit code that says it."""
+    outcome = result.wap
+    assert outcome is not None
+    for warning in outcome.warnings:
+        say(f"audit warning: {warning}")
+    for failed in outcome.failed:
+        say(f"audit failed: {failed}", error=True)
+    kept = f"; the staging is kept at {outcome.staging}" if outcome.staging else ""
+    if outcome.status == "failed":
+        say(f"write-audit-publish: {len(outcome.failed)} audit(s) failed, nothing was published (load "
+            f"{outcome.load_id}){kept}", error=True)
+        return EXIT_AUDIT_FAILED
+    if outcome.status == "held":
+        say(f"write-audit-publish: {len(outcome.results)} audit check(s) passed; load {outcome.load_id} is held for "
+            f"inspection{kept}; publish it with --publish")
+        return EXIT_HELD
+    if outcome.status == "published":
+        say(f"write-audit-publish: {len(outcome.results)} audit check(s) passed; load {outcome.load_id} published")
+    else:
+        say("write-audit-publish: nothing new to publish")
+    return 1 if result.delta_failures else 0
+
+
+def _publish(layout: Layout, args: argparse.Namespace) -> int:
+    result = publish_staged(layout, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout)
+    for note in result.notes:
+        say(f"note: {note}")
+    say(f"lake load {result.lake_load_id or '-'}; delta: {len(result.mirrored)} table load(s) mirrored")
     for failure in result.delta_failures:
         say(f"error: {failure}", error=True)
     return 1 if result.delta_failures else 0

@@ -59,6 +59,7 @@ from .sinks.warehouse import (
     undo_interrupted_jobs,
     wait_for_warehouse,
 )
+from .wap import PublishRefused, Staging, WapOutcome, WapSettings, publish_held, settle_staging, wap_settings
 
 
 @dataclass
@@ -93,6 +94,8 @@ class RunResult:
     """The names of the warehouse and lake pipelines (for `dlt pipeline <name> info`)."""
     notes: list[str] = field(default_factory=list)
     """What the run did to bring the sinks together before loading (a state dropped, a warehouse restored...)."""
+    wap: WapOutcome | None = None
+    """What a write-audit-publish run did with its staged load (None for a run without it)."""
 
 
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -104,7 +107,7 @@ files written by the resources."""
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None,
                lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool | None = None,
-               reload: Sequence[str] = ()) -> RunResult:
+               reload: Sequence[str] = (), wap: bool | None = None) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
     The run holds the locks of its warehouse, its lake and its pipelines' working directories for its whole duration:
@@ -112,14 +115,19 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     (a BI tool, the DuckDB CLI) is waited for as long, then `WarehouseBusy`. `evolve_schema` None follows the
     configuration (`[sources.retail_bronze] evolve_schema`). `reload` names tables to load again from their raw files
     in every sink (their tables, rejects and manifest records are replaced).
+
+    `wap` (None: `[sources.retail_bronze] wap`) makes it a write-audit-publish run (`wap`): the load is staged, the
+    tables' audits run on it, and it is published, held or dropped as `on_success` and `on_failure` say
+    (`RunResult.wap`). Every run first settles a staging an earlier run left.
     """
     specs = select_tables(tables or RETAIL_TABLES, table_names)
+    wap_config = wap_settings(wap)
     unknown = sorted(set(reload) - {s.name for s in specs})
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
     with _locked(layout, pipelines_dir, lock_timeout):
         return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
-                    reload=reload)
+                    reload=reload, wap=wap_config)
 
 
 @contextmanager
@@ -137,14 +145,23 @@ def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> I
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
-         evolve_schema: bool | None, reload: Sequence[str]) -> RunResult:
+         evolve_schema: bool | None, reload: Sequence[str], wap: WapSettings | None = None) -> RunResult:
     stamp = datetime.now(UTC)
+    settled = settle_staging(layout.warehouse)
     sinks = open_sinks(layout, specs, pipelines_dir)
+    sinks.notes[:0] = settled
     warehouse, lake = sinks.warehouse, sinks.lake
     swept = sweep_orphans(warehouse, {s.name for s in specs} | set(SHARED_TABLES), sinks.identity.restored_through)
     if swept:
         sinks.notes.append(f"removed {swept} row(s) an interrupted load had left in the warehouse")
     failed = _finish_pending(warehouse, undo_interrupted=True)
+    staging, earlier = None, []
+    if wap is not None:  # the run loads a staged copy of the warehouse; earlier packages' failures stay published
+        if failed:
+            _record_load_failures(warehouse, failed, stamp)
+        staging, earlier, failed = Staging.begin(layout.warehouse, warehouse, wap, stamp), failed, []
+        warehouse = staging.pipeline
+    warehouse_db = staging.warehouse if staging else layout.warehouse
     if warehouse.refresh:
         # dlt would drop the tables in the warehouse only; a reload replaces them in every sink.
         sinks.notes.append(f"refresh={warehouse.refresh} is configured: every table of the run is reloaded from its "
@@ -153,7 +170,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         warehouse.refresh = None
     if reload:
         _drop_tables(warehouse, reload)
-    seeds, resets = _reconcile_ledgers(warehouse, layout.warehouse, specs, reload)
+    seeds, resets = _reconcile_ledgers(warehouse, warehouse_db, specs, reload)
     if seeds:
         sinks.notes.append(f"the file ledger of {', '.join(sorted(seeds))} was rebuilt from the manifest")
 
@@ -176,6 +193,12 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     if failed:
         _record_load_failures(warehouse, failed, stamp)
     crash_point("warehouse_loaded")
+    outcome = staged_summary = None
+    if staging is not None:
+        outcome = staging.audit(specs, warehouse_load_id)
+        staged_summary = _summary(warehouse_db, outcome.load_id, specs)
+        outcome, warehouse = staging.settle(outcome)
+        failed = [*earlier, *failed]
 
     lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp)
     failed += lake_failed
@@ -187,8 +210,9 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
                               warnings=not _evolves(warehouse, specs))
         mirrored, compacted, delta_failures = mirror_and_compact(layout.lake, specs)
         files, summary, warnings = reports.result()
-    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
-                     warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
+    return RunResult(stamp, warehouse_load_id, lake_load_id, staged_summary or summary, failed, mirrored, files,
+                     compacted, changes, warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name),
+                     sinks.notes, outcome)
 
 
 def _follow_warehouse(layout: Layout, warehouse: Pipeline, lake: Pipeline,
@@ -223,6 +247,7 @@ def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     with _locked(layout, pipelines_dir, lock_timeout):
         stamp = datetime.now(UTC)
+        settle_staging(layout.warehouse)
         sinks = open_sinks(layout, specs, pipelines_dir)
         warehouse, lake = sinks.warehouse, sinks.lake
         _finish_pending(warehouse, undo_interrupted=True)
@@ -238,6 +263,33 @@ def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
             _follow_warehouse(layout, warehouse, lake, stamp)
             failures = mirror_and_compact(layout.lake, specs)[2]
         return PromoteResult(done, [p for p in plans if p.refused is not None], failures)
+
+
+@dataclass
+class PublishResult:
+    """The outcome of `publish_staged`."""
+
+    notes: list[str]
+    lake_load_id: str | None
+    mirrored: list[MirroredTable]
+    delta_failures: list[DeltaTableFailure]
+
+
+def publish_staged(layout: Layout, *, tables: Sequence[TableSpec] | None = None, pipelines_dir: str | None = None,
+                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> PublishResult:
+    """Publish the staging a write-audit-publish run held for inspection (`on_success = "inspect"`), then bring the
+    change log, the Delta mirror and the rejects CSVs up to the warehouse. Raises `PublishRefused` when no staging
+    is held, its audits failed, or the warehouse took other loads since it was staged."""
+    specs = select_tables(tables or RETAIL_TABLES, None)
+    with _locked(layout, pipelines_dir, lock_timeout):
+        stamp = datetime.now(UTC)
+        notes = publish_held(layout.warehouse)
+        sinks = open_sinks(layout, specs, pipelines_dir)
+        _finish_pending(sinks.warehouse, undo_interrupted=True)
+        lake_load_id, _ = _follow_warehouse(layout, sinks.warehouse, sinks.lake, stamp)
+        mirrored, _, failures = mirror_and_compact(layout.lake, specs)
+        sync_rejects_csv(layout.warehouse, layout.rejects_root)
+        return PublishResult([*notes, *sinks.notes], lake_load_id, mirrored, failures)
 
 
 def _evolves(pipeline: Pipeline, specs: Sequence[TableSpec]) -> bool:
@@ -426,5 +478,5 @@ def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     return {name: dict(state.get("files", {})) for name, state in resources.items()}
 
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "RunResult", "SinkMismatch", "TableSummary", "dry_run",
-           "promote_rescued", "run_bronze"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "PublishRefused", "PublishResult", "RunResult",
+           "SinkMismatch", "TableSummary", "dry_run", "promote_rescued", "publish_staged", "run_bronze"]
