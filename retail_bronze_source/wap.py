@@ -223,7 +223,7 @@ def settle_staging(warehouse: Path, *, publish: bool = False) -> list[str]:
     assert marker is None or isinstance(marker, dict)
     load = (marker or {}).get("load_id") or ", ".join((marker or {}).get("load_ids", [])) or "-"
     if marker is not None and phase in (PHASE_PUBLISHING, PHASE_HELD) and (phase == PHASE_PUBLISHING or publish):
-        if marker.get("base") != warehouse_base(warehouse):
+        if (root / warehouse.name).exists() and marker.get("base") != warehouse_base(warehouse):
             if publish:
                 raise PublishRefused(f"the warehouse {warehouse} took other loads since load {load} was staged; run "
                                      "again with write-audit-publish")
