@@ -213,29 +213,29 @@ def settle_staging(warehouse: Path, *, publish: bool = False) -> list[str]:
     root = staging_root(warehouse)
     marker = _read_marker(root) if root.exists() else None
     phase = marker.get("phase") if marker else None
-    if publish and not (phase == PHASE_HELD and marker and marker.get("outcome") == OUTCOME_HELD):
+    load = (marker or {}).get("load_id") or ", ".join((marker or {}).get("load_ids", [])) or "-"
+    passed = phase == PHASE_HELD and marker is not None and marker.get("outcome") == OUTCOME_HELD
+    if publish and not passed:
         if phase == PHASE_HELD:
-            raise PublishRefused(f"the staged load {marker.get('load_id') if marker else '?'} failed its audits "
-                                 "(see bronze.audit_results); fix the delivery and run again")
+            raise PublishRefused(f"the staged load {load} failed its audits (see bronze.audit_results); fix the "
+                                 "delivery and run again")
         raise PublishRefused(f"nothing to publish: no staging held for inspection beside {warehouse}")
     if not root.exists():
         return []
-    assert marker is None or isinstance(marker, dict)
-    load = (marker or {}).get("load_id") or ", ".join((marker or {}).get("load_ids", [])) or "-"
-    if marker is not None and phase in (PHASE_PUBLISHING, PHASE_HELD) and (phase == PHASE_PUBLISHING or publish):
+    if marker is not None and (phase == PHASE_PUBLISHING or publish):
         if (root / warehouse.name).exists() and marker.get("base") != warehouse_base(warehouse):
             if publish:
                 raise PublishRefused(f"the warehouse {warehouse} took other loads since load {load} was staged; run "
                                      "again with write-audit-publish")
             _discard(root, warehouse, marker)
-            return [f"the staging of load {load} was made from an older state of the warehouse: discarded it, its "
+            return [f"the staging of load {load} was made from an older state of the warehouse: dropped it, its "
                     "files load again"]
         _publish(root, marker, warehouse, prepared=phase == PHASE_PUBLISHING)
         return [f"published the staged load {load}" + ("" if publish else " that a killed run was publishing")]
     _discard(root, warehouse, marker)
     if phase == PHASE_HELD:
-        return [f"dropped the staging of load {load} held for inspection ({marker.get('outcome') if marker else ''}); "
-                "its files load again"]
+        return [f"dropped the staging of load {load} held for inspection ({(marker or {}).get('outcome')}); its "
+                "files load again"]
     return [f"dropped the unpublished staging of a killed run (load {load}); its files load again"]
 
 
