@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dlt
-import fsspec
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from . import SECTION
@@ -24,6 +23,7 @@ from .run import (
     PublishRefused,
     RunResult,
     TableSummary,
+    check_layout,
     dry_run,
     promote_rescued,
     publish_staged,
@@ -34,6 +34,7 @@ from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
 from .sinks.warehouse import WarehouseBusy
+from .storage import LOCAL_PROTOCOLS, StoreError, protocol_of
 
 
 class CliError(Exception):
@@ -57,8 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--raw", default=None,
                         help="raw files: a directory or an fsspec URL (default: raw_url of [sources.retail_bronze] in "
                              "dlt's config or SOURCES__RETAIL_BRONZE__RAW_URL, else data_raw)")
-    parser.add_argument("--lake", default="lake", type=Path, help="lake root (default lake)")
-    parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb", type=Path,
+    parser.add_argument("--lake", default="lake",
+                        help="lake root: a directory or an s3:// URL (default lake)")
+    parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb",
                         help="DuckDB file (default duckdb/warehouse.duckdb)")
     parser.add_argument("--tables", default="", help="comma-separated tables to load (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="read and validate only; write nothing")
@@ -86,20 +88,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_layout(layout: Layout, dry: bool) -> None:
-    fs, root = fsspec.core.url_to_fs(layout.raw_url)
-    if not fs.isdir(root):
-        raise CliError(f"raw directory {layout.raw_url!r} does not exist")
-    if dry:
-        return
-    for folder in (layout.lake, layout.warehouse.parent):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write_probe"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as error:
-            raise CliError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from error
+def _layout(args: argparse.Namespace) -> Layout:
+    if protocol_of(args.warehouse) not in LOCAL_PROTOCOLS:
+        raise CliError(f"the warehouse is a local DuckDB file, not {redact(args.warehouse)}; put the lake on object "
+                       "storage with --lake")
+    return Layout(raw_url=args.raw or raw_url_from_config(), lake=args.lake, warehouse=Path(args.warehouse))
 
 
 def format_summary(summary: dict[str, TableSummary]) -> str:
@@ -136,12 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()  # this process is the command line's own
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
-        layout = Layout(raw_url=args.raw or raw_url_from_config(), lake=args.lake, warehouse=args.warehouse)
+        layout = _layout(args)
         known = {t.name for t in RETAIL_TABLES}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise CliError(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        _check_layout(layout, args.dry_run)
+        check_layout(layout, write=not args.dry_run)
         if args.compact:
             return _compact(layout)
         if args.promote_rescued:
@@ -156,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
                             evolve_schema=args.evolve_schema, reload=reload, wap=args.wap)
-    except (CliError, RunLocked, WarehouseBusy, SinkMismatch, PublishRefused) as error:
+    except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError, PublishRefused) as error:
         say(f"error: {error}", error=True)
         return 2
     except Exception as error:
@@ -249,7 +242,7 @@ def _compact(layout: Layout) -> int:
 
 def _existing_ledgers(layout: Layout, pipelines_dir: str | None) -> dict[str, dict[str, object]]:
     root = Path(pipelines_dir) if pipelines_dir else Path(get_dlt_pipelines_dir())
-    name = pipeline_names(layout.warehouse, layout.lake)[0]
+    name = pipeline_names(layout.warehouse, layout.lake_store)[0]
     if not (root / name).is_dir():
         return {}
     return recorded_ledgers(dlt.attach(name, pipelines_dir=str(root)))

@@ -25,30 +25,31 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import fsspec
 from fsspec import AbstractFileSystem
 
 from . import reasons
 from .raw import RawFile
 from .redact import redact
 from .registry import TableSpec
+from .storage import RAW_SECTION, Store, open_store
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 
-def discover_files(spec: TableSpec, raw_url: str) -> list[RawFile]:
-    """The raw inputs of `spec` under `raw_url` (a local path or any fsspec URL), sorted by path; see the module
-    docstring for the matches that come back refused."""
-    fs, root = fsspec.core.url_to_fs(raw_url)
-    root = root.rstrip("/")
-    local = is_local(fs)
+def discover_files(spec: TableSpec, raw: Store | str) -> list[RawFile]:
+    """The raw inputs of `spec` under the raw root `raw` (a `Store`, or a local path or fsspec URL opened with the
+    source's credentials), sorted by path; see the module docstring for the matches that come back refused."""
+    store = raw if isinstance(raw, Store) else open_store(raw, RAW_SECTION)
+    fs, root = store.fs, store.root
+    local = store.is_local
+    delta_options = None if local else store.delta_options()
     real_root = os.path.realpath(root) if local else ""
     confined = not spec.allow_outside_raw_root
     if spec.reads_directory:
         path = f"{root}/{spec.files}"
         if not fs.isdir(path):
             return []
-        table = RawFile(fs=fs, path=path, rel_path=spec.files, confined=confined)
+        table = RawFile(fs=fs, path=path, rel_path=spec.files, confined=confined, storage_options=delta_options)
         if local and confined and not _inside(os.path.realpath(path), real_root):
             return [replace(table, refused=_outside(spec.files))]
         return [table]

@@ -16,15 +16,16 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, Transaction, write_deltalake
 from dlt.pipeline.pipeline import Pipeline
 
 from . import settings
 from .helpers import quote_ident, quote_literal
 from .outputs import RESCUED
 from .sinks import DATASET
-from .sinks.delta import APP_ID, SOURCE_APP_ID
+from .sinks.delta import APP_ID, SOURCE_APP_ID, open_delta
 from .sinks.warehouse import table_exists
+from .storage import Store
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,13 @@ def _path(key: str) -> str:
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def promote(warehouse: Pipeline, warehouse_db: Path, delta_root: Path, plans: list[Promotion]) -> list[Promotion]:
+def promote(warehouse: Pipeline, warehouse_db: Path, delta_root: Store, plans: list[Promotion]) -> list[Promotion]:
     """Carry out the promotions of `plans` that are not refused; return them."""
     done = [p for p in plans if p.refused is None]
     for table in sorted({p.table_name for p in done}):
         mine = [p for p in done if p.table_name == table]
         _promote_warehouse(warehouse_db, table, mine)
-        _promote_delta(delta_root / table, mine)
+        _promote_delta(delta_root.child(table), mine)
         _declare(warehouse, table, mine)
     return done
 
@@ -127,12 +128,12 @@ def _promote_warehouse(warehouse_db: Path, table: str, promotions: list[Promotio
         con.execute("COMMIT")
 
 
-def _promote_delta(target: Path, promotions: list[Promotion]) -> None:
+def _promote_delta(target: Store, promotions: list[Promotion]) -> None:
     """Rewrite the Delta table with the promoted columns (a new version: older ones stay readable until vacuumed),
     keeping the mirror's application transactions."""
-    if not DeltaTable.is_deltatable(str(target)):
+    table = open_delta(target)
+    if table is None:
         return
-    table = DeltaTable(str(target))
     partitions = table.metadata().partition_columns
     order = [n for n in table.schema().to_arrow().names]
     values, stays = _moved(promotions, "d")

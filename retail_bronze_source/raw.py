@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -39,6 +39,8 @@ class RawFile:
     for tables declared with `TableSpec(allow_outside_raw_root=True)`."""
     local_root: str | None = None
     """The resolved raw root of a file on the local disk (None on object stores): `open` checks what it opened."""
+    storage_options: Mapping[str, str] | None = None
+    """delta-rs options (credentials, retries) of the raw root's object store, for table formats read by delta-rs."""
 
     def open(self) -> IO[bytes]:
         """Open the file for binary reading; a file refused by discovery raises its `FileRejected`.

@@ -49,6 +49,7 @@ from .outputs import (
 )
 from .parquet_files import RowFiles, files_for
 from .registry import TableSpec
+from .storage import RAW_SECTION, Store, open_store
 from .workdirs import staging_dir
 
 SCHEMA_CONTRACT: TSchemaContractDict = {"tables": "evolve", "columns": "freeze", "data_type": "freeze"}
@@ -105,15 +106,17 @@ class RowDispositions:
         return not self.deletes_and_inserts and "upsert" in (self.strategies or ())
 
 
-def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime,
+def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datetime,
                    chunk_size: int = settings.DEFAULT_CHUNK_SIZE,
                    evolve_schema: bool = False, options: SinkOptions = SinkOptions(),
                    ledger_seed: Mapping[str, Any] | None = None) -> DltResource:
     """The dlt resource of one registry table, with hints derived from the registry entry and its contract.
 
     Every table loads idempotently: merge tables by key, append tables by the file they came from (a changed file's
-    rows replace its earlier rows), rejects by file, load and reason, the manifest by file version.
+    rows replace its earlier rows), rejects by file, load and reason, the manifest by file version. `raw_url` is the
+    raw root: a `Store`, or a local path or fsspec URL opened with the credentials of `[sources.retail_bronze]`.
     """
+    raw = raw_url if isinstance(raw_url, Store) else open_store(raw_url, RAW_SECTION)
     columns = dlt_columns(table_schema(spec))
     columns[LOAD_ID] = dlt_load_id_column()
     hard_delete = bool(spec.hard_delete and spec.delete_marker)
@@ -165,7 +168,7 @@ def table_resource(spec: TableSpec, raw_url: str, *, ingestion_ts: datetime,
                                    column_name=schema.naming.normalize_identifier,
                                    newer_versions=_newer_versions(versions, spec.name))
         stamp = _load_id_stamper(load_id)
-        with extractor.stage(discover_files(spec, raw_url)) as load:
+        with extractor.stage(discover_files(spec, raw)) as load:
             outputs = extractor.outputs(load)
             if not options.parquet_files:
                 for kind, table in outputs:
@@ -223,26 +226,28 @@ def _newer_versions(versions: LoadedVersions, table: str) -> Callable[..., bool]
     return read
 
 
-def bronze_resources(specs: Sequence[TableSpec], raw_url: str, *, ingestion_ts: datetime, chunk_size: int,
+def bronze_resources(specs: Sequence[TableSpec], raw_url: str | Store, *, ingestion_ts: datetime, chunk_size: int,
                      evolve_schema: bool, options: SinkOptions = SinkOptions(),
                      ledger_seeds: Mapping[str, Mapping[str, Any]] | None = None) -> list[DltResource]:
     """One resource per table of `specs`; a table's own `evolve_schema` setting wins over the source's."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, not {chunk_size!r}")
-    return [table_resource(spec, raw_url, ingestion_ts=ingestion_ts, chunk_size=chunk_size,
+    raw = raw_url if isinstance(raw_url, Store) else open_store(raw_url, RAW_SECTION)
+    return [table_resource(spec, raw, ingestion_ts=ingestion_ts, chunk_size=chunk_size,
                            evolve_schema=evolve_schema if spec.evolve_schema is None else spec.evolve_schema,
                            options=options, ledger_seed=(ledger_seeds or {}).get(spec.name))
             for spec in specs]
 
 
-def preview(specs: Sequence[TableSpec], raw_url: str, ledgers: Mapping[str, Mapping[str, Any]]
+def preview(specs: Sequence[TableSpec], raw_url: str | Store, ledgers: Mapping[str, Mapping[str, Any]]
             ) -> Iterator[tuple[str, str, pa.Table]]:
     """What a load would emit, table by table, without writing anything: (table, kind, table of that kind) for the
     rejects and manifest of the files new or changed against `ledgers` (file ledgers by table, left unchanged)."""
     stamp = datetime.now().astimezone()
+    raw = raw_url if isinstance(raw_url, Store) else open_store(raw_url, RAW_SECTION)
     for spec in specs:
         extractor = TableExtractor(spec, ingestion_ts=stamp, load_id=None, chunk_size=settings.DEFAULT_CHUNK_SIZE,
                                    ledger=dict(ledgers.get(spec.name, {})))
-        for kind, table in extractor.run(discover_files(spec, raw_url)):
+        for kind, table in extractor.run(discover_files(spec, raw)):
             if kind != "rows":
                 yield spec.name, kind, table

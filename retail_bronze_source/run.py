@@ -28,6 +28,7 @@ from dlt.pipeline.pipeline import Pipeline
 from . import SOURCE_NAME, run_source
 from .crash_points import crash_point
 from .helpers import quote_ident
+from .lease import LakeLease, lake_lease
 from .outputs import (
     MANIFEST_TABLE,
     REJECTS_TABLE,
@@ -59,6 +60,7 @@ from .sinks.warehouse import (
     undo_interrupted_jobs,
     wait_for_warehouse,
 )
+from .storage import RAW_SECTION, StoreError, check_readable, check_writable, open_store, store_step
 from .wap import PublishRefused, Staging, WapOutcome, WapSettings, publish_held, settle_staging, wap_settings
 
 
@@ -83,7 +85,7 @@ class RunResult:
     summary: dict[str, TableSummary]
     failed_jobs: list[FailedJob]
     mirrored: list[MirroredTable]
-    rejects_files: list[Path]
+    rejects_files: list[str]
     compacted: list[Compaction]
     schema_changes: list[dict[str, Any]] = field(default_factory=list)
     """Columns this run added to existing tables (`--evolve-schema`), as recorded in `bronze.schema_history`."""
@@ -125,27 +127,47 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     unknown = sorted(set(reload) - {s.name for s in specs})
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
-    with _locked(layout, pipelines_dir, lock_timeout):
+    with _locked(layout, pipelines_dir, lock_timeout) as lease:
         return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
-                    reload=reload, wap=wap_config)
+                    reload=reload, lease=lease, wap=wap_config)
+
+
+def check_layout(layout: Layout, *, write: bool = True) -> None:
+    """Refuse, with a one-line `StoreError`, a layout a run cannot use, before anything is written: a raw root that
+    cannot be listed, and with `write` a lake or warehouse folder that cannot be written, or a lake on an object store
+    other than S3 (runs there could not be kept from interleaving: see `lease`)."""
+    check_readable(open_store(layout.raw_url, RAW_SECTION), "raw root")
+    if not write:
+        return
+    lake = layout.lake_store
+    if not lake.is_local and lake.protocol != "s3":
+        raise StoreError(f"the lake {lake} is on {lake.protocol}://, where runs cannot take a lease (only S3 and "
+                         "local lakes are supported); read raw files from there, keep the lake on S3 or a local disk")
+    check_writable(lake, "lake")
+    check_writable(open_store(layout.warehouse.parent, RAW_SECTION), "warehouse folder")
 
 
 @contextmanager
-def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> Iterator[None]:
-    """Hold the locks of the warehouse, the lake and the pipelines' working directories, and wait for a warehouse
-    open in another process (see `run_bronze`)."""
+def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> Iterator[LakeLease | None]:
+    """Hold the locks of the warehouse, the lake (a lease on object storage) and the pipelines' working directories,
+    and wait for a warehouse open in another process (see `run_bronze`)."""
+    check_layout(layout)
     working = Path(pipelines_dir or get_dlt_pipelines_dir())
-    locks = [layout.warehouse.with_name(layout.warehouse.name + ".lock"), layout.lake / ".retail_bronze.lock",
-             *(working / f".{name}.lock" for name in pipeline_names(layout.warehouse, layout.lake))]
+    lake = layout.lake_store
+    locks = [layout.warehouse.with_name(layout.warehouse.name + ".lock"),
+             *([lake.local_path / ".retail_bronze.lock"] if lake.is_local else []),
+             *(working / f".{name}.lock" for name in pipeline_names(layout.warehouse, lake))]
     with ExitStack() as held:
         for lock in locks:
             held.enter_context(run_lock(lock, lock_timeout))
+        lease = None if lake.is_local else held.enter_context(lake_lease(lake, lock_timeout))
         wait_for_warehouse(layout.warehouse, lock_timeout)
-        yield
+        yield lease
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
-         evolve_schema: bool | None, reload: Sequence[str], wap: WapSettings | None = None) -> RunResult:
+         evolve_schema: bool | None, reload: Sequence[str], lease: LakeLease | None,
+         wap: WapSettings | None = None) -> RunResult:
     stamp = datetime.now(UTC)
     settled = settle_staging(layout.warehouse)
     sinks = open_sinks(layout, specs, pipelines_dir)
@@ -200,27 +222,36 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         outcome, warehouse = staging.settle(outcome)
         failed = [*earlier, *failed]
 
-    lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp)
+    lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp, lease)
     failed += lake_failed
     crash_point("lake_loaded")
 
     # The warehouse is complete: its reports are read while the Delta mirror runs (both release the GIL).
+    _check(lease)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
         reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, specs,
                               warnings=not _evolves(warehouse, specs))
-        mirrored, compacted, delta_failures = mirror_and_compact(layout.lake, specs)
+        mirrored, compacted, delta_failures = mirror_and_compact(layout.lake_store, specs)
         files, summary, warnings = reports.result()
     return RunResult(stamp, warehouse_load_id, lake_load_id, staged_summary or summary, failed, mirrored, files,
                      compacted, changes, warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name),
                      sinks.notes, outcome)
 
 
-def _follow_warehouse(layout: Layout, warehouse: Pipeline, lake: Pipeline,
-                      stamp: datetime) -> tuple[str | None, list[FailedJob]]:
+def _check(lease: LakeLease | None) -> None:
+    """Stop before the next write to the lake if another run took this run's lease over."""
+    if lease is not None:
+        lease.check()
+
+
+def _follow_warehouse(layout: Layout, warehouse: Pipeline, lake: Pipeline, stamp: datetime,
+                      lease: LakeLease | None) -> tuple[str | None, list[FailedJob]]:
     """Bring the change log up to the warehouse (packages a killed run left first); return the lake load id and the
     lake's refused jobs (recorded in the warehouse as `LOAD_FAILED` rejects)."""
-    lake_failed = _finish_pending(lake)
-    lake_info = sync_change_log(warehouse, layout.warehouse, lake)
+    _check(lease)
+    with store_step(layout.lake_store, "importing into the change log"):
+        lake_failed = _finish_pending(lake)
+        lake_info = sync_change_log(warehouse, layout.warehouse, lake)
     lake_load_id = lake_info.loads_ids[-1] if lake_info and lake_info.loads_ids else None
     lake_failed += failed_jobs(lake, lake_info) if lake_info else []
     if lake_failed:
@@ -245,23 +276,24 @@ def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
 
     The lake is first brought up to the warehouse, so that both hold the same rows; nothing new is extracted."""
     specs = select_tables(tables or RETAIL_TABLES, table_names)
-    with _locked(layout, pipelines_dir, lock_timeout):
+    with _locked(layout, pipelines_dir, lock_timeout) as lease:
         stamp = datetime.now(UTC)
         settle_staging(layout.warehouse)
         sinks = open_sinks(layout, specs, pipelines_dir)
         warehouse, lake = sinks.warehouse, sinks.lake
         _finish_pending(warehouse, undo_interrupted=True)
-        _follow_warehouse(layout, warehouse, lake, stamp)
-        mirror_and_compact(layout.lake, specs)
+        _follow_warehouse(layout, warehouse, lake, stamp, lease)
+        mirror_and_compact(layout.lake_store, specs)
         plans = plan_promotions(warehouse, layout.warehouse, [s.name for s in specs])
+        _check(lease)
         done = promote(warehouse, layout.warehouse, layout.delta_root, plans)
         failures: list[DeltaTableFailure] = []
         if done:
             load_arrow(warehouse, pa.Table.from_pylist(history_rows(done), schema=SCHEMA_HISTORY_SCHEMA),
                        SCHEMA_HISTORY_TABLE, ["table_name", "column_name"])
             detach_shared_tables(warehouse, SHARED_TABLES)
-            _follow_warehouse(layout, warehouse, lake, stamp)
-            failures = mirror_and_compact(layout.lake, specs)[2]
+            _follow_warehouse(layout, warehouse, lake, stamp, lease)
+            failures = mirror_and_compact(layout.lake_store, specs)[2]
         return PromoteResult(done, [p for p in plans if p.refused is not None], failures)
 
 
@@ -281,14 +313,14 @@ def publish_staged(layout: Layout, *, tables: Sequence[TableSpec] | None = None,
     change log, the Delta mirror and the rejects CSVs up to the warehouse. Raises `PublishRefused` when no staging
     is held, its audits failed, or the warehouse took other loads since it was staged."""
     specs = select_tables(tables or RETAIL_TABLES, None)
-    with _locked(layout, pipelines_dir, lock_timeout):
+    with _locked(layout, pipelines_dir, lock_timeout) as lease:
         stamp = datetime.now(UTC)
         notes = publish_held(layout.warehouse)
         sinks = open_sinks(layout, specs, pipelines_dir)
         _finish_pending(sinks.warehouse, undo_interrupted=True)
-        lake_load_id, _ = _follow_warehouse(layout, sinks.warehouse, sinks.lake, stamp)
-        mirrored, _, failures = mirror_and_compact(layout.lake, specs)
-        sync_rejects_csv(layout.warehouse, layout.rejects_root)
+        lake_load_id, _ = _follow_warehouse(layout, sinks.warehouse, sinks.lake, stamp, lease)
+        mirrored, _, failures = mirror_and_compact(layout.lake_store, specs)
+        _warehouse_reports(layout, None, specs, warnings=False)
         return PublishResult([*notes, *sinks.notes], lake_load_id, mirrored, failures)
 
 
@@ -301,10 +333,11 @@ def _evolves(pipeline: Pipeline, specs: Sequence[TableSpec]) -> bool:
 
 
 def _warehouse_reports(layout: Layout, load_id: str | None, specs: Sequence[TableSpec], *,
-                       warnings: bool) -> tuple[list[Path], dict[str, TableSummary], list[str]]:
+                       warnings: bool) -> tuple[list[str], dict[str, TableSummary], list[str]]:
     """What a run reports from the warehouse once it is loaded: the rejects CSVs written (for every load that had
     none), the summary by table and the rescued-column warnings (when `warnings`)."""
-    files = sync_rejects_csv(layout.warehouse, layout.rejects_root)
+    with store_step(layout.lake_store, "writing the rejects CSVs"):
+        files = sync_rejects_csv(layout.warehouse, layout.rejects_root)
     summary = _summary(layout.warehouse, load_id, specs)
     return files, summary, _rescue_warnings(layout.warehouse, load_id) if warnings else []
 
@@ -479,4 +512,5 @@ def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "PublishRefused", "PublishResult", "RunResult",
-           "SinkMismatch", "TableSummary", "dry_run", "promote_rescued", "publish_staged", "run_bronze"]
+           "SinkMismatch", "StoreError", "TableSummary", "check_layout", "dry_run", "promote_rescued", "publish_staged",
+           "run_bronze"]

@@ -96,3 +96,21 @@ TRANSCODE_BLOCK_BYTES = 1 << 20
 
 LOCK_POLL_SECONDS = 0.2
 """How often a run waiting for another run's lock, or for a warehouse open elsewhere, tries again."""
+
+OBJECT_STORE_RETRIES = 4
+"""Attempts of one object-store request (botocore's standard retry mode, delta-rs's `max_retries`): a transient 5xx,
+reset or timeout is retried with backoff, a persistent one fails the step within seconds."""
+OBJECT_STORE_S3FS_RETRIES = 2
+"""s3fs's own retry loop around botocore's (each of its attempts is `OBJECT_STORE_RETRIES` botocore attempts)."""
+OBJECT_STORE_RETRY_TIMEOUT_SECONDS = 30
+"""delta-rs gives up retrying one request after this long."""
+OBJECT_STORE_CONNECT_TIMEOUT_SECONDS = 10
+OBJECT_STORE_READ_TIMEOUT_SECONDS = 60
+OBJECT_STORE_DEFAULT_REGION = "us-east-1"
+"""The region delta-rs signs with when none is configured anywhere (botocore's own default, so every client signs
+alike; S3-compatible servers accept any)."""
+
+LEASE_TTL_SECONDS = 30.0
+"""Time to live of a lake's lease on object storage (`lease`): renewed every third of it while a run holds it; a
+killed run's lease blocks other machines at most this long."""
+LEASE_POLL_SECONDS = 1.0

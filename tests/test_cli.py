@@ -59,7 +59,7 @@ def test_raw_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
                                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SOURCES__RETAIL_BRONZE__RAW_URL", str(tmp_path / "missing_raw"))
     assert main(["--dry-run", "--pipelines-dir", str(tmp_path / "pipelines")]) == 2
-    assert capsys.readouterr().err == f"error: raw directory '{tmp_path / 'missing_raw'}' does not exist\n"
+    assert capsys.readouterr().err == f"error: the raw root {tmp_path / 'missing_raw'} does not exist\n"
 
 
 @contextmanager
@@ -92,7 +92,7 @@ def test_credentials_of_a_raw_url_are_never_printed_or_written(tmp_path: Path,
         missing = capsys.readouterr()
         assert main(["--raw", url, *options]) == 0
         loaded = capsys.readouterr()
-    assert missing.err == f"error: raw directory 'http://reader:***@127.0.0.1:{port}/missing?token=***' does not exist\n"
+    assert missing.err == f"error: the raw root http://reader:***@127.0.0.1:{port}/missing?token=*** does not exist\n"
     assert [line.split()[:2] for line in loaded.out.splitlines() if line.startswith("customers")] == [["customers", "2"]]
     written = query(box.warehouse, "SELECT src_path FROM bronze.manifest_processed_files") + query(
         box.warehouse, "SELECT src_filename, reason_code, reason_detail FROM bronze.rejects")

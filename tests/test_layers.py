@@ -18,7 +18,7 @@ PACKAGE = REPO / "retail_bronze_source"
 LAYERS: dict[str, int] = {
     # 0: foundations every layer may use
     "reasons": 0, "settings": 0, "limits": 0, "helpers": 0, "redact": 0, "crash_points": 0, "workdirs": 0,
-    "outputs": 0, "raw": 0, "parquet_files": 0, "run_lock": 0, "process": 0,
+    "outputs": 0, "raw": 0, "parquet_files": 0, "run_lock": 0, "process": 0, "storage": 0, "lease": 0,
     # 1: readers
     "readers": 1,
     # 2: declarations (the registry validates reader options)

@@ -14,6 +14,7 @@ from retail_bronze_source import reasons
 from retail_bronze_source.registry import TableSpec
 from retail_bronze_source.run import run_bronze
 from retail_bronze_source.sinks.rejects_csv import write_rejects_csv
+from retail_bronze_source.storage import LAKE_SECTION, open_store
 from schemas.schemas import col
 
 SPEC = TableSpec(
@@ -52,7 +53,7 @@ def test_hostile_rejects_are_neutralised_in_the_csv_and_exact_in_every_sink(tmp_
     for lake_copy in (changelog_table(box.lake, "rejects"), delta_table(box.lake, "rejects")):
         assert sorted(lake_copy["raw_record"].to_pylist()) == sorted(exact)
 
-    text = written.read_text(encoding="utf-8")
+    text = Path(written).read_text(encoding="utf-8")
     assert text.count("\n") == len(HOSTILE_RECORDS) + 1  # one line per record: no line break inside a cell
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["raw_record"] for r in rows] == [_shown(value) for value in exact]
@@ -68,8 +69,8 @@ def test_a_formula_file_name_and_a_control_character_in_any_text_column(tmp_path
         "reason_code": ["X", "X"], "reason_detail": ["-detail", "a\x00b"],
         "raw_record": pa.array(["@x", None], pa.large_string()),
     })
-    [written] = write_rejects_csv(rejects, tmp_path, "load")
-    rows = list(csv.DictReader(io.StringIO(written.read_text(encoding="utf-8"))))
+    [written] = write_rejects_csv(rejects, open_store(tmp_path, LAKE_SECTION), "load")
+    rows = list(csv.DictReader(io.StringIO(Path(written).read_text(encoding="utf-8"))))
     assert [(r["src_filename"], r["src_row_number"], r["reason_detail"], r["raw_record"]) for r in rows] == [
         ("'=cmd.csv", "1", "'-detail", "'@x"), ("ok.csv", "-2", "a␀b", "")]
     assert pc.equal(rejects["src_filename"], pa.array(["=cmd.csv", "ok.csv"])).to_pylist() == [True, True]

@@ -192,7 +192,7 @@ def test_mostly_distinct_text_is_stored_with_fsst_in_every_warehouse_table(first
 
 def test_rejects_csv_files_match_the_rejects_table(first_run: tuple[Sandbox, RunResult]) -> None:
     box, result = first_run
-    written = {p.parent.name: p for p in result.rejects_files}
+    written = {Path(p).parent.name: Path(p) for p in result.rejects_files}
     by_table = dict(query(box.warehouse, "SELECT table_name, count(*) FROM bronze.rejects GROUP BY 1"))
     assert set(written) == set(by_table)
     for table, path in written.items():
@@ -268,7 +268,7 @@ def test_cli_missing_raw_dir_fails_with_one_line(tmp_path: Path) -> None:
     done = _cli("--raw", str(tmp_path / "nope"), "--lake", str(tmp_path / "lake"),
                 "--warehouse", str(tmp_path / "w.duckdb"), "--pipelines-dir", str(tmp_path / "p"))
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: raw directory '{tmp_path / 'nope'}' does not exist"]
+    assert done.stderr.strip().splitlines() == [f"error: the raw root {tmp_path / 'nope'} does not exist"]
 
 
 def test_cli_dry_run_writes_nothing(tmp_path: Path, expected: dict[str, Any]) -> None:

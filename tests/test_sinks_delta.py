@@ -25,11 +25,12 @@ from retail_bronze_source.sinks.delta import (
     mirror_plan,
     mirror_to_delta,
 )
+from retail_bronze_source.storage import LAKE_SECTION, open_store
 
 
 def mirror_table(target: Path, files: list[str], load_id: str, plan: MirrorPlan) -> tuple[int, str] | None:
     """One warehouse load's files of one table written to Delta (as one change log load of the same id)."""
-    return delta_mirror.mirror_table(target, PackageRows.of(files), load_id, load_id, plan)
+    return delta_mirror.mirror_table(open_store(target, LAKE_SECTION), PackageRows.of(files), load_id, load_id, plan)
 
 
 def _versions(path: Path, rows: list[tuple[int, str, int]]) -> str:
@@ -154,7 +155,7 @@ def test_run_mirrors_partitioned_tables_and_rerun_of_the_mirror_writes_nothing(t
     events = delta_table(box.lake, "events")
     assert events.column("event_date").to_pylist() == [ts.date() for ts in events.column("event_ts").to_pylist()]
     versions = {p.name: DeltaTable(str(p)).version() for p in delta_root.iterdir()}
-    assert mirror_to_delta(box.lake, RETAIL_TABLES) == []
+    assert mirror_to_delta(open_store(box.lake, LAKE_SECTION), RETAIL_TABLES) == []
     assert versions == {p.name: DeltaTable(str(p)).version() for p in delta_root.iterdir()}
     assert {m.load_id for m in result.mirrored} == {result.warehouse_load_id}
 
@@ -166,7 +167,7 @@ def test_mirror_interrupted_half_way_is_completed_exactly_once(tmp_path: Path) -
     events_version = DeltaTable(str(delta_root / "events")).version()
     for name in ("customers", "rejects"):
         shutil.rmtree(delta_root / name)
-    redone = mirror_to_delta(box.lake, RETAIL_TABLES)
+    redone = mirror_to_delta(open_store(box.lake, LAKE_SECTION), RETAIL_TABLES)
     assert sorted(m.table_name for m in redone) == ["customers", "rejects"]
     assert DeltaTable(str(delta_root / "events")).version() == events_version
     for name in ("customers", "events", "rejects", "manifest_processed_files"):
@@ -182,7 +183,7 @@ def test_compaction_rewrites_small_files_and_keeps_every_row(tmp_path: Path, for
         path = _versions(tmp_path / f"{i}.parquet", [(i * 10 + j, f"v{i}", 1) for j in range(5)])
         mirror_table(target, [path], f"{300 + i}.0", MirrorPlan())
     before = DeltaTable(str(target)).to_pyarrow_table().sort_by("id")
-    done = compact_tables(delta_root, force=force)
+    done = compact_tables(open_store(delta_root, LAKE_SECTION), force=force)
     assert [(c.table_name, c.files_before) for c in done] == [("small", files)]
     assert done[0].files_after == 1
     assert DeltaTable(str(target)).to_pyarrow_table().sort_by("id").equals(before)
@@ -192,4 +193,4 @@ def test_few_small_files_are_left_alone_without_force(tmp_path: Path) -> None:
     target = tmp_path / "delta" / "few"
     for i in range(3):
         mirror_table(target, [_versions(tmp_path / f"{i}.parquet", [(i, "x", 1)])], f"{400 + i}.0", MirrorPlan())
-    assert compact_tables(tmp_path / "delta") == []
+    assert compact_tables(open_store(tmp_path / "delta", LAKE_SECTION)) == []

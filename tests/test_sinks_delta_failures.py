@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 
 from retail_bronze_source.run import run_bronze
 from retail_bronze_source.sinks.delta import DeltaTablesFailed, MirrorPlan, PackageRows, compact_tables, mirror_table
+from retail_bronze_source.storage import LAKE_SECTION, open_store
 
 TABLES = ["customers", "events"]
 
@@ -50,7 +51,7 @@ def test_a_broken_delta_table_is_named_and_every_other_table_and_sink_completes(
     _deliver_more(box)
     result = run_bronze(box.layout, table_names=TABLES, pipelines_dir=str(box.pipelines_dir))
     [failure] = result.delta_failures
-    assert failure.table_name == "customers" and failure.target == delta_root / "customers"
+    assert failure.table_name == "customers" and failure.target == str(delta_root / "customers")
     assert str(failure).startswith("Delta table customers could not be written (DeltaError: ")
     assert f"remove {delta_root / 'customers'} to have the next run rebuild it" in str(failure)
     assert "\n" not in str(failure)
@@ -74,10 +75,10 @@ def test_compaction_goes_on_past_a_broken_table(tmp_path: Path) -> None:
         for i in range(3):
             path = tmp_path / f"{name}{i}.parquet"
             pq.write_table(pa.table({"id": [i]}), path)
-            mirror_table(delta_root / name, PackageRows.of([str(path)]), f"{100 + i}.0", f"{100 + i}.0", MirrorPlan())
+            mirror_table(open_store(delta_root / name, LAKE_SECTION), PackageRows.of([str(path)]), f"{100 + i}.0", f"{100 + i}.0", MirrorPlan())
     _break(delta_root / "broken")
     with pytest.raises(DeltaTablesFailed) as info:
-        compact_tables(delta_root, force=True)
+        compact_tables(open_store(delta_root, LAKE_SECTION), force=True)
     assert [(c.table_name, c.files_before, c.files_after) for c in info.value.done] == [("fine", 3, 1)]
     assert [f.table_name for f in info.value.failures] == ["broken"]
     assert sorted(DeltaTable(str(delta_root / "fine")).to_pyarrow_table()["id"].to_pylist()) == [0, 1, 2]

@@ -115,7 +115,9 @@ def _open(file: RawFile) -> Any:
     local = _local_directory(file)
     if local is not None:
         _check_log(file, local)
-    return DeltaTable(file.path if _is_local(file) else file.fs.unstrip_protocol(file.path))
+    if _is_local(file):
+        return DeltaTable(file.path)
+    return DeltaTable(file.fs.unstrip_protocol(file.path), storage_options=dict(file.storage_options or {}))
 
 
 def _is_local(file: RawFile) -> bool:
@@ -233,7 +235,9 @@ def _added_files(table: Any, starting_version: int, chunk_size: int, file: RawFi
         raise FileRejected(UNSUPPORTED_FILE, f"{file.rel_path}: reading rows added after version {starting_version} "
                                              "of a table with column mapping or deletion vectors needs its change "
                                              "data feed (delta.enableChangeDataFeed = true)")
-    before = DeltaTable(table.table_uri, version=starting_version).to_pyarrow_dataset()
+    before = DeltaTable(table.table_uri, version=starting_version,
+                        storage_options=None if _is_local(file) else dict(file.storage_options or {})
+                        ).to_pyarrow_dataset()
     known = {fragment.path for fragment in before.get_fragments()}
     dataset = table.to_pyarrow_dataset()
     # INT96 timestamps (Spark's default) read as nanoseconds wrap beyond 1677-2262; Delta timestamps are microseconds.

@@ -7,8 +7,11 @@ rejects CSVs (`rejects_csv`); which state belongs to which sink (`identity`), a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Final
+
+from ..storage import LAKE_SECTION, Store, open_store
 
 DATASET = "bronze"
 """The dataset (DuckDB schema, lake folder) the package loads."""
@@ -18,16 +21,21 @@ LOADER_FILE_FORMAT: Final = "parquet"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a run reads and writes."""
+    """Where a run reads and writes: the raw root and the lake (local paths or fsspec URLs), the DuckDB file."""
 
     raw_url: str
-    lake: Path
+    lake: Path | str
     warehouse: Path
 
-    @property
-    def delta_root(self) -> Path:
-        return self.lake / DATASET / "delta"
+    @cached_property
+    def lake_store(self) -> Store:
+        """The lake, its credentials resolved from `[destination.retail_bronze_lake.credentials]` (see `storage`)."""
+        return open_store(self.lake, LAKE_SECTION)
 
     @property
-    def rejects_root(self) -> Path:
-        return self.lake / "_rejects"
+    def delta_root(self) -> Store:
+        return self.lake_store.child(DATASET, "delta")
+
+    @property
+    def rejects_root(self) -> Store:
+        return self.lake_store.child("_rejects")

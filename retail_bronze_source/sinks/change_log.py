@@ -30,6 +30,7 @@ from dlt.extract.resource import DltResource
 from dlt.pipeline.pipeline import Pipeline
 
 from ..helpers import quote_ident, quote_literal
+from ..storage import LAKE_SECTION, Store
 from ..workdirs import staging_dir
 from . import DATASET, LOADER_FILE_FORMAT
 from .packages import package_files
@@ -42,13 +43,20 @@ IMPORTS_SCHEMA = pa.schema([
     pa.field("imported_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("source", pa.string(), nullable=False),
 ])
+CHANGE_LOG_LAYOUT = "{table_name}/{load_id}.{file_id}.{ext}"
 _KEPT_HINTS = ("name", "data_type", "nullable", "precision", "scale", "timezone")
 
 
-def lake_pipeline(lake: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
-    """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`."""
-    destination = dlt.destinations.filesystem(bucket_url=(lake / DATASET).resolve().as_uri(),
-                                              layout="{table_name}/{load_id}.{file_id}.{ext}")
+def lake_pipeline(lake: Store, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
+    """The filesystem pipeline writing the append-only Parquet change log to `<lake>/bronze/parquet/<table>/`; on
+    object storage through the named destination `retail_bronze_lake`, with the lake's credentials."""
+    if lake.is_local:
+        destination = dlt.destinations.filesystem(bucket_url=(lake.local_path / DATASET).resolve().as_uri(),
+                                                  layout=CHANGE_LOG_LAYOUT)
+    else:
+        destination = dlt.destinations.filesystem(bucket_url=lake.url_of(DATASET), credentials=lake.credentials,
+                                                  layout=CHANGE_LOG_LAYOUT, destination_name=LAKE_SECTION[-1],
+                                                  **lake.options)
     return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
                         pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 

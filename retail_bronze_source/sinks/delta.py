@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,8 +45,11 @@ from ..crash_points import crash_point
 from ..helpers import quote_ident, quote_literal
 from ..outputs import LOAD_ID, MANIFEST_TABLE, REJECTS_TABLE, TABLE_RESETS_TABLE
 from ..parquet_files import parquet_options
+from ..redact import redact
 from ..registry import TableSpec
+from ..storage import Store
 from ..workdirs import staging_dir
+from . import DATASET
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ NOT_MIRRORED = frozenset({"change_log_imports", "init"})
 _CHANGE_LOG_FILE = re.compile(r"^(\d+\.\d+)\.")
 """A change log file name starts with its lake load id (`<load_id>.<file_id>.parquet`)."""
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+"""Colour codes delta-rs puts in its error texts."""
 MERGE_WRITER = WriterProperties(max_row_group_size=settings.BATCH_ROWS, compression="SNAPPY")
 """Files an upsert rewrites: row groups of `settings.BATCH_ROWS` (delta-rs buffers a whole row group, and its default
 of a million rows costs a partition-wise update hundreds of megabytes)."""
@@ -106,34 +112,69 @@ def mirror_plan(table_name: str, specs: Sequence[TableSpec]) -> MirrorPlan:
 
 @dataclass(frozen=True)
 class ChangeLogFile:
-    """One Parquet file of the change log, with the warehouse loads its rows come from."""
+    """One Parquet file of the change log (its path as the lake's file system spells it) and its lake load."""
 
     path: str
     lake_load: str
-    warehouse_loads: tuple[str, ...]
 
 
-def change_log_files(change_log: Path) -> dict[str, list[ChangeLogFile]]:
-    """The files of every table of the change log at `change_log` (`<lake>/bronze/parquet`) that belong to completed
-    lake loads, by table, oldest load first."""
-    completed = {path.name.split("__")[-1].removesuffix(".jsonl") for path in (change_log / "_dlt_loads").glob("*.jsonl")}
-    out: dict[str, list[ChangeLogFile]] = {}
-    if not change_log.is_dir():
-        return out
-    for folder in sorted(p for p in change_log.iterdir() if p.is_dir()):
-        if folder.name.startswith("_dlt") or folder.name in NOT_MIRRORED:
-            continue
-        for path in sorted(folder.glob("*.parquet")):
-            match = _CHANGE_LOG_FILE.match(path.name)
-            if match is None or match.group(1) not in completed:
+class ChangeLog:
+    """The change log of a lake (`<lake>/bronze/parquet`): its files by table, and each file's rows read from a local
+    copy (the file itself on a local lake; on object storage, a copy fetched once into `staging`)."""
+
+    def __init__(self, store: Store, staging: Path | None = None) -> None:
+        self.store = store
+        self.staging = staging
+        self._local: dict[str, str] = {}
+        self._loads: dict[str, tuple[str, ...]] = {}
+
+    def files(self) -> dict[str, list[ChangeLogFile]]:
+        """The files of every table that belong to completed lake loads, by table, oldest load first."""
+        fs, root = self.store.fs, self.store.root
+        out: dict[str, list[ChangeLogFile]] = {}
+        if not fs.isdir(root):
+            return out
+        listed = sorted(fs.find(root))
+        completed = {path.rsplit("/", 1)[-1].split("__")[-1].removesuffix(".jsonl") for path in listed
+                     if path.startswith(f"{root}/_dlt_loads/") and path.endswith(".jsonl")}
+        for path in listed:
+            folder, _, name = path[len(root) + 1:].rpartition("/")
+            if "/" in folder or not folder or folder.startswith("_dlt") or folder in NOT_MIRRORED:
                 continue
-            out.setdefault(folder.name, []).append(ChangeLogFile(str(path), match.group(1), _warehouse_loads(path)))
-    for files in out.values():
-        files.sort(key=lambda f: (Decimal(f.lake_load), f.path))
-    return out
+            match = _CHANGE_LOG_FILE.match(name)
+            if match is None or not name.endswith(".parquet") or match.group(1) not in completed:
+                continue
+            out.setdefault(folder, []).append(ChangeLogFile(path, match.group(1)))
+        for files in out.values():
+            files.sort(key=lambda f: (Decimal(f.lake_load), f.path))
+        return out
+
+    def local(self, file: ChangeLogFile) -> str:
+        """A local path holding the file's bytes."""
+        if self.store.is_local:
+            return file.path
+        if file.path not in self._local:
+            if self.staging is None:
+                raise ValueError("a change log on object storage is read through a staging directory")
+            target = self.staging / f"{len(self._local)}-{file.path.rsplit('/', 1)[-1]}"
+            self.store.fs.get_file(file.path, str(target))
+            self._local[file.path] = str(target)
+        return self._local[file.path]
+
+    def warehouse_loads(self, file: ChangeLogFile) -> tuple[str, ...]:
+        """The warehouse loads the file's rows come from."""
+        if file.path not in self._loads:
+            self._loads[file.path] = _warehouse_loads(self.local(file))
+        return self._loads[file.path]
 
 
-def _warehouse_loads(path: Path) -> tuple[str, ...]:
+def change_log_files(change_log: Store) -> dict[str, list[ChangeLogFile]]:
+    """The files of every table of the change log `change_log` that belong to completed lake loads (see
+    `ChangeLog.files`)."""
+    return ChangeLog(change_log).files()
+
+
+def _warehouse_loads(path: str) -> tuple[str, ...]:
     """The distinct `_dlt_load_id` values of a file: from its statistics when they name one value, else read."""
     metadata = pq.ParquetFile(path).metadata
     names = metadata.schema.names
@@ -159,7 +200,7 @@ class DeltaTableFailure:
     """A Delta table that could not be written or compacted; the other tables were."""
 
     table_name: str
-    target: Path
+    target: str
     error: str
 
     def __str__(self) -> str:
@@ -176,41 +217,71 @@ class DeltaTablesFailed(Exception):
         self.done = list(done)
 
 
-def _failure(target: Path, error: Exception) -> DeltaTableFailure:
-    text = " ".join(re.split(r"\n\s*0: ", str(error), maxsplit=1)[0].split())
-    return DeltaTableFailure(target.name, target, f"{type(error).__name__}: {text[:300]}")
+def _failure(target: Store, name: str, error: Exception) -> DeltaTableFailure:
+    text = " ".join(_TERMINAL_ESCAPE.sub("", re.split(r"\n\s*0: ", str(error), maxsplit=1)[0]).split())
+    return DeltaTableFailure(name, str(target), redact(f"{type(error).__name__}: {text[:300]}"))
 
 
-def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[MirroredTable]:
-    """Mirror every warehouse load of the change log of `lake_root` that Delta does not hold yet, oldest first.
+def open_delta(target: Store) -> DeltaTable | None:
+    """The Delta table at `target`, None where there is none."""
+    uri, options = target.url_of(), target.delta_options()
+    if not DeltaTable.is_deltatable(uri, storage_options=options or None):
+        return None
+    return DeltaTable(uri, storage_options=options or None)
+
+
+def delta_tables(delta_root: Store) -> list[tuple[str, Store]]:
+    """The Delta tables directly under `delta_root`, by name."""
+    fs, root = delta_root.fs, delta_root.root
+    if not fs.isdir(root):
+        return []
+    names = sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(root, detail=False))
+    found = []
+    for name in names:
+        target = delta_root.child(name)
+        if DeltaTable.is_deltatable(target.url_of(), storage_options=target.delta_options() or None):
+            found.append((name, target))
+    return found
+
+
+def mirror_to_delta(lake: Store, specs: Sequence[TableSpec]) -> list[MirroredTable]:
+    """Mirror every warehouse load of the change log of `lake` that Delta does not hold yet, oldest first.
 
     A table that cannot be written (a broken log, a foreign schema) does not stop the others: its later loads wait,
     since each table takes its loads in order, and once every other table is mirrored `DeltaTablesFailed` names it.
     """
-    delta_root = lake_root / "bronze" / "delta"
-    files = change_log_files(lake_root / "bronze" / "parquet")
+    delta_root = lake.child(DATASET, "delta")
+    with staging_dir("mirror") as staging:
+        log = ChangeLog(lake.child(DATASET, "parquet"), Path(staging))
+        return _mirror(log, delta_root, specs)
+
+
+def _mirror(log: ChangeLog, delta_root: Store, specs: Sequence[TableSpec]) -> list[MirroredTable]:
+    files = log.files()
     failed: dict[str, DeltaTableFailure] = {}
     tables: dict[str, _MirrorTarget] = {}
     for name in files:
         try:
-            tables[name] = _MirrorTarget.of(delta_root / name)
+            tables[name] = _MirrorTarget.of(delta_root.child(name))
         except Exception as error:  # a table that cannot even be opened; reported, never swallowed
-            failed[name] = _failure(delta_root / name, error)
+            failed[name] = _failure(delta_root.child(name), name, error)
     groups: dict[str, dict[str, list[ChangeLogFile]]] = {}
     for name, target in tables.items():
         for file in files[name]:
             if Decimal(file.lake_load) <= target.source_version:
                 continue
-            for load in file.warehouse_loads:
+            for load in log.warehouse_loads(file):
                 if Decimal(load) > target.version:
                     groups.setdefault(load, {}).setdefault(name, []).append(file)
     written = []
     names = {s.name for s in specs}
     for load in sorted(groups, key=Decimal):
         by_table = groups[load]
-        manifest = [f.path for f in by_table.get(MANIFEST_TABLE, [])] or _files_of(files, MANIFEST_TABLE, load)
-        for name, problem in _apply_resets(delta_root, _files_of(files, TABLE_RESETS_TABLE, load), load, skip=set(failed)):
-            failed[name] = _failure(delta_root / name, problem)
+        manifest = [log.local(f) for f in by_table.get(MANIFEST_TABLE, [])] or _files_of(log, files, MANIFEST_TABLE,
+                                                                                          load)
+        resets = _files_of(log, files, TABLE_RESETS_TABLE, load)
+        for name, problem in _apply_resets(delta_root, resets, load, skip=set(failed)):
+            failed[name] = _failure(delta_root.child(name), name, problem)
         redelivered = _redelivered_files(manifest, load)
         for name in sorted(by_table):
             if name in failed:
@@ -220,12 +291,12 @@ def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[Mirrore
                 plan = dataclasses.replace(plan, replaced_files=tuple(sorted(redelivered.get(name, ()))))
             table_files = by_table[name]
             lake_load = max((f.lake_load for f in table_files), key=Decimal)
-            mixed = any(len(f.warehouse_loads) > 1 for f in table_files)
-            source = PackageRows.of([f.path for f in table_files], only_load=load if mixed else None)
+            mixed = any(len(log.warehouse_loads(f)) > 1 for f in table_files)
+            source = PackageRows.of([log.local(f) for f in table_files], only_load=load if mixed else None)
             try:
-                result = mirror_table(delta_root / name, source, load, lake_load, plan)
+                result = mirror_table(delta_root.child(name), source, load, lake_load, plan)
             except Exception as error:  # any failure of one table's write; reported, never swallowed
-                failed[name] = _failure(delta_root / name, error)
+                failed[name] = _failure(delta_root.child(name), name, error)
                 continue
             if result is not None:
                 written.append(MirroredTable(load, name, *result))
@@ -235,23 +306,23 @@ def mirror_to_delta(lake_root: Path, specs: Sequence[TableSpec]) -> list[Mirrore
     return written
 
 
-def mirror_and_compact(lake_root: Path, specs: Sequence[TableSpec]
+def mirror_and_compact(lake: Store, specs: Sequence[TableSpec]
                        ) -> tuple[list[MirroredTable], list[Compaction], list[DeltaTableFailure]]:
     """`mirror_to_delta`, then `compact_tables` on the tables it did not fail on: what was mirrored, what was
     compacted, and the tables that could not be written (each once)."""
     try:
-        mirrored, failures = mirror_to_delta(lake_root, specs), []
+        mirrored, failures = mirror_to_delta(lake, specs), []
     except DeltaTablesFailed as incomplete:
         mirrored, failures = incomplete.done, incomplete.failures
     try:
-        compacted = compact_tables(lake_root / "bronze" / "delta", skip={f.table_name for f in failures})
+        compacted = compact_tables(lake.child(DATASET, "delta"), skip={f.table_name for f in failures})
     except DeltaTablesFailed as incomplete:
         compacted, failures = incomplete.done, [*failures, *incomplete.failures]
     return mirrored, compacted, failures
 
 
-def _files_of(files: dict[str, list[ChangeLogFile]], table: str, load: str) -> list[str]:
-    return [f.path for f in files.get(table, []) if load in f.warehouse_loads]
+def _files_of(log: ChangeLog, files: dict[str, list[ChangeLogFile]], table: str, load: str) -> list[str]:
+    return [log.local(f) for f in files.get(table, []) if load in log.warehouse_loads(f)]
 
 
 @dataclass(frozen=True)
@@ -262,17 +333,17 @@ class _MirrorTarget:
     source_version: Decimal
 
     @classmethod
-    def of(cls, target: Path) -> _MirrorTarget:
-        if not DeltaTable.is_deltatable(str(target)):
+    def of(cls, target: Store) -> _MirrorTarget:
+        table = open_delta(target)
+        if table is None:
             return cls(Decimal(-1), Decimal(-1))
-        table = DeltaTable(str(target))
         version = Decimal(table.transaction_version(APP_ID) or -1) / 1_000_000
         # Tables mirrored before the source version existed recorded the change log's load id as their version.
         source = table.transaction_version(SOURCE_APP_ID)
         return cls(version, Decimal(source) / 1_000_000 if source is not None else version)
 
 
-def _apply_resets(delta_root: Path, reset_files: list[str], load: str,
+def _apply_resets(delta_root: Store, reset_files: list[str], load: str,
                   skip: set[str]) -> list[tuple[str, Exception]]:
     """Remove the earlier rows of the tables reset by warehouse load `load`, and their earlier reject and manifest
     records (records of `load` itself stay: the step may be redone after a kill); return the tables that failed."""
@@ -286,11 +357,12 @@ def _apply_resets(delta_root: Path, reset_files: list[str], load: str,
         deletes += [(shared, f"table_name = {quote_literal(name)} AND (load_id IS NULL OR load_id <> "
                              f"{quote_literal(load)})") for shared in (REJECTS_TABLE, MANIFEST_TABLE)]
         for table_name, predicate in deletes:
-            path = delta_root / table_name
-            if table_name in skip or not DeltaTable.is_deltatable(str(path)):
+            if table_name in skip:
                 continue
             try:
-                table = DeltaTable(str(path))
+                table = open_delta(delta_root.child(table_name))
+                if table is None:
+                    continue
                 if table_name != name or (table.transaction_version(APP_ID) or -1) < load_id_version(load):
                     table.delete(predicate=predicate)
             except Exception as error:  # one table's failure; reported by the caller, never swallowed
@@ -298,7 +370,7 @@ def _apply_resets(delta_root: Path, reset_files: list[str], load: str,
     return failed
 
 
-def mirror_table(target: Path, source: PackageRows, load_id: str, lake_load: str,
+def mirror_table(target: Store, source: PackageRows, load_id: str, lake_load: str,
                  plan: MirrorPlan) -> tuple[int, str] | None:
     """Write the rows of warehouse load `load_id` (from change log load `lake_load`) of one table to the Delta table
     `target`; None if the table holds this load already."""
@@ -306,7 +378,7 @@ def mirror_table(target: Path, source: PackageRows, load_id: str, lake_load: str
     commit = CommitProperties(app_transactions=[Transaction(app_id=APP_ID, version=version),
                                                 Transaction(app_id=SOURCE_APP_ID, version=load_id_version(lake_load))],
                               custom_metadata={"retail_bronze.load_id": load_id})
-    table = DeltaTable(str(target)) if DeltaTable.is_deltatable(str(target)) else None
+    table = open_delta(target)
     if table is not None and (table.transaction_version(APP_ID) or -1) >= version:
         return None
     rows = source.count()
@@ -348,7 +420,7 @@ def _partition_wise(table: DeltaTable, source: PackageRows, plan: MirrorPlan) ->
     return True
 
 
-def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, load_id: str,
+def _upsert_by_partition(target: Store, source: PackageRows, plan: MirrorPlan, load_id: str,
                          commit: CommitProperties) -> None:
     """Upsert the package one partition at a time, so that delta-rs rewrites (and buffers) one partition's files at
     once; only the last commit carries the load's application transaction, and a partial run is redone whole (an
@@ -369,7 +441,10 @@ def _upsert_by_partition(target: Path, source: PackageRows, plan: MirrorPlan, lo
             last = i == len(partitions) - 1
             step = commit if last else CommitProperties(custom_metadata={"retail_bronze.load_id": load_id,
                                                                         "retail_bronze.partition": folder})
-            _upsert(DeltaTable(str(target)), PackageRows.of(by_partition[folder]).reader(), plan, step, where)
+            table = open_delta(target)
+            if table is None:
+                raise FileNotFoundError(f"the Delta table {target} is gone")
+            _upsert(table, PackageRows.of(by_partition[folder]).reader(), plan, step, where)
 
 
 def _partition_predicate(column: str, value: str | None, type_: pa.DataType) -> str:
@@ -471,22 +546,28 @@ class PackageRows:
         return f"(SELECT * FROM {scan} WHERE {LOAD_ID} = {quote_literal(self.only_load)})"
 
 
-def _append(target: Path, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
+def _append(target: Store, table: DeltaTable | None, source: PackageRows, partition_by: tuple[str, ...],
             version: int, commit: CommitProperties, deleted: str | None) -> None:
     """Append to a table (partitioned or not) with bounded memory, then commit all files as one transaction.
 
     The package is read a batch at a time and split by partition into Parquet files (`_PartitionFiles`); a package
-    with more partitions than `settings.DELTA_MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so that each
-    partition is written once. Files of a killed attempt carry the same names and are overwritten by the next one;
-    unreferenced files never become part of the table. Rows whose `deleted` column is true are left out."""
+    with more partitions than `settings.DELTA_MAX_OPEN_FILES` is first sorted by partition (DuckDB spills to disk) so
+    that each partition is written once. On a local lake the files are written in the table's directory; on object
+    storage they are written locally, then uploaded. Files of a killed attempt carry the same names and are
+    overwritten by the next one; unreferenced files never become part of the table (vacuum removes them). Rows whose
+    `deleted` column is true are left out."""
     if table is None:
-        table = DeltaTable.create(str(target), schema=source.schema, partition_by=list(partition_by))
+        table = DeltaTable.create(target.url_of(), schema=source.schema, partition_by=list(partition_by),
+                                  storage_options=target.delta_options() or None)
     known = set(table.schema().to_arrow().names)
     added = [f for f in DeltaSchema.from_arrow(source.schema).fields if f.name not in known]
     if added:
         table.alter.add_columns(added)
     order = ", ".join(quote_ident(c) for c in partition_by)
-    with duckdb.connect() as con, _PartitionFiles(target, source.schema, partition_by, f"part-{version}") as files:
+    with ExitStack() as stack:
+        base = target.local_path if target.is_local else Path(stack.enter_context(staging_dir("delta-append")))
+        con = stack.enter_context(duckdb.connect())
+        files = stack.enter_context(_PartitionFiles(base, source.schema, partition_by, f"part-{version}"))
         con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         found = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {order} FROM {source.duckdb_relation()})"
                             ).fetchone() if partition_by else None
@@ -498,14 +579,17 @@ def _append(target: Path, table: DeltaTable | None, source: PackageRows, partiti
             batches = source.batches(kept=_kept(deleted))
         for batch in batches:
             files.write(batch)
-        written = files.close()
+        written = [(Path(path).relative_to(base).as_posix(), Path(path).stat().st_size, rows)
+                   for path, rows in files.close()]
+        if not target.is_local:
+            for rel, _, _ in written:
+                target.fs.put_file(str(base / rel), target.path_of(rel))
     pa.default_memory_pool().release_unused()
     now = int(time.time() * 1000)
     actions: list[AddAction | RemoveAction] = [
-        AddAction(path=(rel := Path(path).relative_to(target).as_posix()), size=Path(path).stat().st_size,
-                  partition_values=_hive_partition_values(rel), modification_time=now, data_change=True,
-                  stats=json.dumps({"numRecords": n}))
-        for path, n in written
+        AddAction(path=rel, size=size, partition_values=_hive_partition_values(rel), modification_time=now,
+                  data_change=True, stats=json.dumps({"numRecords": n}))
+        for rel, size, n in written
     ]
     table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=list(partition_by),
                                    commit_properties=commit)
@@ -666,7 +750,7 @@ class Compaction:
     files_after: int
 
 
-def compact_tables(delta_root: Path, *, min_files: int | None = None, force: bool = False,
+def compact_tables(delta_root: Store, *, min_files: int | None = None, force: bool = False,
                    skip: Iterable[str] = ()) -> list[Compaction]:
     """Rewrite small files of every Delta table under `delta_root` (but those named in `skip`) into files of about
     `settings.TARGET_FILE_SIZE`.
@@ -679,13 +763,14 @@ def compact_tables(delta_root: Path, *, min_files: int | None = None, force: boo
     done = []
     failed = []
     skipped = set(skip)
-    for target in sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []:
-        if target.name in skipped:
+    for name, target in delta_tables(delta_root):
+        if name in skipped:
             continue
         try:
-            compaction = _compact(target, min_files=min_files or settings.DELTA_SMALL_FILES_THRESHOLD, force=force)
+            compaction = _compact(name, target, min_files=min_files or settings.DELTA_SMALL_FILES_THRESHOLD,
+                                  force=force)
         except Exception as error:  # any failure of one table; reported, never swallowed
-            failed.append(_failure(target, error))
+            failed.append(_failure(target, name, error))
             continue
         if compaction is not None:
             done.append(compaction)
@@ -694,13 +779,15 @@ def compact_tables(delta_root: Path, *, min_files: int | None = None, force: boo
     return done
 
 
-def _compact(target: Path, *, min_files: int, force: bool) -> Compaction | None:
-    table = DeltaTable(str(target))
+def _compact(name: str, target: Store, *, min_files: int, force: bool) -> Compaction | None:
+    table = open_delta(target)
+    if table is None:
+        return None
     sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
     small = len(sizes) >= min_files and sum(sizes) / max(len(sizes), 1) < settings.TARGET_FILE_SIZE / 4
     if not sizes or not (force or small):
         return None
     table.optimize.compact(target_size=settings.TARGET_FILE_SIZE)
     table.vacuum(dry_run=False)
-    after = len(DeltaTable(str(target)).file_uris())
-    return Compaction(target.name, len(sizes), after)
+    reopened = open_delta(target)
+    return Compaction(name, len(sizes), len(reopened.file_uris()) if reopened is not None else 0)

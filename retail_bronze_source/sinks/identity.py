@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import duckdb
 from dlt.pipeline.pipeline import Pipeline
 
 from ..registry import TableSpec
+from ..storage import Store
 from . import DATASET, Layout
 from .change_log import lake_pipeline
 from .delta import mirror_to_delta
@@ -52,17 +54,21 @@ class SinkMismatch(Exception):
     """The warehouse and lake of a run belong to different Bronze layers; the message says what to do."""
 
 
-def pipeline_names(warehouse: Path, lake: Path) -> tuple[str, str]:
+def pipeline_names(warehouse: Path, lake: Store | Path) -> tuple[str, str]:
     """The names of the warehouse and lake pipelines of a layout (see the module docstring)."""
-    warehouse, lake = warehouse.resolve(), lake.resolve()
+    warehouse = warehouse.resolve()
     warehouse_name = WAREHOUSE_PIPELINE if warehouse == DEFAULT_WAREHOUSE.resolve() else \
-        f"{WAREHOUSE_PIPELINE}_{_digest(warehouse)}"
-    lake_name = LAKE_PIPELINE if lake == DEFAULT_LAKE.resolve() else f"{LAKE_PIPELINE}_{_digest(lake)}"
+        f"{WAREHOUSE_PIPELINE}_{_digest(str(warehouse))}"
+    if isinstance(lake, Path) or lake.is_local:
+        local = (lake if isinstance(lake, Path) else lake.local_path).resolve()
+        lake_name = LAKE_PIPELINE if local == DEFAULT_LAKE.resolve() else f"{LAKE_PIPELINE}_{_digest(str(local))}"
+    else:
+        lake_name = f"{LAKE_PIPELINE}_{_digest(lake.url)}"
     return warehouse_name, lake_name
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(str(path).encode()).hexdigest()[:8]
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -128,27 +134,42 @@ class LakeBinding:
     warehouse_location: str
 
 
-def read_lake_binding(lake: Path) -> LakeBinding | None:
-    path = lake / LAKE_BINDING
-    if not path.exists():
+def read_lake_binding(lake: Store) -> LakeBinding | None:
+    path = lake.path_of(*LAKE_BINDING.parts)
+    if not lake.fs.exists(path):
         return None
-    data = json.loads(path.read_text())
+    data = json.loads(lake.fs.cat_file(path))
     return LakeBinding(data["lake_id"], data["warehouse_id"], data["warehouse_location"])
 
 
-def write_lake_binding(lake: Path, binding: LakeBinding) -> LakeBinding:
-    path = lake / LAKE_BINDING
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(binding.__dict__))
-    os.replace(tmp, path)
+def write_lake_binding(lake: Store, binding: LakeBinding) -> LakeBinding:
+    """Store `binding` in the lake: atomically (a local file renamed into place; one PUT on object storage)."""
+    text = json.dumps(binding.__dict__).encode()
+    if lake.is_local:
+        path = lake.local_path / LAKE_BINDING
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(text)
+        os.replace(tmp, path)
+    else:
+        lake.fs.pipe_file(lake.path_of(*LAKE_BINDING.parts), text)
     return binding
 
 
-def lake_has_data(lake: Path) -> bool:
+def lake_has_data(lake: Store) -> bool:
     """Whether the lake holds any data files (change log or Delta)."""
-    root = lake / "bronze"
-    return root.is_dir() and any(root.rglob("*.parquet"))
+    if lake.is_local:
+        folder = lake.local_path / DATASET
+        return folder.is_dir() and any(folder.rglob("*.parquet"))
+    root = lake.path_of(DATASET)
+    return lake.fs.isdir(root) and any(path.endswith(".parquet") for path in lake.fs.find(root))
+
+
+def warehouse_location(warehouse: Path, lake: Store) -> str:
+    """How a lake names the warehouse it mirrors: its absolute path, with the host's name for a lake on object storage
+    (which other machines reach too: a warehouse at the same path elsewhere is another warehouse)."""
+    path = str(warehouse.resolve())
+    return path if lake.is_local else f"{socket.gethostname()}:{path}"
 
 
 def bind_local_state(pipeline: Pipeline, sink_id: str, *, keep_unbound: bool) -> bool:
@@ -183,18 +204,19 @@ class Sinks:
 def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | None) -> Sinks:
     """The warehouse and lake pipelines of `layout`, their local state bound to the sinks it describes; a lost
     warehouse restored from its lake. Raises `SinkMismatch` when the lake mirrors another warehouse."""
-    warehouse_name, lake_name = pipeline_names(layout.warehouse, layout.lake)
+    lake_store = layout.lake_store
+    warehouse_name, lake_name = pipeline_names(layout.warehouse, lake_store)
     notes: list[str] = []
     identity = read_warehouse_identity(layout.warehouse)
     had_loads = completed_loads(layout.warehouse, DATASET)
-    binding = read_lake_binding(layout.lake)
-    location = str(layout.warehouse.resolve())
+    binding = read_lake_binding(lake_store)
+    location = warehouse_location(layout.warehouse, lake_store)
     restored = False
     if binding is not None and (identity is None or identity.sink_id != binding.warehouse_id):
-        if not lake_has_data(layout.lake):
+        if not lake_has_data(lake_store):
             binding = None  # an empty lake: it mirrors whatever warehouse this is
         elif identity is None and not had_loads and binding.warehouse_location == location:
-            mirror_to_delta(layout.lake, specs)  # Delta first takes every load the change log holds
+            mirror_to_delta(lake_store, specs)  # Delta first takes every load the change log holds
             through = restore_warehouse(layout.warehouse, layout.delta_root)
             identity = write_warehouse_identity(layout.warehouse, WarehouseIdentity(
                 binding.warehouse_id, datetime.now(UTC), through))
@@ -204,15 +226,14 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
                              f"tables (loads up to {through})")
         else:
             raise SinkMismatch(
-                f"the lake {layout.lake} mirrors the warehouse {binding.warehouse_location}, not {layout.warehouse}: "
-                f"run with --warehouse {binding.warehouse_location}, or give this warehouse a lake of its own "
-                f"(--lake)")
+                f"the lake {lake_store} mirrors the warehouse {binding.warehouse_location}, not {location}: "
+                f"run with that warehouse, or give this warehouse a lake of its own (--lake)")
     if identity is None:
         identity = write_warehouse_identity(layout.warehouse, new_identity())
     if binding is None:
-        binding = write_lake_binding(layout.lake, LakeBinding(new_identity().sink_id, identity.sink_id, location))
+        binding = write_lake_binding(lake_store, LakeBinding(new_identity().sink_id, identity.sink_id, location))
     elif binding.warehouse_location != location:
-        binding = write_lake_binding(layout.lake, LakeBinding(binding.lake_id, identity.sink_id, location))
+        binding = write_lake_binding(lake_store, LakeBinding(binding.lake_id, identity.sink_id, location))
 
     warehouse = warehouse_pipeline(layout.warehouse, warehouse_name, pipelines_dir=pipelines_dir)
     if restored:
@@ -222,10 +243,10 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
                      f"{layout.warehouse}")
     _repair_default_schema(warehouse)
     warehouse.sync_destination()
-    lake = lake_pipeline(layout.lake, lake_name, pipelines_dir=pipelines_dir)
-    if bind_local_state(lake, binding.lake_id, keep_unbound=lake_has_data(layout.lake)):
+    lake = lake_pipeline(lake_store, lake_name, pipelines_dir=pipelines_dir)
+    if bind_local_state(lake, binding.lake_id, keep_unbound=lake_has_data(lake_store)):
         notes.append(f"the local state of pipeline {lake_name} was made for another lake: restored it from "
-                     f"{layout.lake}")
+                     f"{lake_store}")
     _repair_default_schema(lake)
     lake.sync_destination()
     return Sinks(warehouse, lake, identity, notes)

@@ -13,27 +13,35 @@ import pyarrow.csv as pacsv
 
 from ..outputs import REJECTS_OUTPUT_SCHEMA, REJECTS_TABLE
 from ..redact import spreadsheet_safe
+from ..storage import Store
 from . import DATASET
 from .warehouse import table_exists
 
 
-def write_rejects_csv(rejects: pa.Table, rejects_root: Path, name: str) -> list[Path]:
+def write_rejects_csv(rejects: pa.Table, rejects_root: Store, name: str) -> list[str]:
     """Write reject records as CSV, one file `<rejects_root>/<table>/<name>.csv` per table; return the paths.
 
     The files are made to be opened in a spreadsheet: every text cell goes through `redact.spreadsheet_safe` (a cell
     starting like a formula gets a leading `'`; control characters are shown as control pictures, `␊` for a line
-    feed), so each record is one line. The warehouse and the lake keep the exact values.
+    feed), so each record is one line. The warehouse and the lake keep the exact values. A file appears whole or not
+    at all: written aside and renamed on a local disk, uploaded as one object on object storage.
     """
     written = []
     tables = sorted(pc.unique(rejects["table_name"]).to_pylist()) if rejects.num_rows else []
     for table in tables:
         part = rejects.filter(pc.equal(rejects["table_name"], table))
-        target = rejects_root / table / f"{name}.csv"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".csv.tmp")
-        pacsv.write_csv(_spreadsheet_safe(_timestamps_as_text(part)), tmp)
-        tmp.replace(target)
-        written.append(target)
+        safe = _spreadsheet_safe(_timestamps_as_text(part))
+        if rejects_root.is_local:
+            target = rejects_root.local_path / table / f"{name}.csv"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".csv.tmp")
+            pacsv.write_csv(safe, tmp)
+            tmp.replace(target)
+            written.append(str(target))
+        else:
+            with rejects_root.fs.open(rejects_root.path_of(table, f"{name}.csv"), "wb") as sink:
+                pacsv.write_csv(safe, sink)
+            written.append(rejects_root.url_of(table, f"{name}.csv"))
     return written
 
 def _spreadsheet_safe(table: pa.Table) -> pa.Table:
@@ -59,14 +67,15 @@ def _timestamps_as_text(table: pa.Table) -> pa.Table:
 def rejects_csv_name(load_id: str) -> str:
     return f"{load_id}.csv"
 
-def sync_rejects_csv(warehouse_db: Path, rejects_root: Path) -> list[Path]:
+def sync_rejects_csv(warehouse_db: Path, rejects_root: Store) -> list[str]:
     """Write the rejects CSV of every (table, load) of the warehouse's rejects that has none yet; return the paths.
 
     The CSV files are a sink like the others: a run killed before it wrote them, or a deleted CSV folder, is made
     whole by the next run."""
     if not warehouse_db.exists():
         return []
-    present = {(path.parent.name, path.name) for path in rejects_root.glob("*/*.csv")} if rejects_root.is_dir() else set()
+    fs, root = rejects_root.fs, rejects_root.root
+    present = {tuple(path.rsplit("/", 2)[-2:]) for path in fs.glob(f"{root}/*/*.csv")} if fs.isdir(root) else set()
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
         if not table_exists(con, REJECTS_TABLE):
             return []

@@ -14,38 +14,41 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from deltalake import DeltaTable
 
 from .. import settings
 from ..helpers import quote_ident
 from ..outputs import MANIFEST_TABLE
+from ..storage import Store
 from . import DATASET
+from .delta import delta_tables, open_delta
 from .warehouse import table_exists
 
 
-def restore_warehouse(warehouse_db: Path, delta_root: Path) -> str | None:
+def restore_warehouse(warehouse_db: Path, delta_root: Store) -> str | None:
     """Create `bronze.<table>` in `warehouse_db` from every Delta table under `delta_root`, streaming; return the
     newest `_dlt_load_id` restored (None when there was nothing to restore)."""
     newest: list[Decimal] = []
-    tables = sorted(p for p in delta_root.iterdir() if DeltaTable.is_deltatable(str(p))) if delta_root.is_dir() else []
+    tables = delta_tables(delta_root)
     warehouse_db.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(warehouse_db)) as con:
         con.execute(f"SET memory_limit = '{settings.DUCKDB_MEMORY_LIMIT}'")
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {DATASET}")
-        for path in tables:
-            table = DeltaTable(str(path))
+        for name, target in tables:
+            table = open_delta(target)
+            if table is None:
+                continue
             order = table.schema().to_arrow().names  # the table's own column order (partition columns in place)
             reader = table.to_pyarrow_dataset().scanner(batch_size=settings.BATCH_ROWS).to_reader()
             con.register("delta_rows", reader)
             try:
                 columns = ", ".join(quote_ident(c) for c in order)
-                con.execute(f"CREATE OR REPLACE TABLE {DATASET}.{quote_ident(path.name)} AS SELECT {columns} FROM "
+                con.execute(f"CREATE OR REPLACE TABLE {DATASET}.{quote_ident(name)} AS SELECT {columns} FROM "
                             "delta_rows")
             finally:
                 con.unregister("delta_rows")
             if "_dlt_load_id" in order:
                 found = con.execute(f"SELECT max(CAST(_dlt_load_id AS DECIMAL(20, 7))) FROM {DATASET}."
-                                    f"{quote_ident(path.name)}").fetchone()
+                                    f"{quote_ident(name)}").fetchone()
                 if found and found[0] is not None:
                     newest.append(Decimal(str(found[0])))
     if not newest:
