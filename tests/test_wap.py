@@ -4,16 +4,18 @@ run killed between audit and publish is completed or undone by the next run."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pytest
-from conftest import SAMPLE, Sandbox, box_args, make_sandbox, query, run_cli, snapshot
+from conftest import REPO, SAMPLE, Sandbox, box_args, make_sandbox, query, run_cli, snapshot
 from deltalake import DeltaTable
 
 from retail_bronze_source.audits import Completeness
@@ -272,3 +274,17 @@ def test_publish_refuses_without_a_held_staging_after_failed_audits_or_a_changed
     with pytest.raises(PublishRefused, match=r"took other loads since load .* was staged"):
         publish(box)
     assert staging(box).exists()
+
+
+@pytest.mark.slow
+def test_config_toml_turns_write_audit_publish_on_without_the_flag(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / ".dlt").mkdir(parents=True)
+    (project / ".dlt" / "config.toml").write_text('[sources.retail_bronze]\nwap = true\non_success = "inspect"\n')
+    box = make_sandbox(tmp_path)
+    shutil.copytree(SAMPLE / "stores", box.raw / "stores")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOURCES__RETAIL_BRONZE__")}
+    held = subprocess.run([sys.executable, str(REPO / "scripts" / "bronze_dlt_pipeline.py"), *box_args(box, ["stores"])],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert held.returncode == 3, held.stderr
+    assert (staging(box) / box.warehouse.name).exists()
