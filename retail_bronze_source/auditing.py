@@ -297,8 +297,8 @@ def _references(batch: _Batch, spec: TableSpec, audit: References, delivered: bo
     if missing:
         why = f"{audit.table} is not loaded" if not present else f"{audit.table} has no column {', '.join(missing)}"
         return [_result(spec, audit, "", expected, "no such table or column", False, why)]
-    same = " AND ".join(f"t.{quote_ident(c)} = b.{quote_ident(to)}"
-                        for c, to in zip(audit.target_columns, audit.columns, strict=True))
+    same = " AND ".join(f"t.{quote_ident(target)} = b.{quote_ident(column)}"
+                        for column, target in zip(audit.columns, audit.target_columns, strict=True))
     complete = " AND ".join(f"b.{quote_ident(c)} IS NOT NULL" for c in audit.columns)
     total, orphans = batch.one(
         f"SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {batch.table(audit.table)} AS t "

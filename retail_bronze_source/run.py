@@ -220,7 +220,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         outcome = staging.audit(specs, warehouse_load_id)
         staged_summary = _summary(warehouse_db, outcome.load_id, specs)
         outcome, warehouse = staging.settle(outcome)
-        failed = [*earlier, *failed]
+        failed, changes = [*earlier, *failed], changes if outcome.status == "published" else []
 
     lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp, lease)
     failed += lake_failed

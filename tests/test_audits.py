@@ -183,13 +183,17 @@ def test_schema_fails_a_batch_that_adds_a_column_or_keeps_columns_outside_the_co
     deliver(box, "orders", "o2.csv", orders(range(11, 21), channel="web"))
     evolving = run(box, specs, evolve_schema=True)
     assert result(evolving, "schema.columns").observed == "added channel"
+    assert evolving.schema_changes == []  # staged, never recorded in bronze.schema_history
     rescued = run(box, specs)
     failed, _ = assert_failed_then_passed(box, specs, "schema.rescued", rescued, lambda: deliver(
         box, "orders", "o2.csv", orders(range(11, 21))))
     assert failed.observed == "100.00% (10 of 10 rows)"
     allowing = registry(orders=(SchemaAudit(allow_added_columns=True),))
     deliver(box, "orders", "o3.csv", orders(range(21, 31), channel="web"))
-    assert run(box, allowing, evolve_schema=True).wap.status == "published"  # type: ignore[union-attr]
+    evolved = run(box, allowing, evolve_schema=True)
+    assert evolved.wap is not None and evolved.wap.status == "published"
+    assert [(c["table_name"], c["column_name"]) for c in evolved.schema_changes] == [("orders", "channel")]
+    assert query(box.warehouse, "SELECT table_name, column_name FROM bronze.schema_history") == [("orders", "channel")]
 
 
 @pytest.mark.slow
