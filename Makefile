@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench sample dry-run clean
+SERVICES := .cache/services/installed.json
+
+.PHONY: run test lint typecheck check bench sample dry-run clean services
 
 $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,14 @@ run: $(INSTALLED)
 dry-run: $(INSTALLED)
 	$(PY) scripts/bronze_dlt_pipeline.py --dry-run
 
-test: $(INSTALLED)
+# Prometheus, the Pushgateway, node-exporter and Chromium for the tests, unpacked from Debian's packages into
+# .cache/services (no root needed; see tests/services.py).
+$(SERVICES): tests/services.py
+	$(PY) tests/services.py install
+
+services: $(INSTALLED) $(SERVICES)
+
+test: $(INSTALLED) $(SERVICES)
 	$(PY) -m pytest
 
 lint: $(INSTALLED)

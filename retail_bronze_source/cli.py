@@ -1,4 +1,5 @@
-"""The command line: `python scripts/bronze_dlt_pipeline.py [--raw DIR|URL] [--lake DIR] [--warehouse FILE] ...`.
+"""The command line: `python scripts/bronze_dlt_pipeline.py [--raw DIR|URL] [--lake DIR] [--warehouse FILE] ...`,
+and its subcommands `load-info [LOAD_ID | --last N] [--json]` (what runs did) and `report [--last N]` (their pages).
 
 Every message it prints goes through `redact.redact`: a URL's credentials never reach the terminal or a log.
 """
@@ -6,6 +7,7 @@ Every message it prints goes through `redact.redact`: a URL's credentials never 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +16,10 @@ import dlt
 from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from . import SECTION
+from .observe import format_progress, format_record
+from .observe.lake import lake_store
+from .observe.load_info import RunNotFound, format_records, load_info, records_json
+from .observe.report import REPORT_FOLDER, page_name, write_pages
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
@@ -34,7 +40,7 @@ from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
 from .sinks.warehouse import WarehouseBusy
-from .storage import LOCAL_PROTOCOLS, StoreError, protocol_of
+from .storage import LOCAL_PROTOCOLS, StoreError, StoreStepFailed, protocol_of
 
 
 class CliError(Exception):
@@ -124,9 +130,18 @@ def say(text: str, *, error: bool = False) -> None:
     print(redact(text), file=sys.stderr if error else sys.stdout)
 
 
+SUBCOMMANDS = ("load-info", "report")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return inspect_runs(argv[0], argv[1:])
     args = parse_args(argv)
     tune_malloc()  # this process is the command line's own
+    if dlt.config.get("runtime.log_level") is None:
+        # dlt logs every retried job with a traceback; the command line prints each failure as one line itself.
+        dlt.config["runtime.log_level"] = "CRITICAL"
     names = [t.strip() for t in args.tables.split(",") if t.strip()]
     try:
         layout = _layout(args)
@@ -148,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
-                            evolve_schema=args.evolve_schema, reload=reload, wap=args.wap)
+                            evolve_schema=args.evolve_schema, reload=reload, wap=args.wap,
+                            progress=lambda done: say(format_progress(done)))
+    except StoreStepFailed as error:
+        say(f"error: {error}", error=True)
+        return 1
     except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError, PublishRefused) as error:
         say(f"error: {error}", error=True)
         return 2
@@ -157,15 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         say(f"error: {type(cause).__name__}: {first_line}", error=True)
         return 1
-    for note in result.notes:
-        say(f"note: {note}")
-    say(f"ingestion_ts {result.ingestion_ts.isoformat()}  warehouse load {result.warehouse_load_id or '-'}  "
-        f"lake load {result.lake_load_id or '-'}")
-    say(format_summary(result.summary))
-    for change in result.schema_changes:
-        say(f"schema: added {change['table_name']}.{change['column_name']} ({change['data_type']})")
-    for warning in result.warnings:
-        say(f"warning: {warning}")
+    if result.record is not None:
+        say(format_record(result.record))
     if result.failed_jobs:
         say(f"{len(result.failed_jobs)} load job(s) refused by a destination: their rows are LOAD_FAILED rejects")
     say(f"delta: {len(result.mirrored)} table load(s) mirrored, {len(result.compacted)} table(s) compacted; "
@@ -173,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = f" --pipelines-dir {args.pipelines_dir}" if args.pipelines_dir else ""
     say(f"inspect: dlt pipeline{inspect} {result.pipelines[0]} info|trace|load-package "
         f"(the lake: {result.pipelines[1]})")
+    if result.record is not None:
+        say(f"this run later: bronze_dlt_pipeline.py load-info {result.record.run_id}; its page: "
+            f"{layout.lake_store.url_of(*REPORT_FOLDER.split('/'), page_name(result.record))}")
     for failure in result.delta_failures:
         say(f"error: {failure}", error=True)
     if result.wap is not None:
@@ -246,3 +261,49 @@ def _existing_ledgers(layout: Layout, pipelines_dir: str | None) -> dict[str, di
     if not (root / name).is_dir():
         return {}
     return recorded_ledgers(dlt.attach(name, pipelines_dir=str(root)))
+
+
+def parse_inspect_args(command: str, argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"bronze_dlt_pipeline {command}", description=(
+        "What runs did: files, rows per table and reason, what each sink got, audits, steps; read from the warehouse "
+        "and the lake, also for runs made before run records existed." if command == "load-info" else
+        "Write the report pages of runs and their index under <lake>/_retail_bronze/report/."))
+    if command == "load-info":
+        parser.add_argument("load_id", nargs="?", default=None,
+                            help="a run id, or a warehouse or lake load id (default: the last run)")
+        parser.add_argument("--json", action="store_true", help="print the records as JSON")
+    parser.add_argument("--last", type=int, default=None, help="the last N runs (default 1)")
+    parser.add_argument("--lake", default="lake", help="lake root: a directory or an fsspec URL (default lake)")
+    parser.add_argument("--warehouse", default="duckdb/warehouse.duckdb", type=Path,
+                        help="DuckDB file (default duckdb/warehouse.duckdb)")
+    args = parser.parse_args(argv)
+    if args.last is not None and args.last < 1:
+        parser.error("--last must be a positive number of runs")
+    if getattr(args, "load_id", None) is not None and args.last is not None:
+        parser.error("give a LOAD_ID or --last, not both")
+    return args
+
+
+def inspect_runs(command: str, argv: Sequence[str]) -> int:
+    """`load-info`: print what runs did; `report`: write their pages. Exit 2 when there is nothing to read."""
+    args = parse_inspect_args(command, argv)
+    try:
+        lake = lake_store(args.lake)
+        if not args.warehouse.exists() and not lake.fs.isdir(lake.root):
+            raise CliError(f"neither the warehouse {str(args.warehouse)!r} nor the lake {str(lake)!r} exists")
+        records = load_info(warehouse=args.warehouse, lake=lake, load_id=getattr(args, "load_id", None),
+                            last=args.last)
+    except (CliError, RunNotFound, StoreError) as error:
+        say(f"error: {error}", error=True)
+        return 2
+    if not records:
+        say("no runs recorded yet")
+        return 0
+    if command == "report":
+        written = write_pages(lake, records, records)
+        say(f"wrote {len(written)} page(s): {written[-1]}")
+    elif args.json:
+        say(json.dumps(records_json(records), indent=2))
+    else:
+        say(format_records(records))
+    return 0

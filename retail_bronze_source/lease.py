@@ -30,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from fsspec.asyn import sync
+
 from . import settings
 from .run_lock import RunLocked
 from .storage import Store
@@ -99,7 +101,7 @@ class LakeLease:
             if _missing(error):
                 return "a run releasing it"  # released between the two calls: the next attempt takes it
             raise
-        body = current["Body"].read()
+        body = sync(self.store.fs.loop, current["Body"].read)  # s3fs's client is asynchronous
         try:
             lease = json.loads(body)
         except ValueError:

@@ -116,6 +116,9 @@ class RawChunk:
     columns_per_record: bool = False
     """Records carry their own keys: a column absent from the chunk means the value is missing, not that the file lacks
     the column."""
+    absent: Mapping[str, pa.Array] = field(default_factory=dict)
+    """For records that carry their own keys: per column, which rows' records lack the key (a null value there is
+    no value at all, not a null one). Columns every record has are not listed."""
 
     def records_at(self, rows: pa.Array) -> pa.Array:
         """The original record of each of the rows at positions `rows` of `data` (for reject records)."""

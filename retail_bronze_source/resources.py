@@ -12,7 +12,8 @@ own pipeline into any destination):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ from dlt.extract.resource import DltResource
 
 from . import settings
 from .discovery import discover_files
-from .extract import TableExtractor
+from .extract import StagedLoad, TableExtractor
 from .loaded import LoadedVersions
 from .outputs import (
     APPEND_MERGE_KEY,
@@ -48,6 +49,7 @@ from .outputs import (
     table_schema,
 )
 from .parquet_files import RowFiles, files_for
+from .raw import RawFile
 from .registry import TableSpec
 from .storage import RAW_SECTION, Store, open_store
 from .workdirs import staging_dir
@@ -70,6 +72,25 @@ class SinkOptions:
     parquet_files: bool = False
     """The resource writes each table's rows to Parquet files itself and hands them to dlt as they are (needs
     `loader_file_format="parquet"` and a destination that loads Parquet)."""
+    progress: Callable[[TableProgress], None] | None = None
+    """Called once per table when its extraction has handed everything to dlt (the run's progress lines, and the
+    files it found unchanged, which no sink records)."""
+
+
+@dataclass(frozen=True)
+class TableProgress:
+    """One table's extraction, done: the files found under the raw root, those read (new or changed) and the rows
+    handed to dlt."""
+
+    table_name: str
+    files_found: int
+    files_read: int
+    rows_emitted: int
+    seconds: float
+
+    @property
+    def files_unchanged(self) -> int:
+        return self.files_found - self.files_read
 
 
 @dataclass(frozen=True)
@@ -154,6 +175,14 @@ def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datet
                                    primary_key=[], merge_key=[])
 
     def rows() -> Iterator[Any]:
+        started = time.monotonic()
+        found = discover_files(spec, raw)
+        load = yield from staged_rows(found)
+        if options.progress is not None:
+            options.progress(TableProgress(spec.name, len(found), len(load.files), load.rows_to_emit,
+                                           time.monotonic() - started))
+
+    def staged_rows(found: list[RawFile]) -> Generator[Any, None, StagedLoad]:
         ledger = dlt.current.resource_state().setdefault("files", {})
         if not ledger and ledger_seed:
             ledger.update(ledger_seed)
@@ -168,14 +197,14 @@ def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datet
                                    column_name=schema.naming.normalize_identifier,
                                    newer_versions=_newer_versions(versions, spec.name))
         stamp = _load_id_stamper(load_id)
-        with extractor.stage(discover_files(spec, raw)) as load:
+        with extractor.stage(found) as load:
             outputs = extractor.outputs(load)
             if not options.parquet_files:
                 for kind, table in outputs:
                     replaces = kind == "rows" and load.replaces_loaded_rows
                     yield dlt.mark.with_hints(stamp(table), hints(kind, dispositions, replaces=replaces),
                                               create_table_variant=True)
-                return
+                return load
             with staging_dir(f"{spec.name}_rows") as tmp, ExitStack() as stack:
                 files: RowFiles | None = None
                 for kind, table in outputs:
@@ -187,7 +216,7 @@ def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datet
                         files = stack.enter_context(RowFiles(Path(tmp), spec.name, files=files_for(load.rows_to_emit)))
                     files.write(stamp(table))
                 if files is None:
-                    return
+                    return load
                 row_hints = hints("rows", dispositions, replaces=load.replaces_loaded_rows)
                 # Imported last: their hints become the resource's own, which table variants created later would copy.
                 for written in files.close():
@@ -198,6 +227,7 @@ def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datet
                                                      primary_key=row_hints.get("primary_key", primary_key),
                                                      merge_key=row_hints.get("merge_key", merge_key))
                     yield dlt.mark.with_file_import(str(written.path), "parquet", written.rows, hints=file_hints)
+        return load
 
     return dlt.resource(
         rows(),

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from . import SOURCE_NAME, run_source
 from .crash_points import crash_point
 from .helpers import quote_ident
 from .lease import LakeLease, lake_lease
+from .observe import ProgressReport, RunObserver, RunRecord
 from .outputs import (
     MANIFEST_TABLE,
     REJECTS_TABLE,
@@ -37,6 +38,7 @@ from .outputs import (
     SHARED_TABLES,
     TABLE_RESETS_SCHEMA,
     TABLE_RESETS_TABLE,
+    table_schema,
 )
 from .promote import Promotion, history_rows, plan_promotions, promote
 from .registry import RETAIL_TABLES, TableSpec, select_tables
@@ -51,6 +53,7 @@ from .sinks.rejects_csv import sync_rejects_csv
 from .sinks.restore import manifest_ledgers
 from .sinks.warehouse import (
     detach_shared_tables,
+    drop_emptied_files,
     load_arrow,
     load_failed_rejects,
     load_rejects,
@@ -96,6 +99,8 @@ class RunResult:
     """The names of the warehouse and lake pipelines (for `dlt pipeline <name> info`)."""
     notes: list[str] = field(default_factory=list)
     """What the run did to bring the sinks together before loading (a state dropped, a warehouse restored...)."""
+    record: RunRecord | None = None
+    """What the run did, as kept in the warehouse and the lake (`observe`; `load_info` reads it back)."""
     wap: WapOutcome | None = None
     """What a write-audit-publish run did with its staged load (None for a run without it)."""
 
@@ -109,14 +114,16 @@ files written by the resources."""
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None,
                lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool | None = None,
-               reload: Sequence[str] = (), wap: bool | None = None) -> RunResult:
+               reload: Sequence[str] = (), progress: ProgressReport | None = None,
+               wap: bool | None = None) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
     The run holds the locks of its warehouse, its lake and its pipelines' working directories for its whole duration:
     a second run waits up to `lock_timeout` seconds and then raises `RunLocked` naming the holder; a warehouse open in another process
     (a BI tool, the DuckDB CLI) is waited for as long, then `WarehouseBusy`. `evolve_schema` None follows the
     configuration (`[sources.retail_bronze] evolve_schema`). `reload` names tables to load again from their raw files
-    in every sink (their tables, rejects and manifest records are replaced).
+    in every sink (their tables, rejects and manifest records are replaced). `progress` is called as each table's
+    extraction ends. What the run did is recorded (`RunResult.record`), a failed run's error too.
 
     `wap` (None: `[sources.retail_bronze] wap`) makes it a write-audit-publish run (`wap`): the load is staged, the
     tables' audits run on it, and it is published, held or dropped as `on_success` and `on_failure` say
@@ -128,8 +135,12 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
     with _locked(layout, pipelines_dir, lock_timeout) as lease:
-        return _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size, evolve_schema=evolve_schema,
-                    reload=reload, lease=lease, wap=wap_config)
+        observer = RunObserver(layout, [spec.name for spec in specs], progress)
+        with observer.recording_failure():
+            result = _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size,
+                          evolve_schema=evolve_schema, reload=reload, lease=lease, observer=observer, wap=wap_config)
+        result.record = observer.finish(result)
+        return result
 
 
 def check_layout(layout: Layout, *, write: bool = True) -> None:
@@ -167,8 +178,8 @@ def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> I
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
          evolve_schema: bool | None, reload: Sequence[str], lease: LakeLease | None,
-         wap: WapSettings | None = None) -> RunResult:
-    stamp = datetime.now(UTC)
+         observer: RunObserver, wap: WapSettings | None = None) -> RunResult:
+    stamp = observer.started
     settled = settle_staging(layout.warehouse)
     sinks = open_sinks(layout, specs, pipelines_dir)
     sinks.notes[:0] = settled
@@ -176,6 +187,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     swept = sweep_orphans(warehouse, {s.name for s in specs} | set(SHARED_TABLES), sinks.identity.restored_through)
     if swept:
         sinks.notes.append(f"removed {swept} row(s) an interrupted load had left in the warehouse")
+    columns_before = _data_columns(warehouse)
     failed = _finish_pending(warehouse, undo_interrupted=True)
     staging, earlier = None, []
     if wap is not None:  # the run loads a staged copy of the warehouse; earlier packages' failures stay published
@@ -195,18 +207,20 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     seeds, resets = _reconcile_ledgers(warehouse, warehouse_db, specs, reload)
     if seeds:
         sinks.notes.append(f"the file ledger of {', '.join(sorted(seeds))} was rebuilt from the manifest")
+    observer.lap("prepare")
 
     source = run_source(specs, layout.raw_url, ingestion_ts=stamp, evolve_schema=evolve_schema, chunk_size=chunk_size,
-                        options=WAREHOUSE_OPTIONS, ledger_seeds=seeds,
+                        options=replace(WAREHOUSE_OPTIONS, progress=observer.progress), ledger_seeds=seeds,
                         extra=[_resets_resource(resets, stamp)] if resets else [])
-    columns_before = _data_columns(warehouse)
     extracted = warehouse.extract(source, loader_file_format=LOADER_FILE_FORMAT)
     warehouse_load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
+    observer.lap("extract")
     warehouse.normalize()
+    observer.lap("normalize")
     info = warehouse.load(raise_on_failed_jobs=False)
     restore_merge_dispositions(warehouse, [s.name for s in specs if s.write_disposition == "merge"])
     detach_shared_tables(warehouse, SHARED_TABLES)
-    changes = _schema_changes(columns_before, _data_columns(warehouse), warehouse_load_id, stamp)
+    changes = _schema_changes(warehouse, specs, columns_before, warehouse_load_id, stamp)
     if changes:
         load_arrow(warehouse, pa.Table.from_pylist(changes, schema=SCHEMA_HISTORY_SCHEMA), SCHEMA_HISTORY_TABLE,
                    ["table_name", "column_name"])
@@ -214,6 +228,10 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     failed += failed_jobs(warehouse, info)
     if failed:
         _record_load_failures(warehouse, failed, stamp)
+    emptied = drop_emptied_files(warehouse, [s.name for s in specs if s.write_disposition != "merge"])
+    if emptied:
+        sinks.notes.append(f"removed {emptied} row(s) of file(s) delivered again without a valid row")
+    observer.lap("load")
     crash_point("warehouse_loaded")
     outcome = staged_summary = None
     if staging is not None:
@@ -224,6 +242,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
 
     lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp, lease)
     failed += lake_failed
+    observer.lap("change_log")
     crash_point("lake_loaded")
 
     # The warehouse is complete: its reports are read while the Delta mirror runs (both release the GIL).
@@ -231,11 +250,15 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports") as pool:
         reports = pool.submit(_warehouse_reports, layout, warehouse_load_id, specs,
                               warnings=not _evolves(warehouse, specs))
+        drafted = pool.submit(observer.prepare, lake_load_id)
         mirrored, compacted, delta_failures = mirror_and_compact(layout.lake_store, specs)
+        observer.lap("delta")
         files, summary, warnings = reports.result()
+        drafted.result()
+        observer.lap("reports")
     return RunResult(stamp, warehouse_load_id, lake_load_id, staged_summary or summary, failed, mirrored, files,
                      compacted, changes, warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name),
-                     sinks.notes, outcome)
+                     sinks.notes, wap=outcome)
 
 
 def _check(lease: LakeLease | None) -> None:
@@ -353,14 +376,63 @@ def _data_columns(pipeline: Pipeline) -> dict[str, dict[str, str]]:
     }
 
 
-def _schema_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]], load_id: str | None,
-                    stamp: datetime) -> list[dict[str, Any]]:
-    """Columns added to tables that existed before the run."""
-    return [
-        {"table_name": table, "column_name": name, "data_type": data_type, "load_id": load_id, "changed_at": stamp}
-        for table, columns in sorted(after.items()) if table in before and table not in SHARED_TABLES
-        for name, data_type in columns.items() if name not in before[table]
-    ]
+def _schema_changes(pipeline: Pipeline, specs: Sequence[TableSpec], before: dict[str, dict[str, str]],
+                    load_id: str | None, stamp: datetime) -> list[dict[str, Any]]:
+    """Columns added by schema evolution that `bronze.schema_history` does not record yet.
+
+    For the run's tables: every column outside the table's loaded schema (`table_schema`), whether this run added
+    it, the load that created the table did, or a killed run's load the run completed. For other data tables (nested
+    ones): the columns added since `before`, taken before pending packages were finished."""
+    after = _data_columns(pipeline)
+    if not after:
+        return []
+    naming = pipeline.default_schema.naming
+    recorded = _recorded_history(pipeline)
+    by_name = {spec.name: spec for spec in specs}
+    changes = []
+    for table, columns in sorted(after.items()):
+        if table in SHARED_TABLES:
+            continue
+        spec = by_name.get(table)
+        if spec is not None:
+            known = {naming.normalize_identifier(name) for name in table_schema(spec).names}
+        elif table in before:
+            known = set(before[table])
+        else:
+            continue
+        added = {name: data_type for name, data_type in columns.items()
+                 if name not in known and not name.startswith("_dlt_") and (table, name) not in recorded}
+        first = _first_loads(pipeline, table, list(added)) if added else {}
+        changes += [{"table_name": table, "column_name": name, "data_type": data_type,
+                     "load_id": first.get(name) or load_id, "changed_at": stamp}
+                    for name, data_type in added.items()]
+    return changes
+
+
+def _first_loads(pipeline: Pipeline, table: str, columns: list[str]) -> dict[str, str | None]:
+    """The load that first brought a value of each of `columns` (a column of a killed run's load is recorded by the
+    run that completes it, under that load)."""
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+        found = client.execute_sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND "
+                                   "table_name = %s", client.dataset_name, table)
+        if not found or not found[0][0]:
+            return {}
+        firsts = ", ".join(f"arg_min(_dlt_load_id, CAST(_dlt_load_id AS DECIMAL(20, 7))) FILTER "
+                           f"(WHERE {client.escape_column_name(c)} IS NOT NULL)" for c in columns)
+        rows = client.execute_sql(f"SELECT {firsts} FROM {qualified}")
+    return dict(zip(columns, rows[0], strict=True)) if rows else {}
+
+
+def _recorded_history(pipeline: Pipeline) -> set[tuple[str, str]]:
+    """(table, column) pairs `bronze.schema_history` holds."""
+    with pipeline.sql_client() as client:
+        table = client.make_qualified_table_name(SCHEMA_HISTORY_TABLE)
+        found = client.execute_sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND "
+                                   "table_name = %s", client.dataset_name, SCHEMA_HISTORY_TABLE)
+        if not found or not found[0][0]:
+            return set()
+        return {(row[0], row[1]) for row in client.execute_sql(f"SELECT table_name, column_name FROM {table}") or []}
 
 
 def _rescue_warnings(warehouse: Path, load_id: str | None) -> list[str]:

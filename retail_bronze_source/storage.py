@@ -179,6 +179,10 @@ class StoreError(Exception):
     an object-store operation that failed after its retries; the message is one line naming the location."""
 
 
+class StoreStepFailed(StoreError):
+    """An object-store operation failed part way through a run (after its retries); the next run completes it."""
+
+
 def describe_error(error: BaseException) -> str:
     """One line saying why an object-store call failed, from the error chain (s3fs turns botocore's errors into
     `OSError`s and keeps them as the cause)."""
@@ -244,7 +248,7 @@ def check_writable(store: Store, what: str) -> None:
 
 @contextmanager
 def store_step(store: Store, operation: str) -> Iterator[None]:
-    """Turn an object-store failure during `operation` into a one-line `StoreError` naming the location."""
+    """Turn an object-store failure during `operation` into a one-line `StoreStepFailed` naming the location."""
     if store.is_local:
         yield
         return
@@ -253,4 +257,5 @@ def store_step(store: Store, operation: str) -> Iterator[None]:
     except StoreError:
         raise
     except Exception as error:  # any client failure (dlt wraps them in its step errors) becomes the one line
-        raise StoreError(redact(f"{operation} on {store} failed ({describe_error(error)})")) from error
+        raise StoreStepFailed(redact(f"{operation} on {store} failed ({describe_error(error)}); the next run completes "
+                                     "it")) from error

@@ -16,7 +16,7 @@ else read as text; what still has no exact form is a `TYPE_MISMATCH` of a contra
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -404,7 +404,7 @@ class Validator:
             **passthrough,
             ROW_NUMBER: chunk.row_numbers.cast(pa.int64()),
             ROW_HASH: hashes,
-            RESCUED: self._rescued(data, rescued, n),
+            RESCUED: self._rescued(data, rescued, n, chunk.absent),
             **{name: _empty_as_null(data[name]) if _is_text(data[name].type) else _loadable(data[name], name)
                for name in evolved},
         }
@@ -469,23 +469,43 @@ class Validator:
         """Source columns outside the contract (never one named like an output or audit column)."""
         return [k for k in data.column_names if k not in self.contract_names and k not in RESERVED_NAMES]
 
-    def _rescued(self, data: pa.Table, extra: list[str], n: int) -> pa.Array:
+    def _rescued(self, data: pa.Table, extra: list[str], n: int, absent: Mapping[str, pa.Array]) -> pa.Array:
         """JSON object of the `extra` columns, per row (null when there are none): text as read, other values as
-        DuckDB's text of them (JSON text for values DuckDB cannot read). Built `settings.RESCUE_GROUP_COLUMNS` columns at a
-        time, whose objects are then joined, so that no query grows with the file's width."""
+        DuckDB's text of them (JSON text for values DuckDB cannot read). A key a record lacks (`absent`, JSON Lines)
+        is left out of its object. Built `settings.RESCUE_GROUP_COLUMNS` columns at a time, whose objects are then
+        joined, so that no query grows with the file's width."""
         if not extra:
             return pa.nulls(n, pa.string())
         members = []
+        sparse = any(k in absent for k in extra)
         for start in range(0, len(extra), settings.RESCUE_GROUP_COLUMNS):
             group = extra[start:start + settings.RESCUE_GROUP_COLUMNS]
             values = {f"e{i}": _rescuable(data[k]) for i, k in enumerate(group)}
-            rescued = self.con.from_arrow(pa.table({**values, POSITION: row_number_array(0, n)}))
-            pairs = ", ".join(f"{quote_literal(k)}, {self._as_text(f'e{i}', values[f'e{i}'].type)}"
-                              for i, k in enumerate(group))
-            found = rescued.query("rescued", f"SELECT {POSITION}, json_object({pairs}) AS r FROM rescued"
-                                  ).to_arrow_table()
+            gaps = {f"a{i}": absent[k] for i, k in enumerate(group) if k in absent}
+            rescued = self.con.from_arrow(pa.table({**values, **gaps, POSITION: row_number_array(0, n)}))
+            if sparse:
+                # Members of the keys each record has, joined without braces; NULL when it has none of them.
+                pair = "substr(CAST(json_object({k}, {v}) AS VARCHAR), 2, length(CAST(json_object({k}, {v}) AS " \
+                       "VARCHAR)) - 2)"
+                parts = ", ".join(
+                    (f"CASE WHEN NOT a{i} THEN {pair} END" if f"a{i}" in gaps else pair).format(
+                        k=quote_literal(k), v=self._as_text(f"e{i}", values[f"e{i}"].type))
+                    for i, k in enumerate(group))
+                select = f"NULLIF(concat_ws(',', {parts}), '')"
+            else:
+                pairs = ", ".join(f"{quote_literal(k)}, {self._as_text(f'e{i}', values[f'e{i}'].type)}"
+                                  for i, k in enumerate(group))
+                select = f"json_object({pairs})"
+            found = rescued.query("rescued", f"SELECT {POSITION}, {select} AS r FROM rescued").to_arrow_table()
             objects = found["r"].take(pc.sort_indices(found[POSITION])).cast(pa.string())
-            members.append(pc.utf8_slice_codeunits(objects, 1, -1) if len(extra) > settings.RESCUE_GROUP_COLUMNS else objects)
+            if not sparse and len(extra) > settings.RESCUE_GROUP_COLUMNS:
+                objects = pc.utf8_slice_codeunits(objects, 1, -1)
+            members.append(objects)
+        if sparse:
+            joined = members[0]
+            for member in members[1:]:
+                joined = pc.coalesce(pc.binary_join_element_wise(joined, member, ","), joined, member)
+            return as_array(pc.binary_join_element_wise("{", joined, "}", ""))
         if len(members) == 1:
             return as_array(members[0])
         return as_array(pc.binary_join_element_wise("{", pc.binary_join_element_wise(*members, ","), "}", ""))

@@ -164,3 +164,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     """A new empty bucket on the session's server, for one test."""
     return s3_server.create_bucket()
+
+
+ARTIFACTS = REPO / "tests" / "artifacts"
+"""Files tests keep for a person to look at (screenshots); git-ignored."""
+
+
+@pytest.fixture(scope="session")
+def test_services() -> Any:
+    """Prometheus, the Pushgateway, node-exporter and Chromium from Debian's packages (`tests/services.py`),
+    fetched and unpacked on first use. Where they cannot be had the tests that need them are skipped, except on CI
+    (`CI` set), where that is a failure."""
+    import services
+
+    try:
+        return services.install()
+    except services.ServicesUnavailable as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))

@@ -98,5 +98,6 @@ def test_credentials_of_a_raw_url_are_never_printed_or_written(tmp_path: Path,
         box.warehouse, "SELECT src_filename, reason_code, reason_detail FROM bronze.rejects")
     assert ("customers/gone.csv", "FILE_UNREADABLE", "cannot read customers/gone.csv: FileNotFoundError: customers/gone.csv") in written
     text = repr(written) + missing.out + missing.err + loaded.out + loaded.err
-    text += "".join(p.read_text() for p in box.lake.rglob("*.csv"))
+    text += "".join(p.read_text() for pattern in ("*.csv", "*.json", "*.html") for p in box.lake.rglob(pattern))
+    text += repr(query(box.warehouse, "SELECT * FROM _retail_bronze.runs"))
     assert PASSWORD not in text and TOKEN not in text

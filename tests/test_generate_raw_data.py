@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import itertools
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_generator
@@ -44,7 +46,11 @@ def _convert(type_: pa.DataType, raw: Any) -> Any:
         return float(raw)
     if pa.types.is_decimal(type_):
         number = Decimal(str(raw))
-        if not number.is_finite() or -int(number.as_tuple().exponent) > type_.scale:
+        if not number.is_finite():
+            raise ValueError(raw)
+        places = -int(number.as_tuple().exponent)
+        # Text may show no more places than the scale; a stored decimal only needs an exact value (12.3400 is 12.34).
+        if places > type_.scale and (isinstance(raw, str) or number != round(number, type_.scale)):
             raise ValueError(raw)
         return number
     if pa.types.is_boolean(type_):
@@ -56,7 +62,9 @@ def _convert(type_: pa.DataType, raw: Any) -> Any:
             return raw.date()
         return raw if isinstance(raw, dt.date) else dt.date.fromisoformat(raw)
     if pa.types.is_timestamp(type_):
-        stamp = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(raw)
+        if isinstance(raw, dt.datetime):
+            return raw if raw.tzinfo else raw.replace(tzinfo=dt.UTC)  # README: naive stored times are UTC
+        stamp = dt.datetime.fromisoformat(raw)
         if stamp.tzinfo is None:
             raise ValueError("timestamp without offset")
         return stamp
@@ -83,6 +91,11 @@ def _check(field: pa.Field, meta: dict[str, str], raw: Any) -> tuple[str | None,
         return reasons.OUT_OF_RANGE, value
     if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
         return reasons.PATTERN_MISMATCH, value
+    if meta.get("json") == "true":
+        try:
+            json.loads(value)
+        except ValueError:
+            return reasons.TYPE_MISMATCH, value
     return None, value
 
 
@@ -357,7 +370,6 @@ def test_clean_sensors_at_scale_have_no_rejects(tmp_path: Path) -> None:
 
 
 def test_store_fleet_stays_bounded_and_sensor_keys_unique_at_scale_1000(tmp_path: Path) -> None:
-    import pyarrow.compute as pc
     import pyarrow.csv as pv
 
     expected = gen.generate(tmp_path, scale=1000, tables=["stores", "sensors"], clean=True)
@@ -403,3 +415,195 @@ def test_command_line(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "stores" in result.stdout and "expected rejects" in result.stdout
     assert json.loads((tmp_path / "raw/_expected.json").read_text())["generator"]["seed"] == 3
+
+
+def test_default_invocation_writes_the_committed_sample_byte_for_byte(tmp_path: Path) -> None:
+    gen.main(["--out", str(tmp_path), "--seed", "42", "--scale", "1"])  # what `make sample` runs
+    written = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    sample = ROOT / "data_raw"
+    committed = {p.relative_to(sample).as_posix(): p.read_bytes() for p in sorted(sample.rglob("*")) if p.is_file()}
+    assert written.keys() == committed.keys()
+    assert [rel for rel in written if written[rel] != committed[rel]] == []
+
+
+def _delivered(tmp_path: Path, rounds: int, **options: Any) -> tuple[Path, Path, dict[str, Any]]:
+    """Deliveries written under `tmp_path/plan` and their rounds applied to `tmp_path/raw`."""
+    document = gen.generate_deliveries(tmp_path / "plan", rounds=rounds, **options)
+    for number in range(1, rounds + 1):
+        gen.apply_round(tmp_path / "plan", number, tmp_path / "raw")
+    return tmp_path / "plan", tmp_path / "raw", document
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deliveries_are_a_pure_function_of_seed_scale_and_knobs(tmp_path: Path) -> None:
+    knobs = gen.random_knobs(7)
+    first = _tree(_delivered(tmp_path / "a", 3, seed=7, knobs=knobs)[0])
+    second = _tree(_delivered(tmp_path / "b", 3, seed=7, knobs=knobs)[0])
+    assert first.keys() == second.keys() and [k for k in first if first[k] != second[k]] == []
+    assert any(k.startswith("round_003/truth/") for k in first)
+    other = _tree(_delivered(tmp_path / "c", 3, seed=8, knobs=knobs)[0])
+    assert other["round_001/plan.json"] != first["round_001/plan.json"]
+    fast = _tree(_delivered(tmp_path / "d", 3, seed=7, knobs=knobs, truth=False)[0])
+    again = _tree(_delivered(tmp_path / "e", 3, seed=7, knobs=knobs, truth=False)[0])
+    assert fast == again and not any("/truth/" in k for k in fast)
+    assert {k for k in fast if "/files/" in k} == {k for k in first if "/files/" in k}
+    # Only CSV is written another way: Parquet and JSON Lines files are the same bytes.
+    assert [k for k in fast if "/files/" in k and not k.endswith(".csv") and fast[k] != first[k]] == []
+
+
+def test_the_delivery_tables_agree_with_the_registry() -> None:
+    for name, table in gen.CHAOS_TABLES.items():
+        spec = SPECS[name]
+        assert table.contract.equals(spec.schema, check_metadata=True), name
+        assert (table.key, table.sequence, table.merge) == (spec.primary_key, spec.sequence_column,
+                                                             spec.write_disposition == "merge"), name
+        assert set(table.formats) == set(spec.formats), name
+        assert table.derived == tuple(d.name for d in spec.derived), name
+        assert all(EXTENSION_FORMATS[gen.EXTENSIONS[f]] == f for f in table.formats)
+
+
+def test_knobs_are_checked() -> None:
+    with pytest.raises(ValueError, match="within"):
+        gen.Knobs(late_rate=1.5)
+    with pytest.raises(ValueError, match="unknown reason code"):
+        gen.Knobs(dirty={"NOT_A_CODE": 0.1})
+    assert gen.parse_dirty("type_mismatch=0.1, NOT_NULL=0") == {"TYPE_MISMATCH": 0.1, "NOT_NULL": 0.0}
+    with pytest.raises(ValueError, match="CODE=RATE"):
+        gen.parse_dirty("TYPE_MISMATCH")
+    assert gen.random_knobs(3) == gen.random_knobs(3) and gen.random_knobs(3) != gen.random_knobs(4)
+
+
+HOSTILE = gen.Knobs(rows=60, duplicate_rate=0.1, out_of_order=1.0, update_rate=0.3, late_rate=0.2,
+                    redeliver_rate=0.3, change_rate=0.5, keep_mtime_rate=0.3, drift_rate=0.8,
+                    dirty={**dict.fromkeys(gen.ROW_REASONS, 0.03), **dict.fromkeys(gen.FILE_REASONS, 0.25)})
+
+
+def test_first_delivery_truth_matches_an_independent_reading(tmp_path: Path) -> None:
+    """Round 1 loads every file at once, so a plain-Python reading of the raw root must find the same records,
+    reject reasons (`DUPLICATE_KEY` aside: the reading compares typed values, the truth the canonical record) and
+    loaded values as the ground truth, in every drift and fault the knobs plant."""
+    plan, raw, document = _delivered(tmp_path, 1, seed=11, knobs=HOSTILE)
+    truth = plan / "round_001" / "truth"
+    check = Recheck(raw)
+    manifest = {r["src_path"]: r for r in pq.read_table(truth / "manifest.parquet").to_pylist()}
+    assert {p: f["rows"] for p, f in check.files.items()} == {p: r["row_count"] for p, r in manifest.items()}
+    assert {p: f["file_reject"] for p, f in check.files.items() if f["file_reject"]} == {
+        p: r for p in manifest for r in [_file_reject(truth, p)] if r}
+
+    def keyed(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((r["src_filename"], r["src_row_number"] or 0, r["reason_code"], r["column_name"] or "")
+                      for r in records if r["reason_code"] != reasons.DUPLICATE_KEY)
+
+    truth_rejects = pq.read_table(truth / "rejects.parquet").to_pylist()
+    assert keyed(check.rejects) == keyed(truth_rejects)
+    codes = {r["reason_code"] for r in truth_rejects}
+    assert codes >= {*gen.ROW_REASONS, reasons.UNSUPPORTED_FILE}
+    assert document["rounds"][0]["tables"]["orders"]["reasons"]
+
+    loaded = {(r["src_filename"], r["src_row_number"]): r for name in gen.CHAOS_TABLES
+              for r in pq.read_table(truth / "changelog" / f"{name}.parquet").to_pylist()}
+    compared = 0
+    for name, rows in check.valid.items():
+        fields = SPECS[name].schema
+        for rel, row, _, values in rows:
+            found = loaded.get((rel, row))
+            if found is None:  # a version superseded in the load, or a DUPLICATE_KEY of the truth
+                continue
+            compared += 1
+            for f in fields:
+                expected, value = values[f.name], found[f.name]
+                if f.metadata and f.metadata.get(b"json") and expected is not None:
+                    expected, value = json.loads(expected), json.loads(value)
+                assert value == expected, (rel, row, f.name)
+    assert compared > 200
+
+
+def _file_reject(truth: Path, path: str) -> str | None:
+    records = pq.read_table(truth / "rejects.parquet").to_pylist()
+    return next((r["reason_code"] for r in records if r["src_filename"] == path and r["src_row_number"] is None), None)
+
+
+def test_deliveries_plant_what_the_knobs_ask_for(tmp_path: Path) -> None:
+    plan, raw, _ = _delivered(tmp_path, 4, seed=3, knobs=HOSTILE)
+    actions = [item for n in range(1, 5) for item in json.loads((plan / f"round_{n:03d}" / "plan.json").read_text())["files"]]
+    kinds = {(item["action"], item["keep_mtime"]) for item in actions}
+    assert kinds >= {("add", False), ("replace", False), ("redeliver", False), ("replace", True)}
+    log = pq.read_table(plan / "round_004" / "truth" / "manifest_log.parquet").to_pylist()
+    assert any(r["replaced_fingerprint"] for r in log)
+    assert any(r["status"] == "empty" for r in log) and any(r["extra_columns"] for r in log)
+    reverted = [(r["src_path"], r["file_fingerprint"]) for r in log]
+    assert len(reverted) > len(set(reverted))  # a file delivered again with an earlier version's bytes
+    orders = pq.read_table(plan / "round_004" / "truth" / "changelog" / "orders.parquet")
+    versions = orders.group_by("order_id").aggregate([("updated_at", "count_distinct")])
+    assert pc.max(versions["updated_at_count_distinct"]).as_py() > 1
+    state = pq.read_table(plan / "round_004" / "truth" / "tables" / "orders.parquet")
+    assert state.group_by("order_id").aggregate([]).num_rows == state.num_rows
+    same_size = [item for item in actions if item["keep_mtime"]]
+    assert same_size and all(item["size"] == (raw / item["path"]).stat().st_size for item in same_size[-1:])
+
+
+def test_apply_round_delivers_and_dates_files(tmp_path: Path) -> None:
+    plan = tmp_path / "plan"
+    gen.generate_deliveries(plan, rounds=2, seed=5, knobs=HOSTILE, truth=False)
+    raw = tmp_path / "raw"
+    gen.apply_round(plan, 1, raw)
+    before = {p: p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
+    items = gen.apply_round(plan, 2, raw)
+    for item in items:
+        path = raw / item["path"]
+        if item["action"] == "add":
+            assert path not in before
+        elif item["keep_mtime"]:
+            assert path.stat().st_mtime_ns == before[path]
+        else:
+            assert path.stat().st_mtime_ns > before[path]
+        if item["action"] != "redeliver":
+            assert path.read_bytes() == (plan / "round_002" / "files" / item["path"]).read_bytes()
+
+
+def test_command_line_deliveries(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--deliveries", "2", "--out", str(tmp_path / "plan"),
+                             "--seed", "3", "--dirty", "TYPE_MISMATCH=0.2", "--late-rate", "0.5"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "TYPE_MISMATCH=" in result.stdout and "records/s" in result.stdout
+    document = json.loads((tmp_path / "plan" / "_chaos.json").read_text())
+    assert document["generator"]["knobs"]["late_rate"] == 0.5
+    assert document["generator"]["knobs"]["dirty"]["TYPE_MISMATCH"] == 0.2
+    applied = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "plan"), "--apply-round", "1",
+                              "--raw", str(tmp_path / "raw")], capture_output=True, text=True, check=False)
+    assert applied.returncode == 0 and "add" in applied.stdout
+    assert {p.parent.name for p in (tmp_path / "raw").glob("*/*")} == set(gen.CHAOS_TABLES)
+
+
+def test_a_file_missing_a_required_column_lacks_a_contract_column() -> None:
+    knobs = gen.Knobs(drift_rate=1.0, sparse_keys=0.5, dirty={"MISSING_REQUIRED_COLUMN": 1.0})
+    for name, table in gen.CHAOS_TABLES.items():
+        required = {f.name for f in table.contract if not f.nullable}
+        for seed in range(40):
+            for fmt in table.formats:
+                spec = gen._draw_spec(table, fmt, 10, knobs, gen.Rng(seed, f"{name}/{fmt}"))
+                assert spec.missing_required in required and spec.missing_required not in spec.columns
+                assert list(table.contract.names) == table.typed.names  # the contract is never changed
+                if fmt == "jsonl":
+                    first = spec.columns[0]
+                    assert first in required or (first in spec.extras and not spec.sparse_keys)
+
+
+@pytest.mark.slow
+def test_fast_deliveries_read_as_many_records_as_written(tmp_path: Path) -> None:
+    """`--fast` writes CSV with Arrow's writer (typed columns, faulty records last): a dry run of the command line
+    must read every record the generator wrote, and find the reasons it planted."""
+    knobs = dataclasses.replace(HOSTILE, change_rate=0.0, redeliver_rate=0.0)
+    _, raw, document = _delivered(tmp_path, 1, seed=9, scale=3, knobs=knobs, truth=False)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bronze_dlt_pipeline.py"), "--raw", str(raw),
+                             "--dry-run", "--tables", ",".join(gen.CHAOS_TABLES)],
+                            capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    total = next(line.split() for line in result.stdout.splitlines() if line.startswith("total"))
+    assert int(total[2]) == document["rounds"][0]["records_written"] > 1000
+    orders = next(line for line in result.stdout.splitlines() if line.startswith("orders"))
+    assert all(code in orders for code in ("TYPE_MISMATCH", "TOO_MANY_COLUMNS", "TOO_FEW_COLUMNS"))

@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     # 5: sinks
     "sinks": 5,
     # 6: the run and operations across sinks
-    "run": 6, "promote": 6, "auditing": 6, "wap": 6,
+    "run": 6, "promote": 6, "auditing": 6, "wap": 6, "observe": 6,
     # 7: the command line
     "cli": 7,
 }
@@ -39,6 +39,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "sinks": {"__init__", "validate", "nested", "row_hash", "extract", "stage", "keys", "ledger", "resources",
               "discovery"},
     "run": {"extract", "stage", "keys", "ledger", "validate", "nested", "row_hash", "discovery", "readers"},
+    "observe": {"run", "cli", "extract", "stage", "keys", "ledger", "validate", "nested", "row_hash", "discovery",
+                "readers"},
 }
 
 

@@ -9,9 +9,12 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from retail_bronze_source import reasons
+from retail_bronze_source import reasons, settings
 from retail_bronze_source.raw import RawChunk, RawFile
 from retail_bronze_source.readers.jsonl import read_jsonl
+from retail_bronze_source.registry import TableSpec
+from retail_bronze_source.validate import Validator
+from schemas.schemas import col
 
 CASES = Path(__file__).parent / "cases" / "jsonl"
 CORPUS = Path(__file__).parents[1] / ".." / "shared" / "corpus" / "json" / "JSONTestSuite" / "test_parsing"
@@ -217,3 +220,22 @@ def test_strict_rejections_of_lenient_inputs(tmp_path: Path) -> None:
     chunks = read(write(tmp_path, "lenient.jsonl", b"\n".join(lines)))
     assert rows_of(chunks) == []
     assert [(n, code) for n, code, _ in rejects_of(chunks)] == [(i, reasons.INVALID_JSON) for i in range(1, 11)]
+
+
+@pytest.mark.parametrize("group_columns", [100, 1])
+def test_rescued_data_holds_the_keys_each_record_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     group_columns: int) -> None:
+    """A key outside the contract that one record lacks is not in that record's `_rescued_data`; an explicit JSON
+    null is kept; a record with none of the keys has no `_rescued_data` (also when the object is built from
+    several groups of columns)."""
+    monkeypatch.setattr(settings, "RESCUE_GROUP_COLUMNS", group_columns)
+    path = write(tmp_path, "t.jsonl", b'{"id": 1, "x": "a", "y": 5}\n{"id": 2, "y": 6}\n{"id": 3, "x": null}\n'
+                                      b'{"id": 4}\n')
+    chunks = read(path)
+    assert sorted(chunks[0].absent) == ["x", "y"]
+    assert chunks[0].absent["x"].to_pylist() == [False, True, False, True]
+    spec = TableSpec(name="t", schema=pa.schema([col("id", pa.int64(), required=True)]), files="t/*",
+                     formats=("jsonl",), primary_key=("id",), write_disposition="append", sequence_column=None)
+    valid = Validator(spec).validate(chunks[0], "t.jsonl").valid
+    rescued = [None if r is None else json.loads(r) for r in valid["_rescued_data"].to_pylist()]
+    assert rescued == [{"x": "a", "y": "5"}, {"y": "6"}, {"x": None}, None]

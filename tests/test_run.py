@@ -222,6 +222,38 @@ def test_second_run_loads_nothing_new(tmp_path: Path) -> None:
     assert second.rejects_files == []
 
 
+def test_an_append_file_delivered_again_without_a_valid_row_takes_its_rows_away(tmp_path: Path) -> None:
+    """Events file 1 delivered again empty and file 2 with every row broken: their rows leave DuckDB and Delta (the
+    change log keeps the loads it had), file 3 keeps its rows; file 1 delivered again as it was comes back."""
+    box = make_sandbox(tmp_path)
+    shutil.copytree(SAMPLE / "events", box.raw / "events")
+
+    def run() -> RunResult:
+        return run_bronze(box.layout, table_names=["events"], pipelines_dir=str(box.pipelines_dir))
+
+    def counts() -> tuple[dict[str, int], int, int]:
+        return (dict(query(box.warehouse, "SELECT src_filename, count(*) FROM bronze.events GROUP BY 1")),
+                delta_table(box.lake, "events").num_rows, changelog_table(box.lake, "events").num_rows)
+
+    run()
+    loaded, _, logged = counts()
+    assert sorted(loaded) == [f"events/events_{i}.jsonl" for i in (1, 2, 3)] and all(loaded.values())
+    one, two = box.raw / "events" / "events_1.jsonl", box.raw / "events" / "events_2.jsonl"
+    kept = one.read_bytes()
+    one.write_bytes(b"")
+    two.write_bytes(b"".join(b'{"event_id": "not a number"}\n' for _ in range(3)))
+    emptied = run()
+    rest = {"events/events_3.jsonl": loaded["events/events_3.jsonl"]}
+    assert counts() == (rest, sum(rest.values()), logged)
+    assert any("without a valid row" in note for note in emptied.notes), emptied.notes
+    assert query(box.warehouse, "SELECT count(DISTINCT src_row_number) FROM bronze.rejects WHERE load_id = ?",
+                 [emptied.warehouse_load_id])[0][0] == 3
+    one.write_bytes(kept)
+    run()
+    back = {**rest, "events/events_1.jsonl": loaded["events/events_1.jsonl"]}
+    assert counts() == (back, sum(back.values()), logged + loaded["events/events_1.jsonl"])
+
+
 def _refusing_table(warehouse: Path, spec: TableSpec) -> None:
     """Create `bronze.<table>` with the loaded columns and a CHECK constraint every row violates."""
     import duckdb

@@ -55,6 +55,21 @@ def test_evolve_schema_adds_the_column_in_every_sink_and_records_it(tmp_path: Pa
     assert result.warnings == []
 
 
+def test_columns_added_by_the_load_that_creates_the_table_are_recorded(tmp_path: Path,
+                                                                     generator: ModuleType) -> None:
+    """The first load of a table already brings a column outside the contract: with `--evolve-schema` it is added
+    and recorded once in `bronze.schema_history` (and a later run records nothing again)."""
+    box = make_sandbox(tmp_path)
+    generate(box.raw, "--tables", "returns")
+    generator.append_returns_commit(box.raw, seed=3, n=20, with_reason_code=True)
+    first = run_bronze(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir), evolve_schema=True)
+    assert [(c["table_name"], c["column_name"]) for c in first.schema_changes] == [("returns", "return_reason_code")]
+    again = run_bronze(box.layout, table_names=["returns"], pipelines_dir=str(box.pipelines_dir), evolve_schema=True)
+    assert again.schema_changes == []
+    assert query(box.warehouse, "SELECT table_name, column_name, data_type, load_id FROM bronze.schema_history") == [
+        ("returns", "return_reason_code", "text", first.warehouse_load_id)]
+
+
 def test_an_added_column_that_changes_type_rejects_its_file_and_the_run_goes_on(tmp_path: Path) -> None:
     box = make_sandbox(tmp_path)
     items = pq.read_table(sorted((SAMPLE / "order_items").glob("order_items_*.parquet"))[0])

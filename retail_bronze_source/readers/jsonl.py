@@ -222,8 +222,10 @@ def parse_records(con: duckdb.DuckDBPyConnection, lines: pa.Array, line_numbers:
         return None
     objects = text_lines.take(object_rows)
     rewrite = pc.match_substring_regex(objects, _NUMBER_REWRITE_SUSPECT)
+    data, absent = _extract(con, objects, rewrite, limits_)
     return RawChunk(
-        data=_extract(con, objects, rewrite, limits_),
+        data=data,
+        absent=absent,
         row_numbers=candidate_numbers.take(object_rows),
         rejects=sorted(rejects, key=lambda reject: reject.row_number),
         raw_records=objects.cast(pa.string()),
@@ -231,11 +233,13 @@ def parse_records(con: duckdb.DuckDBPyConnection, lines: pa.Array, line_numbers:
     )
 
 
-def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Array, limits_: RecordLimits) -> pa.Table:
-    """Top-level values of the JSON objects `objects` as one string column per key."""
+def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Array,
+             limits_: RecordLimits) -> tuple[pa.Table, dict[str, pa.Array]]:
+    """Top-level values of the JSON objects `objects` as one string column per key, and for each key some objects
+    lack, which ones (`RawChunk.absent`)."""
     n = len(objects)
     if n == 0:
-        return pa.table({})
+        return pa.table({}), {}
     con.register("jsonl_objects", pa.table({"line": objects}))
     try:
         key_lists = _fetch(con, "SELECT json_keys(line) AS k FROM jsonl_objects").column("k")
@@ -243,7 +247,7 @@ def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Arra
         limits_.check_columns(len(unique_keys))
         keys: list[str] = unique_keys.to_pylist()
         if not keys:
-            return pa.table({"_": pa.nulls(n, pa.string())}).select([])
+            return pa.table({"_": pa.nulls(n, pa.string())}).select([]), {}
         structure = json.dumps(dict.fromkeys(keys, "VARCHAR"))
         values = _fetch(con, "SELECT json_transform(line, ?) AS v FROM jsonl_objects", [structure]).column("v")
     finally:
@@ -253,7 +257,25 @@ def _extract(con: duckdb.DuckDBPyConnection, objects: pa.Array, rewrite: pa.Arra
     rows = pc.indices_nonzero(rewrite).to_pylist()
     if rows:
         columns = _numbers_as_written(objects, rows, keys, columns)
-    return pa.Table.from_arrays(columns, names=keys)
+    return pa.Table.from_arrays(columns, names=keys), _absent_keys(key_lists, keys, columns, n)
+
+
+def _absent_keys(key_lists: pa.ChunkedArray | pa.Array, keys: list[str], columns: list[pa.Array],
+                 n: int) -> dict[str, pa.Array]:
+    """For each key with null values: which of the `n` objects lack it (`json_keys` of each object in `key_lists`)."""
+    nullable = [key for key, column in zip(keys, columns, strict=True) if column.null_count]
+    if not nullable:
+        return {}
+    lists = key_lists.combine_chunks() if isinstance(key_lists, pa.ChunkedArray) else key_lists
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists)
+    rows = arange(n)
+    absent = {}
+    for key in nullable:
+        having = parents.filter(pc.equal(flat, key))
+        if len(having) < n:
+            absent[key] = pc.invert(pc.is_in(rows, value_set=having))
+    return absent
 
 
 class _RawNumber(str):

@@ -43,7 +43,16 @@ from deltalake.transaction import AddAction, RemoveAction
 from .. import settings
 from ..crash_points import crash_point
 from ..helpers import quote_ident, quote_literal
-from ..outputs import LOAD_ID, MANIFEST_TABLE, REJECTS_TABLE, TABLE_RESETS_TABLE
+from ..outputs import (
+    LOAD_ID,
+    MANIFEST_TABLE,
+    REJECTS_TABLE,
+    SRC_FILENAME,
+    STATUS_EMPTY,
+    STATUS_OK,
+    STATUS_WITH_REJECTS,
+    TABLE_RESETS_TABLE,
+)
 from ..parquet_files import parquet_options
 from ..redact import redact
 from ..registry import TableSpec
@@ -202,8 +211,13 @@ class DeltaTableFailure:
     table_name: str
     target: str
     error: str
+    transient: bool = False
+    """The storage failed (after its retries), not the table: the next run writes it again."""
 
     def __str__(self) -> str:
+        if self.transient:
+            return (f"Delta table {self.table_name} at {self.target} could not be written ({self.error}); every "
+                    "other table was; the next run writes it")
         return (f"Delta table {self.table_name} could not be written ({self.error}); every other table was. Repair "
                 f"it, or remove {self.target} to have the next run rebuild it from the change log")
 
@@ -219,7 +233,8 @@ class DeltaTablesFailed(Exception):
 
 def _failure(target: Store, name: str, error: Exception) -> DeltaTableFailure:
     text = " ".join(_TERMINAL_ESCAPE.sub("", re.split(r"\n\s*0: ", str(error), maxsplit=1)[0]).split())
-    return DeltaTableFailure(name, str(target), redact(f"{type(error).__name__}: {text[:300]}"))
+    transient = isinstance(error, OSError) and not target.is_local
+    return DeltaTableFailure(name, str(target), redact(f"{type(error).__name__}: {text[:300]}"), transient)
 
 
 def open_delta(target: Store) -> DeltaTable | None:
@@ -282,7 +297,14 @@ def _mirror(log: ChangeLog, delta_root: Store, specs: Sequence[TableSpec]) -> li
         resets = _files_of(log, files, TABLE_RESETS_TABLE, load)
         for name, problem in _apply_resets(delta_root, resets, load, skip=set(failed)):
             failed[name] = _failure(delta_root.child(name), name, problem)
-        redelivered = _redelivered_files(manifest, load)
+        redelivered, emptied = _redelivered_files(manifest, load)
+        for name in sorted(set(emptied) & names - set(failed)):
+            if mirror_plan(name, specs).keys or name not in tables or tables[name].version >= Decimal(load):
+                continue
+            try:
+                _delete_files(delta_root.child(name), sorted(emptied[name]))
+            except Exception as error:  # one table's failure; reported, never swallowed
+                failed[name] = _failure(delta_root.child(name), name, error)
         for name in sorted(by_table):
             if name in failed:
                 continue
@@ -389,7 +411,7 @@ def mirror_table(target: Store, source: PackageRows, load_id: str, lake_load: st
                      for name in pc.unique(batch.column(0)).to_pylist()}
         replaced = sorted(delivered & set(plan.replaced_files))
         if replaced:
-            table.delete(predicate=f"src_filename IN ({', '.join(quote_literal(f) for f in replaced)})")
+            _delete_files(target, replaced, table)
     if table is None or not plan.keys:
         _append(target, table, source, plan.partition_by, version, commit, deleted)
         return rows, "append"
@@ -398,6 +420,13 @@ def mirror_table(target: Store, source: PackageRows, load_id: str, lake_load: st
         return rows, "upsert by partition"
     _upsert(table, source.reader(), plan, commit)
     return rows, "upsert"
+
+
+def _delete_files(target: Store, files: Sequence[str], table: DeltaTable | None = None) -> None:
+    """Delete the rows of the source files `files` from the Delta table `target` (if it exists)."""
+    table = table if table is not None else open_delta(target)
+    if table is not None:
+        table.delete(predicate=f"{SRC_FILENAME} IN ({', '.join(quote_literal(f) for f in files)})")
 
 
 def _partition_wise(table: DeltaTable, source: PackageRows, plan: MirrorPlan) -> bool:
@@ -720,17 +749,23 @@ class _PartitionFiles:
         self.written.append((file.path, file.rows))
 
 
-def _redelivered_files(manifest_files: list[str], load_id: str) -> dict[str, set[str]]:
-    """Source files of each table that warehouse load `load_id` loads again with changed content."""
+def _redelivered_files(manifest_files: list[str], load_id: str) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Source files of each table that warehouse load `load_id` loads again with changed content, and those of them
+    whose new version has no valid row (their earlier rows go, as `sinks.warehouse.drop_emptied_files` does)."""
     if not manifest_files:
-        return {}
+        return {}, {}
     manifest = ds.dataset(manifest_files, format="parquet").to_table(
-        columns=["table_name", "src_path", "replaced_fingerprint", "status", "load_id"])
-    out: dict[str, set[str]] = {}
+        columns=["table_name", "src_path", "replaced_fingerprint", "status", "valid_count", "load_id"])
+    redelivered: dict[str, set[str]] = {}
+    emptied: dict[str, set[str]] = {}
     for row in manifest.to_pylist():
-        if row["load_id"] == load_id and row["replaced_fingerprint"] is not None and row["status"] != "changed_skipped":
-            out.setdefault(row["table_name"], set()).add(row["src_path"])
-    return out
+        if row["load_id"] != load_id or row["replaced_fingerprint"] is None:
+            continue
+        if row["status"] in (STATUS_OK, STATUS_WITH_REJECTS, STATUS_EMPTY):
+            redelivered.setdefault(row["table_name"], set()).add(row["src_path"])
+            if row["valid_count"] == 0:
+                emptied.setdefault(row["table_name"], set()).add(row["src_path"])
+    return redelivered, emptied
 
 
 def _hive_partition_values(relative_path: str) -> dict[str, str | None]:

@@ -37,7 +37,7 @@ from . import DATASET, Layout
 from .change_log import lake_pipeline
 from .delta import mirror_to_delta
 from .restore import restore_warehouse
-from .warehouse import warehouse_pipeline
+from .warehouse import table_exists, warehouse_pipeline
 
 WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
@@ -87,9 +87,7 @@ def read_warehouse_identity(warehouse: Path) -> WarehouseIdentity | None:
     if not warehouse.exists():
         return None
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = "
-                            "'sink'", [META_SCHEMA]).fetchone()
-        if not found or not found[0]:
+        if not table_exists(con, "sink", META_SCHEMA):
             return None
         row = con.execute(f"SELECT sink_id, created_at, restored_through FROM {META_SCHEMA}.sink").fetchone()
     return WarehouseIdentity(row[0], row[1], row[2]) if row else None
@@ -117,9 +115,7 @@ def completed_loads(warehouse: Path, dataset: str) -> bool:
     if not warehouse.exists():
         return False
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = "
-                            "'_dlt_loads'", [dataset]).fetchone()
-        if not found or not found[0]:
+        if not table_exists(con, "_dlt_loads", dataset):
             return False
         loads = con.execute(f'SELECT count(*) FROM "{dataset}"._dlt_loads WHERE status = 0').fetchone()
     return bool(loads and loads[0])

@@ -37,10 +37,15 @@ from ..outputs import (
     DELETE_INSERT,
     LOAD_ID,
     LOAD_ID_FIELD,
+    MANIFEST_TABLE,
     MOSTLY_DISTINCT_HINT,
     REJECTS_MERGE_KEY,
     REJECTS_OUTPUT_SCHEMA,
     REJECTS_TABLE,
+    SRC_FILENAME,
+    STATUS_EMPTY,
+    STATUS_OK,
+    STATUS_WITH_REJECTS,
     dlt_columns,
     reject_records,
     with_run_fields,
@@ -222,6 +227,45 @@ def sweep_orphans(pipeline: Pipeline, tables: set[str], restored_through: str | 
                     client.execute_sql(f"DELETE FROM {qualified} WHERE {orphan}", bound)
                     removed += int(found[0][0])
     return removed
+
+def drop_emptied_files(pipeline: Pipeline, append_tables: Sequence[str]) -> int:
+    """Delete the earlier rows of append-table files delivered again without a valid row; return how many.
+
+    A changed file replaces its earlier rows through delete-insert on `src_filename`, which deletes only the files
+    that bring rows: a version that is empty, or whose rows were all rejected, brings none. The manifest records such
+    a version (`replaced_fingerprint` set, `valid_count` 0); rows of its file older than that load go. Derived from
+    the manifest on every run, so a run killed after its load still converges."""
+    if not append_tables:
+        return 0
+    removed = 0
+    with pipeline.sql_client() as client:
+        if not client.has_dataset():
+            return 0
+        present = {row[0] for row in client.execute_sql(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", client.dataset_name) or []}
+        if MANIFEST_TABLE not in present:
+            return 0
+        manifest = client.make_qualified_table_name(MANIFEST_TABLE)
+        tables = sorted(set(append_tables) & present)
+        if not tables:
+            return 0
+        emptied = client.execute_sql(
+            f"SELECT table_name, src_path, max(CAST(load_id AS DECIMAL(20, 7))) FROM {manifest} "
+            f"WHERE replaced_fingerprint IS NOT NULL AND valid_count = 0 AND status IN "
+            f"({', '.join(quote_literal(s) for s in (STATUS_OK, STATUS_WITH_REJECTS, STATUS_EMPTY))}) "
+            f"AND table_name IN ({', '.join(quote_literal(t) for t in tables)}) GROUP BY ALL") or []
+        if not emptied:
+            return 0
+        with client.begin_transaction():
+            for table, path, load_id in emptied:
+                qualified = client.make_qualified_table_name(table)
+                older = f"{SRC_FILENAME} = %s AND CAST(_dlt_load_id AS DECIMAL(20, 7)) < %s"
+                found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {older}", path, load_id)
+                if found and found[0][0]:
+                    client.execute_sql(f"DELETE FROM {qualified} WHERE {older}", path, load_id)
+                    removed += int(found[0][0])
+    return removed
+
 
 SHARED_OUTPUTS_RESOURCE = "bronze_outputs"
 """The resource name the shared tables (rejects, manifest, schema history, table resets) are filed under, so that

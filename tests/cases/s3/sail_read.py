@@ -18,8 +18,8 @@ try:
     for argument in sys.argv[1:]:
         kind, location = argument.split(":", 1)
         frame = spark.read.format(kind).load(location)
-        rows = sorted(tuple(row) for row in frame.collect())
-        print(json.dumps({"location": location, "columns": frame.columns, "rows": rows}), flush=True)
+        rows = sorted((list(row) for row in frame.collect()), key=repr)
+        print(json.dumps({"location": location, "columns": frame.columns, "rows": rows}, default=str), flush=True)
 finally:
     spark.stop()
     server.stop()
