@@ -20,6 +20,7 @@ from .observe import format_progress, format_record
 from .observe.lake import lake_store
 from .observe.load_info import RunNotFound, format_records, load_info, records_json
 from .observe.report import REPORT_FOLDER, page_name, write_pages
+from .outputs import OUTCOME_FAILED
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
@@ -45,12 +46,6 @@ from .storage import LOCAL_PROTOCOLS, StoreError, StoreStepFailed, protocol_of
 
 class CliError(Exception):
     """A run that cannot start or finish; the message is the one-line cause."""
-
-
-EXIT_HELD = 3
-"""A write-audit-publish run whose audits passed holds its staging for inspection (`on_success = "inspect"`)."""
-EXIT_AUDIT_FAILED = 4
-"""A write-audit-publish run whose audits failed: nothing was published."""
 
 
 DEFAULT_RAW = "data_raw"
@@ -191,32 +186,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for failure in result.delta_failures:
         say(f"error: {failure}", error=True)
     if result.wap is not None:
-        return _report_wap(result)
-    return 1 if result.delta_failures else 0
+        _report_wap(result)
+    return result.exit_code
 
 
-def _report_wap(result: RunResult) -> int:
-    """Print what a write-audit-publish run did with its staged load; return the exit code that says it."""
+def _report_wap(result: RunResult) -> None:
+    """Print the failed audits of a write-audit-publish run on stderr (what it did with its staged load is in the
+    run's text)."""
     outcome = result.wap
     assert outcome is not None
     for warning in outcome.warnings:
-        say(f"audit warning: {warning}")
+        say(f"audit warning: {warning}", error=True)
     for failed in outcome.failed:
         say(f"audit failed: {failed}", error=True)
-    kept = f"; the staging is kept at {outcome.staging}" if outcome.staging else ""
-    if outcome.status == "failed":
+    if outcome.status == OUTCOME_FAILED:
+        kept = f"; the staging is kept at {outcome.staging}" if outcome.staging else ""
         say(f"write-audit-publish: {len(outcome.failed)} audit(s) failed, nothing was published (load "
             f"{outcome.load_id}){kept}", error=True)
-        return EXIT_AUDIT_FAILED
-    if outcome.status == "held":
-        say(f"write-audit-publish: {len(outcome.results)} audit check(s) passed; load {outcome.load_id} is held for "
-            f"inspection{kept}; publish it with --publish")
-        return EXIT_HELD
-    if outcome.status == "published":
-        say(f"write-audit-publish: {len(outcome.results)} audit check(s) passed; load {outcome.load_id} published")
-    else:
-        say("write-audit-publish: nothing new to publish")
-    return 1 if result.delta_failures else 0
 
 
 def _publish(layout: Layout, args: argparse.Namespace) -> int:

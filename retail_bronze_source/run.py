@@ -32,6 +32,8 @@ from .lease import LakeLease, lake_lease
 from .observe import ProgressReport, RunObserver, RunRecord
 from .outputs import (
     MANIFEST_TABLE,
+    OUTCOME_FAILED,
+    OUTCOME_HELD,
     REJECTS_TABLE,
     SCHEMA_HISTORY_SCHEMA,
     SCHEMA_HISTORY_TABLE,
@@ -103,6 +105,13 @@ class RunResult:
     """What the run did, as kept in the warehouse and the lake (`observe`; `load_info` reads it back)."""
     wap: WapOutcome | None = None
     """What a write-audit-publish run did with its staged load (None for a run without it)."""
+
+    @property
+    def exit_code(self) -> int:
+        """What the command line exits with: 4 when audits failed (nothing published), 3 when the load is held for
+        inspection, 1 when a Delta table could not be written (the next run catches it up), else 0."""
+        held_back = self.wap.exit_code if self.wap is not None else None
+        return held_back if held_back is not None else 1 if self.delta_failures else 0
 
 
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -237,7 +246,11 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
     if staging is not None:
         outcome = staging.audit(specs, warehouse_load_id)
         staged_summary = _summary(warehouse_db, outcome.load_id, specs)
+        observer.lap("audit")
+        if outcome.load_id is not None and outcome.status in (OUTCOME_FAILED, OUTCOME_HELD):
+            observer.staged(warehouse_db, outcome.load_id)
         outcome, warehouse = staging.settle(outcome)
+        observer.lap("publish")
         failed, changes = [*earlier, *failed], changes if outcome.status == "published" else []
 
     lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp, lease)

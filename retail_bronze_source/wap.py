@@ -62,6 +62,10 @@ STAGING_SUFFIX = ".wap"
 MARKER = "staging.json"
 STAGED_PIPELINES = "pipelines"
 PHASE_STAGING, PHASE_PUBLISHING, PHASE_HELD = "staging", "publishing", "held"
+EXIT_HELD = 3
+"""The exit code of a run whose audits passed and whose staging is held for inspection (`on_success = "inspect"`)."""
+EXIT_AUDIT_FAILED = 4
+"""The exit code of a run whose audits failed: nothing was published."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,11 @@ class WapOutcome:
     def warnings(self) -> list[AuditResult]:
         """Failed checks of severity `warn` (recorded, not blocking)."""
         return [r for r in self.results if not r.passed and not r.blocks]
+
+    @property
+    def exit_code(self) -> int | None:
+        """`EXIT_AUDIT_FAILED` or `EXIT_HELD` when the load was not published, else None (the run's own code)."""
+        return {OUTCOME_FAILED: EXIT_AUDIT_FAILED, OUTCOME_HELD: EXIT_HELD}.get(self.status)
 
 
 def staging_root(warehouse: Path) -> Path:

@@ -4,6 +4,7 @@ run killed between audit and publish is completed or undone by the next run."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ from deltalake import DeltaTable
 
 from retail_bronze_source.audits import Completeness
 from retail_bronze_source.crash_points import WAP_POINTS
+from retail_bronze_source.observe import format_record, load_info
+from retail_bronze_source.observe.metrics import exposition, run_metrics
 from retail_bronze_source.registry import TableSpec
 from retail_bronze_source.run import PublishRefused, RunResult, publish_staged, run_bronze
 from retail_bronze_source.wap import WapSettings, wap_settings
@@ -288,3 +291,67 @@ def test_config_toml_turns_write_audit_publish_on_without_the_flag(tmp_path: Pat
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert held.returncode == 3, held.stderr
     assert (staging(box) / box.warehouse.name).exists()
+
+
+@pytest.mark.slow
+def test_load_info_the_report_and_metrics_answer_for_failed_held_and_published_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = make_sandbox(tmp_path)
+    deliver_customers(box, "seed_0.csv", range(1, 3))
+    first = run(box, required="customers/*")
+    assert first.record is not None and first.record.wap is not None
+    assert (first.record.status, first.record.exit_code, first.record.wap.outcome) == ("ok", 0, "published")
+    assert first.record.warehouse_load_id == first.wap.load_id  # type: ignore[union-attr]
+
+    deliver_customers(box, "bad_1.csv", range(3, 6))
+    failed = run(box)
+    record = failed.record
+    assert record is not None and record.wap is not None and failed.wap is not None
+    staged = failed.wap.load_id
+    assert (record.status, record.exit_code, record.wap.outcome, record.wap.load_id) == ("audit_failed", 4, "failed",
+                                                                                        staged)
+    assert record.warehouse_load_id is None and record.sinks == {}  # nothing reached a sink
+    customers = record.tables["customers"]
+    assert (customers.files_new, customers.rows_read, customers.rows_valid, customers.files_unchanged) == (1, 3, 3, 1)
+    assert record.wap.staged_rows["customers"] == 3
+    failing = [(a.table_name, a.audit, a.expected, a.observed, a.passed) for a in record.audits if not a.passed]
+    assert failing == [("customers", "completeness.required:customers/good_*", "a loaded file", "0 file(s)", False)]
+
+    [answered] = load_info(box.layout, load_id=staged)
+    assert answered.run_id == record.run_id and answered.shown_status == "audit_failed"
+    assert [(a.audit, a.passed, a.outcome) for a in answered.audits] == [
+        ("completeness.required:customers/good_*", False, "failed")]
+    assert [r.run_id for r in load_info(box.layout, last=5)] == [first.record.run_id, record.run_id]
+    text = run_cli("load-info", staged, "--lake", str(box.lake), "--warehouse", str(box.warehouse))
+    assert text.returncode == 0, text.stderr
+    assert f"run {record.run_id}: audit_failed" in text.stdout and "(exit 4)" in text.stdout
+    assert f"write-audit-publish: audits failed, nothing published; staged load {staged}" in text.stdout
+    assert ("audits: 0 passed, 1 failed\n  failed: customers completeness.required:customers/good_*: expected a "
+            "loaded file, observed 0 file(s)") in text.stdout
+    as_json = run_cli("load-info", record.run_id, "--json", "--lake", str(box.lake), "--warehouse", str(box.warehouse))
+    [data] = json.loads(as_json.stdout)
+    assert (data["status"], data["exit_code"], data["wap"]["outcome"], data["wap"]["load_id"]) == (
+        "audit_failed", 4, "failed", staged)
+    assert [(a["table_name"], a["audit"], a["expected"], a["observed"], a["passed"]) for a in data["audits"]] == failing
+
+    page = (box.lake / "_retail_bronze" / "report" / f"{record.run_id}.html").read_text()
+    assert 'data-figure="status">audit_failed<' in page
+    assert ('data-figure="audit" data-table="customers" data-audit="completeness.required:customers/good_*" '
+            'data-passed="false"><td>customers</td><td>completeness.required:customers/good_*</td><td>error</td>'
+            '<td>a loaded file</td><td>0 file(s)</td><td>FAILED</td>') in page
+    metrics = exposition(run_metrics(record, "p", {}))
+    assert ('retail_bronze_audit_failed{pipeline="p",table="customers",audit="completeness.required:customers/good_*",'
+            'severity="error"} 1') in metrics
+    assert 'retail_bronze_run_exit_code{pipeline="p"} 4' in metrics and 'retail_bronze_run_success{pipeline="p"} 0' \
+        in metrics
+
+    monkeypatch.setenv("SOURCES__RETAIL_BRONZE__ON_SUCCESS", "inspect")
+    deliver_customers(box, "good_1.csv", range(6, 9))
+    held = run(box).record
+    assert held is not None and held.wap is not None and (held.status, held.exit_code) == ("held", 3)
+    publish(box)
+    [later] = load_info(box.layout, load_id=held.wap.load_id)
+    assert later.run_id == held.run_id and later.staged_outcome == "published"
+    assert f"held for inspection: publish it with --publish; staged load {held.wap.load_id}, since published" in \
+        format_record(later)
+    assert [r.run_id for r in load_info(box.layout, last=3)] == [first.record.run_id, record.run_id, held.run_id]
