@@ -7,7 +7,9 @@ table resets of the warehouse load; per sink the manifest's loaded rows (DuckDB)
 load and the Delta commit that holds the warehouse load (its `retail_bronze.load_id` commit metadata). So a load
 that no run recorded (made before run records existed, or by a run killed before its end) is answered the same way
 (`derive_record`, with `recorded` false). What only the run itself knows is added to its record: the files it found
-unchanged, the duration of each step, its notes and warnings, and its status.
+unchanged, the duration of each step, its notes and warnings, its status and exit code, and what a
+write-audit-publish run did with its staged load (`WapFigures`). A staged load that was not published is in no
+sink: its figures are read from the staged copy of the warehouse before that copy is held or dropped.
 """
 
 from __future__ import annotations
