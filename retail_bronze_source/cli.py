@@ -20,16 +20,20 @@ from .observe import format_progress, format_record
 from .observe.lake import lake_store
 from .observe.load_info import RunNotFound, format_records, load_info, records_json
 from .observe.report import REPORT_FOLDER, page_name, write_pages
+from .outputs import OUTCOME_FAILED
 from .process import tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
 from .run import (
     DEFAULT_LOCK_TIMEOUT,
     Layout,
+    PublishRefused,
+    RunResult,
     TableSummary,
     check_layout,
     dry_run,
     promote_rescued,
+    publish_staged,
     recorded_ledgers,
     run_bronze,
 )
@@ -76,6 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
                         help="seconds to wait for another run on the same warehouse or lake (default 60)")
     parser.add_argument("--pipelines-dir", default=None, help="dlt pipelines dir (default: dlt's own, ~/.dlt)")
+    parser.add_argument("--wap", action="store_true", default=None,
+                        help="write-audit-publish: load a staged copy of the warehouse, run the tables' audits on it "
+                             "and publish only if they pass (default: [sources.retail_bronze] wap); exit 3: held for "
+                             "inspection, exit 4: audits failed, nothing published")
+    parser.add_argument("--publish", action="store_true",
+                        help="publish the staging a write-audit-publish run held for inspection, then exit")
     return parser.parse_args(argv)
 
 
@@ -139,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compact(layout)
         if args.promote_rescued:
             return _promote(layout, names, args)
+        if args.publish:
+            return _publish(layout, args)
         if args.dry_run:
             ledgers = _existing_ledgers(layout, args.pipelines_dir)
             say("dry run: nothing is written; this is what a run would load and reject")
@@ -146,12 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         reload = [t.strip() for t in args.reload.split(",") if t.strip()]
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
-                            evolve_schema=args.evolve_schema, reload=reload,
+                            evolve_schema=args.evolve_schema, reload=reload, wap=args.wap,
                             progress=lambda done: say(format_progress(done)))
     except StoreStepFailed as error:
         say(f"error: {error}", error=True)
         return 1
-    except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError) as error:
+    except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError, PublishRefused) as error:
         say(f"error: {error}", error=True)
         return 2
     except Exception as error:
@@ -171,6 +183,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.record is not None:
         say(f"this run later: bronze_dlt_pipeline.py load-info {result.record.run_id}; its page: "
             f"{layout.lake_store.url_of(*REPORT_FOLDER.split('/'), page_name(result.record))}")
+    for failure in result.delta_failures:
+        say(f"error: {failure}", error=True)
+    if result.wap is not None:
+        _report_wap(result)
+    return result.exit_code
+
+
+def _report_wap(result: RunResult) -> None:
+    """Print the failed audits of a write-audit-publish run on stderr (what it did with its staged load is in the
+    run's text)."""
+    outcome = result.wap
+    assert outcome is not None
+    for warning in outcome.warnings:
+        say(f"audit warning: {warning}", error=True)
+    for failed in outcome.failed:
+        say(f"audit failed: {failed}", error=True)
+    if outcome.status == OUTCOME_FAILED:
+        kept = f"; the staging is kept at {outcome.staging}" if outcome.staging else ""
+        say(f"write-audit-publish: {len(outcome.failed)} audit(s) failed, nothing was published (load "
+            f"{outcome.load_id}){kept}", error=True)
+
+
+def _publish(layout: Layout, args: argparse.Namespace) -> int:
+    result = publish_staged(layout, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout)
+    for note in result.notes:
+        say(f"note: {note}")
+    say(f"lake load {result.lake_load_id or '-'}; delta: {len(result.mirrored)} table load(s) mirrored")
     for failure in result.delta_failures:
         say(f"error: {failure}", error=True)
     return 1 if result.delta_failures else 0

@@ -11,6 +11,10 @@ import signal
 from collections import Counter
 
 POINTS = ("file_staged", "warehouse_loaded", "lake_loaded", "delta_table_mirrored")
+WAP_POINTS = ("wap_audited", "wap_publishing", "wap_published")
+"""Points of a write-audit-publish run only: audit results recorded (the staging is then dropped by the next run),
+the staging marked for publishing (the next run publishes it), the copy renamed over the warehouse (the next run
+moves its pipeline files)."""
 _reached: Counter[str] = Counter()
 
 

@@ -7,6 +7,7 @@ hints they load with.
 - `manifest_processed_files`: one row per version of a file.
 - `schema_history`: columns added to a table (schema evolution, promotion of rescued columns).
 - `table_resets`: tables dropped or reloaded, so that every sink replaces them.
+- `audit_results`: the audits of write-audit-publish runs (`audit_results_table`).
 """
 
 from __future__ import annotations
@@ -175,6 +176,46 @@ TABLE_RESETS_SCHEMA = pa.schema([
     pa.field("reset_at", UTC_TS, nullable=False),
     pa.field("reason", pa.string(), nullable=False),
 ])
+
+AUDIT_RESULTS_TABLE = "audit_results"
+AUDIT_RESULTS_SCHEMA = pa.schema([
+    pa.field("load_id", pa.string(), nullable=False),
+    pa.field("table_name", pa.string(), nullable=False),
+    pa.field("audit", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("severity", pa.string(), nullable=False),
+    pa.field("expected", pa.string()),
+    pa.field("observed", pa.string()),
+    pa.field("passed", pa.bool_(), nullable=False),
+    pa.field("detail", pa.string()),
+    pa.field("ingestion_ts", UTC_TS, nullable=False),
+    pa.field("audited_at", UTC_TS, nullable=False),
+    pa.field("outcome", pa.string(), nullable=False),
+])
+"""One row per audit result of a write-audit-publish run, kept in the warehouse itself (not a dlt table, not in the
+lake): `load_id` is the warehouse load the run staged, `outcome` what became of it."""
+AUDIT_RESULTS_KEY = ("load_id", "table_name", "audit")
+OUTCOME_PENDING = "pending"
+"""Audited, not yet published or held (a run killed now is undone: the next run sets `discarded`)."""
+OUTCOME_PUBLISHED = "published"
+OUTCOME_HELD = "held"
+"""The audits passed and the staging is held for inspection (`on_success = "inspect"`)."""
+OUTCOME_FAILED = "failed"
+"""An audit of severity `error` failed: nothing was published."""
+OUTCOME_DISCARDED = "discarded"
+"""The staging was dropped unpublished (a held staging replaced by a later run, a killed run undone)."""
+
+
+def audit_results_table(results: Sequence[Any], *, load_id: str, ingestion_ts: datetime, audited_at: datetime,
+                        outcome: str) -> pa.Table:
+    """The `audit_results` rows of one run's results (objects with the table's per-result fields)."""
+    fields = ("table_name", "audit", "kind", "severity", "expected", "observed", "passed", "detail")
+    return pa.Table.from_pylist([
+        {"load_id": load_id, **{name: getattr(result, name) for name in fields}, "ingestion_ts": ingestion_ts,
+         "audited_at": audited_at, "outcome": outcome}
+        for result in results
+    ], schema=AUDIT_RESULTS_SCHEMA)
+
 
 SHARED_TABLES = (REJECTS_TABLE, MANIFEST_TABLE, SCHEMA_HISTORY_TABLE, TABLE_RESETS_TABLE)
 """Tables every resource (or the run) writes: they belong to no data table's resource."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -15,7 +16,18 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from schemas import schemas
 
-from .outputs import ADDED_COLUMNS
+from .audits import (
+    AcceptedValues,
+    Anomaly,
+    Audit,
+    Completeness,
+    Freshness,
+    References,
+    SchemaAudit,
+    ValueRange,
+    audit_problems,
+)
+from .outputs import ADDED_COLUMNS, table_schema
 from .readers.formats import DIRECTORY_FORMATS, SHEET_FORMATS, FileFormat
 from .readers.options import resolve_reader_options
 
@@ -82,6 +94,9 @@ class TableSpec:
     (absolute paths, URLs, `..` paths, as in a shallow clone). Off by default: such files are `OUTSIDE_RAW_ROOT`
     rejects and are never read. Declared per table, in code: no configuration value or environment variable opens
     the boundary."""
+    audits: tuple[Audit, ...] = ()
+    """What a write-audit-publish run checks on this table's batch before publishing it (`audits`); checked when the
+    table is declared. Runs without write-audit-publish ignore them."""
 
     @property
     def has_sheets(self) -> bool:
@@ -125,6 +140,9 @@ class TableSpec:
             problem = contract_type_problem(contract_field)
             if problem:
                 raise ValueError(f"table {self.name!r}: column {contract_field.name!r} {problem}")
+        audit_errors = audit_problems(self.audits, {f.name: f.type for f in table_schema(self)})
+        if audit_errors:
+            raise ValueError(f"table {self.name!r}: {'; '.join(audit_errors)}")
 
 
 def _check_column_names(table: str, names: Sequence[str], normalize: Callable[[str], str]) -> None:
@@ -204,26 +222,54 @@ def _spec(name: str, schema: pa.Schema, files: str, formats: Sequence[FileFormat
                      write_disposition=write_disposition, sequence_column=sequence_column, **options)
 
 
+_STEADY = (SchemaAudit(), Anomaly(metric="row_count"), Anomaly(metric="reject_rate"))
+"""Audits of every shipped table: the contract's schema, no column added unasked, row counts and reject rates in line
+with the table's history (judged from 5 published runs on)."""
+_DAILY = Completeness(min_rows_ratio=0.2, runs=10, min_runs=3)
+"""Transactional tables deliver every day: a batch with under a fifth of the usual rows is incomplete."""
+_ORPHANS = 0.05
+"""Share of a batch's rows whose key may be missing upstream: the sample's own deliveries lose a few referenced rows
+to rejects (about 1% of orders name a rejected customer)."""
+_RECENT = timedelta(days=30)
+"""How much older than the newest published value a batch's newest timestamp may be (a stale file sent again)."""
+
 RETAIL_TABLES: tuple[TableSpec, ...] = (
-    _spec("customers", schemas.CUSTOMERS, "customers/*", ["csv"], ["customer_id"], "merge"),
-    _spec("products", schemas.PRODUCTS, "products/*", ["parquet"], ["product_id"], "merge"),
-    _spec("stores", schemas.STORES, "stores/*", ["csv"], ["store_id"], "merge"),
-    _spec("orders", schemas.ORDERS, "orders/*", ["csv"], ["order_id"], "merge", partition_by=("order_dt",)),
-    _spec("order_items", schemas.ORDER_ITEMS, "order_items/*", ["parquet"], ["order_id", "line_no"], "merge"),
+    _spec("customers", schemas.CUSTOMERS, "customers/*", ["csv"], ["customer_id"], "merge", audits=_STEADY),
+    _spec("products", schemas.PRODUCTS, "products/*", ["parquet"], ["product_id"], "merge", audits=(
+        *_STEADY, AcceptedValues(column="currency", values=schemas.CURRENCIES))),
+    _spec("stores", schemas.STORES, "stores/*", ["csv"], ["store_id"], "merge", audits=(
+        *_STEADY, Completeness(min_rows_ratio=None, required_files=("stores/*.csv",)))),
+    _spec("orders", schemas.ORDERS, "orders/*", ["csv"], ["order_id"], "merge", partition_by=("order_dt",), audits=(
+        *_STEADY, _DAILY, AcceptedValues(column="currency", values=schemas.CURRENCIES),
+        ValueRange(column="total_amount", min="0.01", max_failing_share=0.01),
+        References(columns=("customer_id",), table="customers", max_orphan_share=_ORPHANS),
+        References(columns=("store_id",), table="stores", max_orphan_share=_ORPHANS),
+        Freshness(column="order_ts", max_lag=_RECENT))),
+    _spec("order_items", schemas.ORDER_ITEMS, "order_items/*", ["parquet"], ["order_id", "line_no"], "merge", audits=(
+        *_STEADY, _DAILY, References(columns=("order_id",), table="orders", max_orphan_share=_ORPHANS))),
     _spec("returns", schemas.RETURNS, "returns", ["delta"], ["return_id"], "merge", delete_marker="is_deleted",
           derived=(DerivedColumn("deleted_at", pa.timestamp("us", tz="UTC"),
-                                 "CASE WHEN is_deleted THEN updated_at END"),)),
+                                 "CASE WHEN is_deleted THEN updated_at END"),), audits=(
+              *_STEADY, AcceptedValues(column="currency", values=schemas.CURRENCIES),
+              References(columns=("order_id",), table="orders", max_orphan_share=_ORPHANS))),
     _spec("exchange_rates", schemas.EXCHANGE_RATES, "exchange_rates/*", ["xlsx"],
-          ["rate_date", "base_currency", "quote_currency"], "merge", sequence_column=None),
+          ["rate_date", "base_currency", "quote_currency"], "merge", sequence_column=None, audits=(
+              *_STEADY, ValueRange(column="rate", min="0.0001", max="10000"))),
     _spec("events", schemas.EVENTS, "events/*", ["jsonl"], ["event_id"], "append", sequence_column=None,
           derived=(DerivedColumn("event_date", pa.date32(), "CAST(timezone('UTC', event_ts) AS DATE)"),),
-          partition_by=("event_date",)),
+          partition_by=("event_date",), audits=(*_STEADY, _DAILY, Freshness(column="event_ts", max_lag=_RECENT))),
     _spec("sensors", schemas.SENSORS, "sensors/*", ["csv", "parquet"], ["sensor_id", "reading_ts"], "append",
           sequence_column=None,
           derived=(DerivedColumn("reading_month", pa.string(), "strftime(timezone('UTC', reading_ts), '%Y-%m')"),),
-          partition_by=("store_id", "reading_month")),
+          partition_by=("store_id", "reading_month"), audits=(
+              *_STEADY, _DAILY, References(columns=("store_id",), table="stores", max_orphan_share=_ORPHANS),
+              ValueRange(name="power_not_all_zero", column="value", min="0.001", where="metric = 'power_kw'",
+                         max_failing_share=0.5),
+              ValueRange(name="temperature_plausible", column="value", min="-50", max="60",
+                         where="metric = 'temperature_c'", max_failing_share=0.01),
+              Freshness(column="reading_ts", max_lag=_RECENT))),
 )
-"""The retail tables that ship with the package."""
+"""The retail tables that ship with the package, with the audits a write-audit-publish run checks on them."""
 
 
 def select_tables(tables: Sequence[TableSpec], names: Sequence[str] | None) -> tuple[TableSpec, ...]:

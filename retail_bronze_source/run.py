@@ -32,6 +32,8 @@ from .lease import LakeLease, lake_lease
 from .observe import ProgressReport, RunObserver, RunRecord
 from .outputs import (
     MANIFEST_TABLE,
+    OUTCOME_FAILED,
+    OUTCOME_HELD,
     REJECTS_TABLE,
     SCHEMA_HISTORY_SCHEMA,
     SCHEMA_HISTORY_TABLE,
@@ -64,6 +66,7 @@ from .sinks.warehouse import (
     wait_for_warehouse,
 )
 from .storage import RAW_SECTION, StoreError, check_readable, check_writable, open_store, store_step
+from .wap import PublishRefused, Staging, WapOutcome, WapSettings, publish_held, settle_staging, wap_settings
 
 
 @dataclass
@@ -100,6 +103,15 @@ class RunResult:
     """What the run did to bring the sinks together before loading (a state dropped, a warehouse restored...)."""
     record: RunRecord | None = None
     """What the run did, as kept in the warehouse and the lake (`observe`; `load_info` reads it back)."""
+    wap: WapOutcome | None = None
+    """What a write-audit-publish run did with its staged load (None for a run without it)."""
+
+    @property
+    def exit_code(self) -> int:
+        """What the command line exits with: 4 when audits failed (nothing published), 3 when the load is held for
+        inspection, 1 when a Delta table could not be written (the next run catches it up), else 0."""
+        held_back = self.wap.exit_code if self.wap is not None else None
+        return held_back if held_back is not None else 1 if self.delta_failures else 0
 
 
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -111,7 +123,8 @@ files written by the resources."""
 def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tables: Sequence[TableSpec] | None = None,
                pipelines_dir: str | None = None, chunk_size: int | None = None,
                lock_timeout: float = DEFAULT_LOCK_TIMEOUT, evolve_schema: bool | None = None,
-               reload: Sequence[str] = (), progress: ProgressReport | None = None) -> RunResult:
+               reload: Sequence[str] = (), progress: ProgressReport | None = None,
+               wap: bool | None = None) -> RunResult:
     """Load new and changed raw files into every sink; rejects are outputs, not failures.
 
     The run holds the locks of its warehouse, its lake and its pipelines' working directories for its whole duration:
@@ -120,8 +133,13 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
     configuration (`[sources.retail_bronze] evolve_schema`). `reload` names tables to load again from their raw files
     in every sink (their tables, rejects and manifest records are replaced). `progress` is called as each table's
     extraction ends. What the run did is recorded (`RunResult.record`), a failed run's error too.
+
+    `wap` (None: `[sources.retail_bronze] wap`) makes it a write-audit-publish run (`wap`): the load is staged, the
+    tables' audits run on it, and it is published, held or dropped as `on_success` and `on_failure` say
+    (`RunResult.wap`). Every run first settles a staging an earlier run left.
     """
     specs = select_tables(tables or RETAIL_TABLES, table_names)
+    wap_config = wap_settings(wap)
     unknown = sorted(set(reload) - {s.name for s in specs})
     if unknown:
         raise ValueError(f"cannot reload {', '.join(unknown)}: not among the tables of this run")
@@ -129,7 +147,7 @@ def run_bronze(layout: Layout, *, table_names: Sequence[str] | None = None, tabl
         observer = RunObserver(layout, [spec.name for spec in specs], progress)
         with observer.recording_failure():
             result = _run(layout, specs, pipelines_dir=pipelines_dir, chunk_size=chunk_size,
-                          evolve_schema=evolve_schema, reload=reload, lease=lease, observer=observer)
+                          evolve_schema=evolve_schema, reload=reload, lease=lease, observer=observer, wap=wap_config)
         result.record = observer.finish(result)
         return result
 
@@ -169,15 +187,24 @@ def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> I
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
          evolve_schema: bool | None, reload: Sequence[str], lease: LakeLease | None,
-         observer: RunObserver) -> RunResult:
+         observer: RunObserver, wap: WapSettings | None = None) -> RunResult:
     stamp = observer.started
+    settled = settle_staging(layout.warehouse)
     sinks = open_sinks(layout, specs, pipelines_dir)
+    sinks.notes[:0] = settled
     warehouse, lake = sinks.warehouse, sinks.lake
     swept = sweep_orphans(warehouse, {s.name for s in specs} | set(SHARED_TABLES), sinks.identity.restored_through)
     if swept:
         sinks.notes.append(f"removed {swept} row(s) an interrupted load had left in the warehouse")
     columns_before = _data_columns(warehouse)
     failed = _finish_pending(warehouse, undo_interrupted=True)
+    staging, earlier = None, []
+    if wap is not None:  # the run loads a staged copy of the warehouse; earlier packages' failures stay published
+        if failed:
+            _record_load_failures(warehouse, failed, stamp)
+        staging, earlier, failed = Staging.begin(layout.warehouse, warehouse, wap, stamp), failed, []
+        warehouse = staging.pipeline
+    warehouse_db = staging.warehouse if staging else layout.warehouse
     if warehouse.refresh:
         # dlt would drop the tables in the warehouse only; a reload replaces them in every sink.
         sinks.notes.append(f"refresh={warehouse.refresh} is configured: every table of the run is reloaded from its "
@@ -186,7 +213,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         warehouse.refresh = None
     if reload:
         _drop_tables(warehouse, reload)
-    seeds, resets = _reconcile_ledgers(warehouse, layout.warehouse, specs, reload)
+    seeds, resets = _reconcile_ledgers(warehouse, warehouse_db, specs, reload)
     if seeds:
         sinks.notes.append(f"the file ledger of {', '.join(sorted(seeds))} was rebuilt from the manifest")
     observer.lap("prepare")
@@ -215,6 +242,16 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         sinks.notes.append(f"removed {emptied} row(s) of file(s) delivered again without a valid row")
     observer.lap("load")
     crash_point("warehouse_loaded")
+    outcome = staged_summary = None
+    if staging is not None:
+        outcome = staging.audit(specs, warehouse_load_id)
+        staged_summary = _summary(warehouse_db, outcome.load_id, specs)
+        observer.lap("audit")
+        if outcome.load_id is not None and outcome.status in (OUTCOME_FAILED, OUTCOME_HELD):
+            observer.staged(warehouse_db, outcome.load_id)
+        outcome, warehouse = staging.settle(outcome)
+        observer.lap("publish")
+        failed, changes = [*earlier, *failed], changes if outcome.status == "published" else []
 
     lake_load_id, lake_failed = _follow_warehouse(layout, warehouse, lake, stamp, lease)
     failed += lake_failed
@@ -232,8 +269,9 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         files, summary, warnings = reports.result()
         drafted.result()
         observer.lap("reports")
-    return RunResult(stamp, warehouse_load_id, lake_load_id, summary, failed, mirrored, files, compacted, changes,
-                     warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name), sinks.notes)
+    return RunResult(stamp, warehouse_load_id, lake_load_id, staged_summary or summary, failed, mirrored, files,
+                     compacted, changes, warnings, delta_failures, (warehouse.pipeline_name, lake.pipeline_name),
+                     sinks.notes, wap=outcome)
 
 
 def _check(lease: LakeLease | None) -> None:
@@ -276,6 +314,7 @@ def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
     specs = select_tables(tables or RETAIL_TABLES, table_names)
     with _locked(layout, pipelines_dir, lock_timeout) as lease:
         stamp = datetime.now(UTC)
+        settle_staging(layout.warehouse)
         sinks = open_sinks(layout, specs, pipelines_dir)
         warehouse, lake = sinks.warehouse, sinks.lake
         _finish_pending(warehouse, undo_interrupted=True)
@@ -292,6 +331,33 @@ def promote_rescued(layout: Layout, *, table_names: Sequence[str] | None = None,
             _follow_warehouse(layout, warehouse, lake, stamp, lease)
             failures = mirror_and_compact(layout.lake_store, specs)[2]
         return PromoteResult(done, [p for p in plans if p.refused is not None], failures)
+
+
+@dataclass
+class PublishResult:
+    """The outcome of `publish_staged`."""
+
+    notes: list[str]
+    lake_load_id: str | None
+    mirrored: list[MirroredTable]
+    delta_failures: list[DeltaTableFailure]
+
+
+def publish_staged(layout: Layout, *, tables: Sequence[TableSpec] | None = None, pipelines_dir: str | None = None,
+                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> PublishResult:
+    """Publish the staging a write-audit-publish run held for inspection (`on_success = "inspect"`), then bring the
+    change log, the Delta mirror and the rejects CSVs up to the warehouse. Raises `PublishRefused` when no staging
+    is held, its audits failed, or the warehouse took other loads since it was staged."""
+    specs = select_tables(tables or RETAIL_TABLES, None)
+    with _locked(layout, pipelines_dir, lock_timeout) as lease:
+        stamp = datetime.now(UTC)
+        notes = publish_held(layout.warehouse)
+        sinks = open_sinks(layout, specs, pipelines_dir)
+        _finish_pending(sinks.warehouse, undo_interrupted=True)
+        lake_load_id, _ = _follow_warehouse(layout, sinks.warehouse, sinks.lake, stamp, lease)
+        mirrored, _, failures = mirror_and_compact(layout.lake_store, specs)
+        _warehouse_reports(layout, None, specs, warnings=False)
+        return PublishResult([*notes, *sinks.notes], lake_load_id, mirrored, failures)
 
 
 def _evolves(pipeline: Pipeline, specs: Sequence[TableSpec]) -> bool:
@@ -530,6 +596,6 @@ def recorded_ledgers(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     return {name: dict(state.get("files", {})) for name, state in resources.items()}
 
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "RunResult", "SinkMismatch", "StoreError", "TableSummary",
-           "check_layout", "dry_run",
-           "promote_rescued", "run_bronze"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "Layout", "PromoteResult", "PublishRefused", "PublishResult", "RunResult",
+           "SinkMismatch", "StoreError", "TableSummary", "check_layout", "dry_run", "promote_rescued", "publish_staged",
+           "run_bronze"]

@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     # 1: readers
     "readers": 1,
     # 2: declarations (the registry validates reader options)
-    "registry": 2,
+    "registry": 2, "audits": 2,
     # 3: validation
     "validate": 3, "nested": 3, "row_hash": 3, "audit": 3,
     # 4: extraction and the package face
@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     # 5: sinks
     "sinks": 5,
     # 6: the run and operations across sinks
-    "run": 6, "promote": 6, "observe": 6,
+    "run": 6, "promote": 6, "auditing": 6, "wap": 6, "observe": 6,
     # 7: the command line
     "cli": 7,
 }

@@ -384,3 +384,54 @@ def test_a_dry_run_reads_a_bucket_and_writes_nothing(s3_server: S3Server, s3_buc
     fs = fsspec.filesystem("s3", **s3_server.fsspec_options())
     assert not fs.exists(f"{s3_bucket}/lake") or fs.find(f"{s3_bucket}/lake") == []
     assert not box.warehouse.exists()
+
+
+def _orders_day(first_customer: int) -> bytes:
+    """A day of 200 orders whose customers are numbered from `first_customer` (the sample knows 1 to 300)."""
+    header = ("order_id,customer_id,store_id,order_ts,order_dt,status,channel,currency,total_amount,customer_email,"
+              "note,updated_at\n")
+    return (header + "".join(f"{200000 + i},{first_customer + i},{1 + i % 30},2024-03-09T10:{i % 60:02d}:00+00:00,"
+                             f"2024-03-09,paid,web,EUR,{10 + i}.50,,,2024-03-09T11:00:00+00:00\n"
+                             for i in range(200))).encode()
+
+
+def test_write_audit_publish_on_a_bucket_lake_publishes_nothing_until_the_audits_pass(
+        s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    tables = ["customers", "stores", "orders"]
+    delivery = "orders/orders_2024-03-09.csv"
+    local = make_sandbox(tmp_path / "local", raw=tmp_path / "local" / "raw")
+    for table in tables:
+        shutil.copytree(SAMPLE / table, local.raw / table)
+    (local.raw / delivery).write_bytes(_orders_day(first_customer=1))
+    never_failed = run_cli("--raw", str(local.raw), "--lake", str(local.lake), "--warehouse", str(local.warehouse),
+                           "--pipelines-dir", str(local.pipelines_dir), "--tables", ",".join(tables), env=_clean_env())
+    assert never_failed.returncode == 0, never_failed.stderr
+
+    _upload(s3_server, s3_bucket, "drops", tables)
+    box = make_sandbox(tmp_path / "s3")
+    raw, lake = f"s3://{s3_bucket}/drops", f"s3://{s3_bucket}/lake"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **s3_server.fsspec_options())
+
+    def published() -> dict[str, bytes]:
+        """Every data object of the lake (change log, Delta, rejects CSVs), not the run records and pages."""
+        return {p: fs.cat_file(p) for folder in ("bronze", "_rejects") for p in fs.find(f"{s3_bucket}/lake/{folder}")}
+
+    assert _run(box, raw, lake, _dlt_env(s3_server), "--wap", tables=tables).returncode == 0
+    before = published()
+    assert any("/bronze/delta/orders/_delta_log/" in p for p in before)
+
+    fs.pipe_file(f"{s3_bucket}/drops/{delivery}", _orders_day(first_customer=900001))
+    failed = _run(box, raw, lake, _dlt_env(s3_server), "--wap", tables=tables)
+    assert failed.returncode == 4, failed.stderr
+    assert "audit failed: orders references:customer_id->customers" in failed.stderr
+    assert published() == before
+    assert (box.warehouse.with_name(box.warehouse.name + ".wap") / box.warehouse.name).exists()
+    run_id = failed.stdout.split("load-info ")[1].split(";")[0]
+    record = json.loads(fs.cat_file(f"{s3_bucket}/lake/_retail_bronze/runs/{run_id}.json"))
+    assert (record["status"], record["exit_code"], record["wap"]["outcome"]) == ("audit_failed", 4, "failed")
+
+    fs.pipe_file(f"{s3_bucket}/drops/{delivery}", _orders_day(first_customer=1))
+    fixed = _run(box, raw, lake, _dlt_env(s3_server), "--wap", tables=tables)
+    assert fixed.returncode == 0, fixed.stderr
+    assert not box.warehouse.with_name(box.warehouse.name + ".wap").exists()
+    assert _s3_lake_snapshot(s3_server, lake, box, tables) == snapshot(local, tables)

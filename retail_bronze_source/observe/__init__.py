@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -30,11 +31,13 @@ from .record import (
     ProgressLog,
     RunRecord,
     StepClock,
+    TableFigures,
     Warehouse,
     audit_results,
     complete_run,
     draft_run,
     store_record,
+    warehouse_figures,
 )
 from .report import ReportConfig, recent_records, write_report
 
@@ -68,11 +71,18 @@ class RunObserver:
         self.metrics_config = MetricsConfig.configured()
         self._opened = False
         self._draft: _Draft | None = None
+        self._staged: tuple[dict[str, TableFigures], dict[str, int]] | None = None
         self._connection: duckdb.DuckDBPyConnection | None = None
 
     def lap(self, step: str) -> None:
         self.clock.lap(step)
         self._opened = True
+
+    def staged(self, warehouse: Path, load_id: str) -> None:
+        """Read the figures of a write-audit-publish load that is not being published from its staged copy of the
+        warehouse (`warehouse`), before the copy is held or dropped: the warehouse readers see never holds them."""
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            self._staged = warehouse_figures(Warehouse(con), [load_id])
 
     def prepare(self, lake_load_id: str | None, *, failed: bool = False) -> None:
         """Read the run's figures from the warehouse and the change log: the run calls this as soon as both are
@@ -124,14 +134,14 @@ class RunObserver:
         assert self._draft is not None
         draft = self._draft
         record = complete_run(draft.record, self.layout.lake_store, result, clock=self.clock, progress=self.progress,
-                              error=error)
+                              error=error, staged=self._staged)
         if not record.pipelines:
             names = pipeline_names(self.layout.warehouse, self.layout.lake_store)
             record.pipelines = {"warehouse": names[0], "lake": names[1]}
         assert self._connection is not None
         try:
             wh = Warehouse(self._connection)
-            record.audits = audit_results(wh, [record.run_id, *record.all_loads()])
+            record.audits = audit_results(wh, [record.run_id, *record.recorded_loads()])
             write_report(self.layout.lake_store, record, draft.recent, self.report_config)
             record.warnings += [redact(w) for w in publish_metrics(record, draft.successes, self.metrics_config)]
             store_record(wh, self.layout.lake_store, record)

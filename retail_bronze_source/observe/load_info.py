@@ -84,7 +84,7 @@ def _open(warehouse: Path) -> duckdb.DuckDBPyConnection | None:
 
 def _select(con: Warehouse | None, lake: LakeRoot, load_id: str | None, last: int | None) -> list[RunRecord]:
     records = stored_records(con, lake)
-    covered = {load for record in records.values() for load in record.all_loads()}
+    covered = {load for record in records.values() for load in record.recorded_loads()}
     entries = [_Entry(_key(r), r, None) for r in records.values()]
     loads = completed_loads(con) if con is not None else []
     entries += [_Entry(Decimal(load), None, load) for load in loads if load not in covered]
@@ -94,7 +94,7 @@ def _select(con: Warehouse | None, lake: LakeRoot, load_id: str | None, last: in
         if not chosen and con is not None:
             imported = {lake_load: warehouse_load for warehouse_load, lake_load in lake_imports(lake).items()}
             chosen = [e for e in entries if imported.get(load_id) in ({e.load_id} if e.record is None
-                                                                      else set(e.record.all_loads()))]
+                                                                      else set(e.record.recorded_loads()))]
         if not chosen:
             raise RunNotFound(f"no run or load {load_id!r} in this warehouse or lake")
     else:
@@ -110,7 +110,7 @@ def _select(con: Warehouse | None, lake: LakeRoot, load_id: str | None, last: in
             imports = lake_imports(lake) if imports is None else imports
             record = derive_record(con, lake, entry.load_id, imports)
         if con is not None:
-            record.audits = audit_results(con, [record.run_id, *record.all_loads()])
+            record.audits = audit_results(con, [record.run_id, *record.recorded_loads()])
         out.append(record)
     return out
 
@@ -118,7 +118,7 @@ def _select(con: Warehouse | None, lake: LakeRoot, load_id: str | None, last: in
 def _matches(entry: _Entry, wanted: str) -> bool:
     if entry.record is None:
         return entry.load_id == wanted
-    return wanted in (entry.record.run_id, entry.record.lake_load_id, *entry.record.all_loads())
+    return wanted in (entry.record.run_id, entry.record.lake_load_id, *entry.record.recorded_loads())
 
 
 def _seconds(value: float) -> str:
@@ -135,8 +135,9 @@ def format_record(record: RunRecord) -> str:
     """A run as text: its ids, files and rows per table, what each sink got, steps, audits, schema changes."""
     took = duration(record)
     source = "" if record.recorded else " (no run record: derived from the sinks)"
+    exit_code = f" (exit {record.exit_code})" if record.exit_code is not None else ""
     lines = [f"run {record.run_id}: {record.shown_status}" + (f" in {_seconds(took)}" if took is not None and
-                                                               record.recorded else "") + source]
+                                                               record.recorded else "") + exit_code + source]
     ids = [f"ingestion_ts {record.ingestion_ts or '-'}",
            f"warehouse load {record.warehouse_load_id or '- (nothing new)'}",
            f"lake load {record.lake_load_id or '-'}"]
@@ -146,6 +147,8 @@ def format_record(record: RunRecord) -> str:
         lines.append(f"other warehouse loads of the run: {', '.join(others)}")
     if record.earlier_loads:
         lines.append(f"completed earlier loads no run recorded (a killed run): {', '.join(record.earlier_loads)}")
+    if record.wap is not None:
+        lines.append(wap_text(record))
     active = {name: f for name, f in record.tables.items() if f.files_read or f.files_skipped or f.rejects}
     total = record.total()
     if not active:
@@ -214,14 +217,41 @@ def _sinks_text(record: RunRecord) -> list[str]:
     return lines
 
 
+WAP_OUTCOMES = {
+    "published": "published",
+    "held": "audits passed; the load is held for inspection: publish it with --publish",
+    "failed": "audits failed, nothing published",
+    "nothing": "nothing new to stage",
+}
+
+
+def wap_text(record: RunRecord) -> str:
+    """What a write-audit-publish run did with its staged load, and what became of that load since."""
+    assert record.wap is not None
+    wap = record.wap
+    text = f"write-audit-publish: {WAP_OUTCOMES.get(wap.outcome, wap.outcome)}"
+    if wap.load_id:
+        text += f"; staged load {wap.load_id}"
+    now = record.staged_outcome
+    if now is not None and now != wap.outcome:
+        text += f", since {now}"
+    if wap.staging and now in (None, wap.outcome):
+        text += f"; staging kept at {wap.staging}"
+    if wap.staged_rows:
+        text += "\n  staged rows (not published): " + ", ".join(f"{t} {n}" for t, n in sorted(wap.staged_rows.items()))
+    return text
+
+
 def _audits_text(record: RunRecord) -> str:
     if not record.audits:
         return "audits: no audits"
     failed = [a for a in record.audits if not a.passed]
-    text = f"audits: {len(record.audits) - len(failed)} passed, {len(failed)} failed"
+    text = f"audits: {len(record.audits) - len(failed)} passed, {record.audits_failed} failed"
+    if record.audit_warnings:
+        text += f", {record.audit_warnings} warning(s)"
     for audit in failed:
-        text += (f"\n  failed: {audit.table_name} {audit.audit}: expected {audit.expected}, "
-                 f"observed {audit.observed}")
+        text += (f"\n  {'failed' if audit.blocks else 'warning'}: {audit.table_name} {audit.audit}: expected "
+                 f"{audit.expected}, observed {audit.observed}")
     return text
 
 
@@ -236,6 +266,8 @@ def records_json(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
         data = record.to_json()
         data["status"] = record.shown_status
         data["audits"] = [audit.__dict__ for audit in record.audits]
+        if data.get("wap") is not None:
+            data["wap"]["outcome_now"] = record.staged_outcome
         out.append(data)
     return out
 

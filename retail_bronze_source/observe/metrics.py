@@ -120,13 +120,16 @@ def run_metrics(record: RunRecord, pipeline: str, table_successes: dict[str, flo
     table_success = family("table_last_success_timestamp_seconds",
                            "When a run that included the table last completed (Unix time).")
     last_success = family("last_success_timestamp_seconds", "When a run last completed (Unix time).")
-    audits = family("audits", "Audits of the last run by result (passed, failed).")
-    audit_failures = family("audit_failures", "Failed audits of the last run.")
+    audits = family("audits", "Audits of the last run by result (passed, failed, warning).")
+    audit_failures = family("audit_failures", "Failed audits of the last run that held its load back.")
+    audit_failed = family("audit_failed", "1 when an audit of the last run failed, else 0, by table and audit.")
+    exit_code = family("run_exit_code", "The command line's exit code for the last run (3 held, 4 audits failed).")
 
     ok = record.status == STATUS_OK and not record.audits_failed
     info.add(1, pipeline=pipeline, run_id=record.run_id, status=record.shown_status,
              warehouse_load_id=record.warehouse_load_id or "", lake_load_id=record.lake_load_id or "")
     success.add(1 if ok else 0, pipeline=pipeline)
+    exit_code.add(record.exit_code, pipeline=pipeline)
     finished.add(_timestamp(record.finished_at), pipeline=pipeline)
     start, end = _timestamp(record.started_at), _timestamp(record.finished_at)
     took.add(end - start if start is not None and end is not None else None, pipeline=pipeline)
@@ -151,15 +154,19 @@ def run_metrics(record: RunRecord, pipeline: str, table_successes: dict[str, flo
         table_success.add(stamp, pipeline=pipeline, table=table)
     if table_successes:
         last_success.add(max(table_successes.values()), pipeline=pipeline)
-    by_table: dict[str, list[bool]] = {}
+    by_table: dict[str, dict[str, int]] = {}
     for audit in record.audits:
-        by_table.setdefault(audit.table_name, []).append(audit.passed)
-    for table, results in sorted(by_table.items()):
-        audits.add(sum(results), pipeline=pipeline, table=table, result="passed")
-        audits.add(len(results) - sum(results), pipeline=pipeline, table=table, result="failed")
-        audit_failures.add(len(results) - sum(results), pipeline=pipeline, table=table)
-    return [info, success, finished, took, last_success, steps, files, *rows.values(), rejects, size, sink_rows,
-            delta, table_success, audits, audit_failures]
+        result = "passed" if audit.passed else "failed" if audit.blocks else "warning"
+        counts = by_table.setdefault(audit.table_name, {"passed": 0, "failed": 0, "warning": 0})
+        counts[result] += 1
+        audit_failed.add(0 if audit.passed else 1, pipeline=pipeline, table=audit.table_name, audit=audit.audit,
+                         severity=audit.severity)
+    for table, counts in sorted(by_table.items()):
+        for result, n in counts.items():
+            audits.add(n, pipeline=pipeline, table=table, result=result)
+        audit_failures.add(counts["failed"], pipeline=pipeline, table=table)
+    return [info, success, exit_code, finished, took, last_success, steps, files, *rows.values(), rejects, size,
+            sink_rows, delta, table_success, audits, audit_failures, audit_failed]
 
 
 def stored_successes(wh: Warehouse) -> dict[str, float]:

@@ -7,7 +7,9 @@ table resets of the warehouse load; per sink the manifest's loaded rows (DuckDB)
 load and the Delta commit that holds the warehouse load (its `retail_bronze.load_id` commit metadata). So a load
 that no run recorded (made before run records existed, or by a run killed before its end) is answered the same way
 (`derive_record`, with `recorded` false). What only the run itself knows is added to its record: the files it found
-unchanged, the duration of each step, its notes and warnings, and its status.
+unchanged, the duration of each step, its notes and warnings, its status and exit code, and what a
+write-audit-publish run did with its staged load (`WapFigures`). A staged load that was not published is in no
+sink: its figures are read from the staged copy of the warehouse before that copy is held or dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ import duckdb
 import pyarrow.parquet as pq
 
 from ..helpers import quote_literal
-from ..outputs import MANIFEST_TABLE, REJECTS_TABLE, SCHEMA_HISTORY_TABLE, SHARED_TABLES, TABLE_RESETS_TABLE
+from ..outputs import (
+    MANIFEST_TABLE,
+    OUTCOME_FAILED,
+    OUTCOME_HELD,
+    REJECTS_TABLE,
+    SCHEMA_HISTORY_TABLE,
+    SHARED_TABLES,
+    TABLE_RESETS_TABLE,
+)
 from ..redact import redact
 from ..resources import TableProgress
 from ..sinks import DATASET
@@ -40,7 +50,8 @@ RUNS_FOLDER = f"{META_DIR}/runs"
 RUNS_TABLE = "runs"
 RUN_TABLES_TABLE = "run_tables"
 AUDIT_RESULTS_TABLE = "audit_results"
-"""`bronze.audit_results` (write-audit-publish): run or load id, table_name, audit, expected, observed, passed."""
+"""`bronze.audit_results` (write-audit-publish): load id, table_name, audit, expected, observed, passed, severity,
+outcome (see `outputs.AUDIT_RESULTS_SCHEMA`); read by column name, so that only the first six are needed."""
 CHANGE_LOG = "bronze/parquet"
 DELTA = "bronze/delta"
 DELTA_LOAD_KEY = "retail_bronze.load_id"
@@ -55,6 +66,10 @@ STATUS_INCOMPLETE = "incomplete"
 """The run completed, but a Delta table could not be written (the next run catches it up)."""
 STATUS_LOADED = "loaded"
 """A load no run recorded, complete in the warehouse (a record derived from the sinks)."""
+STATUS_AUDIT_FAILED = "audit_failed"
+"""A write-audit-publish run whose audits failed: nothing of its load was published."""
+STATUS_HELD = "held"
+"""A write-audit-publish run whose audits passed and whose load is held for inspection (published later, or not)."""
 
 
 @dataclass
@@ -107,6 +122,32 @@ class AuditResult:
     expected: str | None
     observed: str | None
     passed: bool
+    severity: str = "error"
+    """`error`: a failure holds the load back; `warn`: a failure is only reported."""
+    load_id: str | None = None
+    """The warehouse load the audit judged (the run's staged load)."""
+    outcome: str | None = None
+    """What became of that load, as `bronze.audit_results` says now: `published`, `held`, `failed`, `discarded`
+    (a held or failed staging dropped by a later run) or `pending` (a run killed before it settled)."""
+
+    @property
+    def blocks(self) -> bool:
+        return not self.passed and self.severity != "warn"
+
+
+@dataclass
+class WapFigures:
+    """What a write-audit-publish run did with the load it staged."""
+
+    outcome: str
+    """`published`, `held` (audits passed, held for inspection), `failed` (an audit failed: nothing published) or
+    `nothing` (nothing new to stage)."""
+    load_id: str | None = None
+    """The staged warehouse load (in the warehouse only once published)."""
+    staging: str | None = None
+    """The staged warehouse file kept for inspection, if any."""
+    staged_rows: dict[str, int] = field(default_factory=dict)
+    """Per table, the rows the load wrote into the staged copy of the warehouse (a load not published)."""
 
 
 @dataclass
@@ -140,13 +181,32 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    """What the command line exits with for this run (0; 1 a Delta table not written; 3 held; 4 audits failed); None
+    for a run that raised and a record derived from the sinks."""
+    wap: WapFigures | None = None
+    """What a write-audit-publish run did with its staged load; None for a run without it."""
     audits: list[AuditResult] = field(default_factory=list)
     """Read from `bronze.audit_results` when the record is read (never stored in the record)."""
     format: int = FORMAT
 
     @property
     def audits_failed(self) -> int:
-        return sum(1 for audit in self.audits if not audit.passed)
+        """Failed audits that hold a load back (severity `error`)."""
+        return sum(1 for audit in self.audits if audit.blocks)
+
+    @property
+    def audit_warnings(self) -> int:
+        """Failed audits of severity `warn` (reported only)."""
+        return sum(1 for audit in self.audits if not audit.passed and not audit.blocks)
+
+    @property
+    def staged_outcome(self) -> str | None:
+        """What became of a write-audit-publish run's staged load by now (`bronze.audit_results`), when known."""
+        if self.wap is None or self.wap.load_id is None:
+            return None
+        found = {a.outcome for a in self.audits if a.load_id == self.wap.load_id and a.outcome}
+        return found.pop() if len(found) == 1 else None
 
     @property
     def shown_status(self) -> str:
@@ -169,6 +229,12 @@ class RunRecord:
     def all_loads(self) -> list[str]:
         return sorted({*self.loads, *([self.warehouse_load_id] if self.warehouse_load_id else [])}, key=Decimal)
 
+    def recorded_loads(self) -> list[str]:
+        """`all_loads` and the load a write-audit-publish run staged (in the warehouse only if it was published): the
+        loads this record answers for."""
+        staged = [self.wap.load_id] if self.wap is not None and self.wap.load_id else []
+        return sorted({*self.all_loads(), *staged}, key=Decimal)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("audits")
@@ -182,6 +248,7 @@ class RunRecord:
                             for name, figures in (data.get("tables") or {}).items()}
         values["sinks"] = {name: SinkFigures(**_known(SinkFigures, figures))
                            for name, figures in (data.get("sinks") or {}).items()}
+        values["wap"] = WapFigures(**_known(WapFigures, data["wap"])) if data.get("wap") else None
         return cls(**values)
 
 
@@ -366,9 +433,11 @@ def audit_results(wh: Warehouse, ids: Sequence[str]) -> list[AuditResult]:
     if not keys:
         return []
     where = " OR ".join(f"CAST({key} AS VARCHAR) IN {_in(ids)}" for key in keys)
-    rows = wh.rows(f"SELECT table_name, audit, CAST(expected AS VARCHAR), CAST(observed AS VARCHAR), passed "
-                   f"FROM {DATASET}.{AUDIT_RESULTS_TABLE} WHERE {where} ORDER BY passed, table_name, audit")
-    return [AuditResult(t, a, e, o, bool(p)) for t, a, e, o, p in rows]
+    optional = ", ".join(f"CAST({c} AS VARCHAR)" if c in columns else "NULL" for c in ("severity", "load_id", "outcome"))
+    rows = wh.rows(f"SELECT table_name, audit, CAST(expected AS VARCHAR), CAST(observed AS VARCHAR), passed, "
+                   f"{optional} FROM {DATASET}.{AUDIT_RESULTS_TABLE} WHERE {where} ORDER BY passed, table_name, audit")
+    return [AuditResult(t, a, e, o, bool(p), severity or "error", load_id, outcome)
+            for t, a, e, o, p, severity, load_id, outcome in rows]
 
 
 def _rejects_csv(lake: LakeRoot, figures: Mapping[str, TableFigures], load_ids: Sequence[str]) -> list[str]:
@@ -481,7 +550,7 @@ def store_record(wh: Warehouse, lake: LakeRoot, record: RunRecord) -> None:
         for statement in RUNS_DDL:
             wh.con.execute(statement)
         wh.refresh()
-    loads = record.all_loads()
+    loads = record.recorded_loads()
     values = [record.run_id, record.status, record.started_at, record.finished_at, record.ingestion_ts,
               record.warehouse_load_id, record.lake_load_id, loads[-1] if loads else None, text]
     rows = [[record.run_id, table, f.files_new, f.files_changed, f.files_unchanged, f.files_rejected,
@@ -555,9 +624,14 @@ def draft_run(wh: Warehouse, lake: LakeRoot, *, started: datetime, tables: Seque
 
 
 def complete_run(record: RunRecord, lake: LakeRoot, result: RunResult | None, *, clock: StepClock,
-                 progress: ProgressLog, error: BaseException | None = None) -> RunRecord:
+                 progress: ProgressLog, error: BaseException | None = None,
+                 staged: tuple[dict[str, TableFigures], dict[str, int]] | None = None) -> RunRecord:
     """Add to a drafted record what only the run knows (its `result`, or the `error` it failed with) and the Delta
-    versions of its loads; the time since the previous step is its `record` step."""
+    versions of its loads; the time since the previous step is its `record` step. `staged` are the figures of a
+    write-audit-publish load that was not published (`warehouse_figures` of the staged copy of the warehouse): its
+    tables' figures, since the warehouse holds none of them."""
+    staged_tables, staged_rows = staged if staged is not None else ({}, {})
+    record.tables.update(staged_tables)
     for table, item in progress.tables.items():
         record.tables.setdefault(table, TableFigures()).files_unchanged = item.files_unchanged
     if error is not None:
@@ -572,6 +646,12 @@ def complete_run(record: RunRecord, lake: LakeRoot, result: RunResult | None, *,
         record.notes, record.warnings = [redact(n) for n in result.notes], [redact(w) for w in result.warnings]
         record.errors = [redact(str(f)) for f in result.delta_failures]
         record.status = STATUS_INCOMPLETE if result.delta_failures else STATUS_OK
+        record.exit_code = result.exit_code
+        if result.wap is not None:
+            record.wap = WapFigures(result.wap.status, result.wap.load_id,
+                                    str(result.wap.staging) if result.wap.staging else None, dict(staged_rows))
+            record.status = {OUTCOME_FAILED: STATUS_AUDIT_FAILED, OUTCOME_HELD: STATUS_HELD}.get(result.wap.status,
+                                                                                                 record.status)
         for mirrored in result.mirrored:
             if mirrored.load_id in own:
                 figures = record.sinks.setdefault(mirrored.table_name, SinkFigures())

@@ -21,6 +21,7 @@ import dlt
 
 from ..sinks.identity import META_SCHEMA
 from .lake import META_DIR, LakeRoot, write_lake_file
+from .load_info import wap_text
 from .record import RUNS_TABLE, STATUS_OK, RunRecord, TableFigures, Warehouse
 
 SECTION = "retail_bronze.report"
@@ -251,7 +252,7 @@ svg.chart{max-width:100%;height:auto}svg .label{font-size:12px;fill:var(--ink)}s
 fill:var(--muted)}svg .axis{font-size:10px;fill:var(--muted)}svg .legend{font-size:11px;fill:var(--ink)}
 svg .grid{stroke:var(--line);stroke-width:1}code{font:12px ui-monospace,Menlo,Consolas,monospace;background:#eef1f5;
 padding:1px 5px;border-radius:4px}ul{margin:4px 0;padding-left:20px}a{color:var(--accent)}
-.fail td{color:var(--bad)}.pass td:last-child{color:var(--good)}td.reasons{white-space:normal;min-width:260px}
+.fail td{color:var(--bad)}.pass td:last-child{color:var(--good)}.warn td:last-child{color:var(--warn)}td.reasons{white-space:normal;min-width:260px}
 .chip{display:inline-block;margin:1px 3px 1px 0;padding:0 7px;border-radius:999px;background:#fdecea;color:#a61e1e;
 font-size:11.5px}.chip b{font-weight:600;margin-left:4px}.scroll{overflow-x:auto}
 """
@@ -368,17 +369,21 @@ def _sinks_html(record: RunRecord) -> str:
 
 
 def _audits_html(record: RunRecord) -> str:
+    wap = f'<p data-figure="wap">{_e(wap_text(record))}</p>' if record.wap is not None else ""
     if not record.audits:
-        return '<p class="empty" data-figure="audits">no audits</p>'
-    failed = record.audits_failed
+        return f'{wap}<p class="empty" data-figure="audits">no audits</p>'
+    failed, warned = record.audits_failed, record.audit_warnings
     rows = "".join(
-        f'<tr class="{"pass" if a.passed else "fail"}" data-figure="audit" data-table="{_e(a.table_name)}">'
-        f"<td>{_e(a.table_name)}</td><td>{_e(a.audit)}</td><td>{_e(a.expected)}</td><td>{_e(a.observed)}</td>"
-        f"<td>{'passed' if a.passed else 'FAILED'}</td></tr>" for a in record.audits)
-    summary = (f'<p><span data-figure="audits_passed">{len(record.audits) - failed}</span> passed, '
-               f'<span data-figure="audits_failed">{failed}</span> failed</p>')
-    return (f"{summary}<table><thead><tr><th>table</th><th>audit</th><th>expected</th><th>observed</th><th>result</th>"
-            f"</tr></thead><tbody>{rows}</tbody></table>")
+        f'<tr class="{"pass" if a.passed else "fail" if a.blocks else "warn"}" data-figure="audit" '
+        f'data-table="{_e(a.table_name)}" data-audit="{_e(a.audit)}" data-passed="{str(a.passed).lower()}">'
+        f"<td>{_e(a.table_name)}</td><td>{_e(a.audit)}</td><td>{_e(a.severity)}</td><td>{_e(a.expected)}</td>"
+        f"<td>{_e(a.observed)}</td><td>{'passed' if a.passed else 'FAILED' if a.blocks else 'warning'}</td></tr>"
+        for a in record.audits)
+    summary = (f'<p><span data-figure="audits_passed">{len(record.audits) - failed - warned}</span> passed, '
+               f'<span data-figure="audits_failed">{failed}</span> failed, '
+               f'<span data-figure="audit_warnings">{warned}</span> warning(s)</p>')
+    return (f'{wap}{summary}<div class="scroll"><table><thead><tr><th>table</th><th>audit</th><th>severity</th>'
+            f"<th>expected</th><th>observed</th><th>result</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
 
 def _rejects_html(record: RunRecord) -> str:
