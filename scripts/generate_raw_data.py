@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -1443,6 +1444,8 @@ class FileVersion:
         return "sha256:" + hashlib.sha256(self.data).hexdigest()
 
 
+NO_ROWS = pa.table({"src_row_number": pa.array([], pa.int64())})
+"""The records of a file written without its truth (`--fast`) or rejected as a whole."""
 ROW_REJECTS = pa.schema([pa.field("src_row_number", pa.int64()), pa.field("reason_code", pa.string()),
                          pa.field("column_name", pa.string())])
 
@@ -1687,13 +1690,14 @@ def _rescued(extras: Mapping[str, pa.Array], n: int, *, missing_is_absent: bool 
 
 def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, truth: bool = True) -> FileVersion:
     """Write `intent` as `spec` says and derive what a load of the file must give, record by record (without
-    `truth`, only the bytes and the reject records: no canonical forms and rescued values)."""
+    `truth`, as `--fast` writes: only the bytes and the number of records)."""
     n = intent.num_rows
     contract = table.contract
     written = [c for c in spec.columns if c in contract.names]
     numbers = _row_numbers_of(table, intent) if spec.extras else None
     extras = {name: _extra_values(numbers, name, kind, spec.fmt, spec.sparse_keys) for name, kind in spec.extras.items()}
     cells: dict[str, pa.Array] = {}
+    rescued_text: dict[str, pa.Array] = {}
     if spec.fmt == "parquet":
         stored = {}
         for name in spec.columns:
@@ -1708,18 +1712,26 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
         data = sink.getvalue().to_pybytes()
         if truth:
             cells = {name: pc.cast(values, pa.string()) for name, values in stored.items()}
-        rescued_text = {name: pc.cast(values, pa.string()) for name, values in extras.items()} if truth else {}
-        row_numbers = arange(n, 1)
+            rescued_text = {name: pc.cast(values, pa.string()) for name, values in extras.items()}
     elif spec.fmt == "csv" and not truth:
-        data, row_numbers, rescued_text = _csv_fast(table, spec, intent, extras, n), arange(n, 1), {}
+        data = _csv_fast(table, spec, intent, extras, n)
     else:
         texts = {name: _text_of(contract.field(name), as_array(intent[name]), spec.spelling.get(name))
                  for name in written}
         if spec.fmt == "csv":
-            data, cells, row_numbers = _csv_bytes(table, spec, texts, extras, n)
+            data, cells = _csv_bytes(table, spec, texts, extras, n)
         else:
-            data, cells, row_numbers = _jsonl_bytes(table, spec, texts, extras, n, truth)
+            data, cells = _jsonl_bytes(table, spec, texts, extras, n, truth)
         rescued_text = extras
+    if spec.file_level == "FILE_UNREADABLE":
+        data = data[: len(data) // 2]
+    elif spec.file_level == "FILE_ENCODING":
+        data += "Zürich".encode("latin-1") + spec.eol.encode()
+    row_count = n + int(spec.unterminated_tail)
+    if not truth:
+        return FileVersion(table.name, path, data, spec.file_level, NO_ROWS, ROW_REJECTS.empty_table(),
+                           0 if spec.file_level else row_count, None, intent, spec)
+    row_numbers = _line_numbers(n, spec.blanks) if spec.fmt == "jsonl" else arange(n, 1)
     planted = list(spec.bad.items())
     positions = pa.array(np.concatenate([p.rows for _, p in planted] + [np.fromiter(spec.parse, np.int64)]), pa.int64())
     codes = pa.array([c for _, p in planted for c in p.codes] + list(spec.parse.values()), pa.string())
@@ -1738,26 +1750,18 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
     parsed = pc.invert(positions_mask(n, spec.parse))
     rows = typed.add_column(0, "src_row_number", row_numbers).add_column(1, "_valid", pc.invert(invalid))
     missing = pa.scalar(None, pa.string())
-    rows = rows.append_column("_canonical", pc.if_else(parsed, _canonical(cells, n), missing) if truth
-                              else pa.nulls(n, pa.string()))
+    rows = rows.append_column("_canonical", pc.if_else(parsed, _canonical(cells, n), missing))
     jsonl = spec.fmt == "jsonl"
     # A JSON Lines column exists only where a record (that parses) has the key.
     seen = {name: values for name, values in rescued_text.items()
             if not jsonl or pc.any(pc.and_(pc.is_valid(values), parsed)).as_py()}
     rescued = _rescued(seen, n, missing_is_absent=jsonl)
-    rows = rows.append_column("_rescued_data", pc.if_else(parsed, rescued, missing) if truth
-                              else pa.nulls(n, pa.string()))
+    rows = rows.append_column("_rescued_data", pc.if_else(parsed, rescued, missing))
     reject_table = pa.table({"src_row_number": pc.take(row_numbers, positions), "reason_code": codes,
                              "column_name": columns}, schema=ROW_REJECTS)
-    row_count = n
     if spec.unterminated_tail:
-        row_count += 1
         reject_table = pa.concat_tables([reject_table, pa.table({
             "src_row_number": [row_count], "reason_code": ["MALFORMED_ROW"], "column_name": [None]}, schema=ROW_REJECTS)])
-    if spec.file_level == "FILE_UNREADABLE":
-        data = data[: len(data) // 2]
-    elif spec.file_level == "FILE_ENCODING":
-        data += "Zürich".encode("latin-1") + spec.eol.encode()
     if spec.fmt == "jsonl":
         parsed_rows = pc.invert(positions_mask(n, spec.parse))
         present = sorted(name for name, values in extras.items()
@@ -1774,10 +1778,10 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
 
 
 def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-               n: int) -> tuple[bytes, dict[str, pa.Array], pa.Array]:
+               n: int) -> tuple[bytes, dict[str, pa.Array]]:
     body, cells = _csv_records(table, spec, texts, extras, n)
     header = ("\ufeff" if spec.bom else "") + ",".join(spec.columns) + spec.eol
-    return b"".join([header.encode(), body, _unterminated(spec)]), cells, arange(n, 1)
+    return b"".join([header.encode(), body, _unterminated(spec)]), cells
 
 
 def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
@@ -1791,16 +1795,15 @@ def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
     free = {f.name for f in table.contract if pa.types.is_string(f.type) and not f.metadata}
     fields = [csv_field(cells[name], name in free) for name in spec.columns]
     lines = _joined(fields, ",", spec.eol, n)
-    ragged: dict[int, str] = {}
     if spec.parse:
         # The unparseable records are rebuilt from their fields: one more field, or the last one left out.
-        rows = pa.array(sorted(spec.parse), pa.int64())
+        rows = np.array(sorted(spec.parse), np.int64)
         picked = [f.take(rows) for f in fields]
-        too_many = pc.is_in(rows, pa.array([r for r, c in spec.parse.items() if c == "TOO_MANY_COLUMNS"], pa.int64()))
+        too_many = pa.array([spec.parse[r] == "TOO_MANY_COLUMNS" for r in rows.tolist()], pa.bool_())
         rebuilt = pc.if_else(too_many, _joined([*picked, pa.repeat(pa.scalar("EXTRA"), len(rows))], ",", spec.eol,
                                                len(rows)), _joined(picked[:-1], ",", spec.eol, len(rows)))
-        ragged = dict(zip(rows.to_pylist(), rebuilt.to_pylist(), strict=True))
-    return _spliced(lines, ragged), cells
+        lines = pc.replace_with_mask(lines, _mask_at(n, rows), rebuilt)
+    return _spliced(lines, {}), cells
 
 
 def _unterminated(spec: FileSpec) -> bytes:
@@ -1835,10 +1838,10 @@ def _csv_fast(table: ChaosTable, spec: FileSpec, intent: pa.Table, extras: Mappi
     pacsv.write_csv(pa.table(columns), sink, pacsv.WriteOptions(eol=spec.eol, quoting_header="none"))
     parts: list[bytes | memoryview] = [("\ufeff" if spec.bom else "").encode(), memoryview(sink.getvalue())]
     if len(faulty):
-        at = {int(row): i for i, row in enumerate(faulty)}  # per faulty record only
         rows = pa.array(faulty)
+        at = np.searchsorted(faulty, np.fromiter(spec.parse, np.int64, len(spec.parse))).tolist()
         part = dataclasses.replace(
-            spec, parse={at[row]: code for row, code in spec.parse.items()},
+            spec, parse=dict(zip(at, spec.parse.values(), strict=True)),
             bad={c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()})
         texts = {c: _text_of(contract.field(c), as_array(intent[c]).take(rows), spec.spelling.get(c))
                  for c in spec.columns if c not in extras}
@@ -1862,14 +1865,48 @@ def _mask_at(n: int, positions: pa.Array | Sequence[int]) -> pa.BooleanArray:
 
 
 def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-                 n: int, truth: bool = True) -> tuple[bytes, dict[str, pa.Array], pa.Array]:
-    contract = table.contract
+                 n: int, truth: bool = True) -> tuple[bytes, dict[str, pa.Array]]:
+    """The JSON Lines file and (with `truth`) the text of each value as a reader gives it. Every record is written
+    without its planted values first; the records that have some are written again from their rows alone and take
+    their place, like the unparseable records and the blank lines (a record's line depends on its own values only)."""
     cells: dict[str, pa.Array] = {}
+    for name in spec.columns:
+        if name in extras:
+            cells[name] = extras[name]
+        elif truth:
+            cells[name] = _with_planted(texts[name], spec.bad.get(name), cells=True)
+    lines = _json_lines(table, spec, texts, extras, {}, n)
+    replaced: dict[int, str | bytes | memoryview] = {}
+    faulty = np.unique(np.concatenate([p.rows for p in spec.bad.values()] + [np.zeros(0, np.int64)]))
+    if len(faulty):
+        rows = pa.array(faulty)
+        bad = {c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()}
+        redone = _json_lines(table, spec, {c: v.take(rows) for c, v in texts.items()},
+                             {c: v.take(rows) for c, v in extras.items()}, bad, len(faulty))
+        replaced.update(zip(faulty.tolist(), _views(redone), strict=True))
+    if spec.parse:
+        # Per-record Python only over the records planted as unparseable (none of them has a planted value).
+        draw = random.Random(json.dumps(sorted(spec.parse.items())))
+        for row, line in zip(sorted(spec.parse), lines.take(pa.array(sorted(spec.parse), pa.int64())).to_pylist(),
+                             strict=True):
+            line = line[: -len(spec.eol)]
+            if spec.parse[row] == "INVALID_JSON":
+                line = draw.choice([line[: len(line) // 2], line[:-1] + ',"score":NaN}', line[:-1] + ",}"])
+            else:
+                line = draw.choice(["[1,2,3]", "42", '"just text"', "null"])
+            replaced[row] = line + spec.eol
+    blanks = [(position, BLANK_LINES[i % len(BLANK_LINES)] + spec.eol) for i, position in enumerate(spec.blanks)]
+    return _spliced(lines, replaced, blanks), cells
+
+
+def _json_lines(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
+                bad: Mapping[str, Planted], n: int) -> pa.Array:
+    """The JSON Lines records of `n` rows from the text of their values, with the `bad` values planted."""
     args: list[Any] = []
     for i, name in enumerate(spec.columns):
         opening = ("{" if i == 0 else ",") + f'"{name}":'
         if name in extras:
-            values = cells[name] = extras[name]
+            values = extras[name]
             if values.null_count:
                 # Keys left out of some records (`sparse_keys`): the first column is never one of these.
                 args.append(pc.binary_join_element_wise(opening, values, "") if spec.extras[name] == "int"
@@ -1877,11 +1914,9 @@ def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
             else:
                 args += [opening, values] if spec.extras[name] == "int" else [opening + '"', values, '"']
             continue
-        field_ = contract.field(name)
+        field_ = table.contract.field(name)
         cell = texts[name]
-        planted = spec.bad.get(name)
-        if truth:
-            cells[name] = _with_planted(cell, planted, cells=True)
+        planted = bad.get(name)
         if planted is None and not cell.null_count and _json_quoted(field_, spec.spelling.get(name)):
             args += [opening + '"', cell, '"']
             continue
@@ -1893,41 +1928,45 @@ def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
             args += [opening, pc.fill_null(literal, "null")]
     if not args:
         args.append("{")
-    lines = pc.binary_join_element_wise(*args, "}" + spec.eol, "", null_handling="replace", null_replacement="")
-    broken = {}
-    if spec.parse:
-        # Per-record Python only over the records planted as unparseable.
-        draw = random.Random(json.dumps(sorted(spec.parse.items())))
-        for row, line in zip(sorted(spec.parse), lines.take(pa.array(sorted(spec.parse), pa.int64())).to_pylist(),
-                             strict=True):
-            line = line[: -len(spec.eol)]
-            if spec.parse[row] == "INVALID_JSON":
-                line = draw.choice([line[: len(line) // 2], line[:-1] + ',"score":NaN}', line[:-1] + ",}"])
-            else:
-                line = draw.choice(["[1,2,3]", "42", '"just text"', "null"])
-            broken[row] = line + spec.eol
+    return pc.binary_join_element_wise(*args, "}" + spec.eol, "", null_handling="replace", null_replacement="")
+
+
+def _line_numbers(n: int, blanks: Sequence[int]) -> pa.Array:
+    """The line number of each of `n` records when a blank line goes before each record in `blanks`."""
     numbers = arange(n, 1)
-    for position in spec.blanks:
+    for position in blanks:
         numbers = pc.add(numbers, pc.cast(pc.greater_equal(arange(n), position), pa.int64()))
-    blanks = [(position, BLANK_LINES[i % len(BLANK_LINES)] + spec.eol) for i, position in enumerate(spec.blanks)]
-    return _spliced(lines, broken, blanks), cells, numbers
+    return numbers
 
 
-def _spliced(lines: pa.Array, replaced: Mapping[int, str], inserted: Sequence[tuple[int, str]] = ()) -> bytes:
-    """The bytes of `lines` one after the other, with some lines replaced and others inserted before a line: the
-    unchanged runs are copied as they are (Python only per replaced or inserted line)."""
-    if not len(lines):
-        return "".join(text for _, text in inserted).encode()
+def _string_buffers(lines: pa.Array) -> tuple[np.ndarray, memoryview]:
+    """The offsets (one more than there are strings) and the bytes of a string array."""
     lines = as_array(lines)
     _, offsets_buffer, data = lines.buffers()
     width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
     offsets = np.frombuffer(offsets_buffer, width)[lines.offset:lines.offset + len(lines) + 1]
-    view = memoryview(data)
-    edits = sorted([(row, 1, text) for row, text in replaced.items()] + [(row, 0, text) for row, text in inserted])
+    return offsets, memoryview(data if data is not None else b"")
+
+
+def _views(lines: pa.Array) -> list[memoryview]:
+    """Each string of `lines` as a view of its bytes (per record: only for the few records written apart)."""
+    offsets, view = _string_buffers(lines)
+    return [view[start:stop] for start, stop in itertools.pairwise(offsets.tolist())]
+
+
+def _spliced(lines: pa.Array, replaced: Mapping[int, str | bytes | memoryview],
+             inserted: Sequence[tuple[int, str]] = ()) -> bytes:
+    """The bytes of `lines` one after the other, with some lines replaced and others inserted before a line: the
+    unchanged runs are copied as they are (Python only per replaced or inserted line)."""
+    if not len(lines):
+        return "".join(text for _, text in inserted).encode()
+    offsets, view = _string_buffers(lines)
+    edits = sorted([(row, 1, text) for row, text in replaced.items()]
+                   + [(row, 0, text) for row, text in sorted(inserted)], key=lambda edit: edit[:2])
     pieces: list[bytes | memoryview] = []
     at = 0
     for row, replaces, text in edits:
-        pieces += [view[offsets[at]:offsets[row]], text.encode()]
+        pieces += [view[offsets[at]:offsets[row]], text.encode() if isinstance(text, str) else text]
         at = row + replaces
     pieces.append(view[offsets[at]:offsets[len(lines)]])
     return b"".join(pieces)
