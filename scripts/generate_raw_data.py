@@ -30,7 +30,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
-import itertools
+import io
 import json
 import multiprocessing
 import os
@@ -1707,21 +1707,19 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
                 stored[name] = _with_planted(_stored(contract.field(name), as_array(intent[name]),
                                                      spec.spelling.get(name)), spec.bad.get(name))
         data_table = pa.table(stored) if stored else pa.table({"_": pa.nulls(n)}).select([])
-        sink = pa.BufferOutputStream()
+        sink = io.BytesIO()
         pq.write_table(data_table, sink, row_group_size=spec.row_group_size)
-        data = sink.getvalue().to_pybytes()
+        data = sink.getvalue()
         if truth:
             cells = {name: pc.cast(values, pa.string()) for name, values in stored.items()}
             rescued_text = {name: pc.cast(values, pa.string()) for name, values in extras.items()}
     elif spec.fmt == "csv" and not truth:
         data = _csv_fast(table, spec, intent, extras, n)
     else:
-        texts = {name: _text_of(contract.field(name), as_array(intent[name]), spec.spelling.get(name))
-                 for name in written}
         if spec.fmt == "csv":
-            data, cells = _csv_bytes(table, spec, texts, extras, n)
+            data, cells = _csv_bytes(table, spec, _texts(table, spec, intent), extras, n)
         else:
-            data, cells = _jsonl_bytes(table, spec, texts, extras, n, truth)
+            data, cells = _jsonl_bytes(table, spec, intent, extras, n, truth)
         rescued_text = extras
     if spec.file_level == "FILE_UNREADABLE":
         data = data[: len(data) // 2]
@@ -1777,6 +1775,12 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
     return FileVersion(table.name, path, data, None, rows, reject_table, row_count, extra, intent, spec, added)
 
 
+def _texts(table: ChaosTable, spec: FileSpec, rows: pa.Table) -> dict[str, pa.Array]:
+    """The text of the values of the contract columns a file writes (nulls stay null)."""
+    return {name: _text_of(table.contract.field(name), as_array(rows[name]), spec.spelling.get(name))
+            for name in spec.columns if name in table.contract.names}
+
+
 def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
                n: int) -> tuple[bytes, dict[str, pa.Array]]:
     body, cells = _csv_records(table, spec, texts, extras, n)
@@ -1785,7 +1789,7 @@ def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array],
 
 
 def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-                 n: int) -> tuple[bytes, dict[str, pa.Array]]:
+                 n: int) -> tuple[memoryview, dict[str, pa.Array]]:
     """The CSV records (no header) of the fields' text, with the planted values, and the text of each field."""
     cells = {}
     for name in spec.columns:
@@ -1803,7 +1807,7 @@ def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
         rebuilt = pc.if_else(too_many, _joined([*picked, pa.repeat(pa.scalar("EXTRA"), len(rows))], ",", spec.eol,
                                                len(rows)), _joined(picked[:-1], ",", spec.eol, len(rows)))
         lines = pc.replace_with_mask(lines, _mask_at(n, rows), rebuilt)
-    return _spliced(lines, {}), cells
+    return _concatenated(lines), cells
 
 
 def _unterminated(spec: FileSpec) -> bytes:
@@ -1822,31 +1826,40 @@ def _csv_fast(table: ChaosTable, spec: FileSpec, intent: pa.Table, extras: Mappi
     faulty = np.union1d(np.fromiter(spec.parse, np.int64, len(spec.parse)),
                         np.concatenate([p.rows for p in spec.bad.values()] + [np.zeros(0, np.int64)]))
     clean = pc.invert(_mask_at(n, faulty))
-    columns = {}
-    for name in spec.columns:
-        if name in extras:
-            columns[name] = extras[name].filter(clean)
-            continue
-        field_, values = contract.field(name), as_array(intent[name]).filter(clean)
-        if spec.spelling.get(name):
-            columns[name] = _text_of(field_, values, spec.spelling[name])
-        elif pa.types.is_timestamp(field_.type):
-            columns[name] = pc.cast(pc.divide(_micros(values), 1_000_000), pa.timestamp("s"))
-        else:
-            columns[name] = values
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(pa.table(columns), sink, pacsv.WriteOptions(eol=spec.eol, quoting_header="none"))
-    parts: list[bytes | memoryview] = [("\ufeff" if spec.bom else "").encode(), memoryview(sink.getvalue())]
+    out = io.BytesIO()
+    out.write(("\ufeff" if spec.bom else "").encode())
+    source = {name: extras[name] if name in extras else as_array(intent[name]) for name in spec.columns}
+    writer = None
+    for start in range(0, max(n, 1), RENDER_CHUNK_ROWS):
+        keep = clean.slice(start, RENDER_CHUNK_ROWS)
+        columns = {}
+        for name in spec.columns:
+            values = source[name].slice(start, RENDER_CHUNK_ROWS).filter(keep)
+            if name in extras:
+                columns[name] = values
+            elif spec.spelling.get(name):
+                columns[name] = _text_of(contract.field(name), values, spec.spelling[name])
+            elif pa.types.is_timestamp(values.type):
+                columns[name] = pc.cast(pc.divide(_micros(values), 1_000_000), pa.timestamp("s"))
+            else:
+                columns[name] = values
+        chunk = pa.table(columns)
+        if writer is None:
+            writer = pacsv.CSVWriter(out, chunk.schema,
+                                     write_options=pacsv.WriteOptions(eol=spec.eol, quoting_header="none"))
+        writer.write_table(chunk)
+    if writer is not None:
+        writer.close()
     if len(faulty):
         rows = pa.array(faulty)
         at = np.searchsorted(faulty, np.fromiter(spec.parse, np.int64, len(spec.parse))).tolist()
         part = dataclasses.replace(
             spec, parse=dict(zip(at, spec.parse.values(), strict=True)),
             bad={c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()})
-        texts = {c: _text_of(contract.field(c), as_array(intent[c]).take(rows), spec.spelling.get(c))
-                 for c in spec.columns if c not in extras}
-        parts.append(_csv_records(table, part, texts, {c: v.take(rows) for c, v in extras.items()}, len(faulty))[0])
-    return b"".join([*parts, _unterminated(spec)])
+        out.write(_csv_records(table, part, _texts(table, part, intent.take(rows)),
+                               {c: v.take(rows) for c, v in extras.items()}, len(faulty))[0])
+    out.write(_unterminated(spec))
+    return out.getvalue()
 
 
 def _joined(values: Sequence[pa.Array], separator: str, end: str, n: int) -> pa.Array:
@@ -1864,39 +1877,53 @@ def _mask_at(n: int, positions: pa.Array | Sequence[int]) -> pa.BooleanArray:
     return pa.array(mask)
 
 
-def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-                 n: int, truth: bool = True) -> tuple[bytes, dict[str, pa.Array]]:
-    """The JSON Lines file and (with `truth`) the text of each value as a reader gives it. Every record is written
-    without its planted values first; the records that have some are written again from their rows alone and take
-    their place, like the unparseable records and the blank lines (a record's line depends on its own values only)."""
-    cells: dict[str, pa.Array] = {}
-    for name in spec.columns:
-        if name in extras:
-            cells[name] = extras[name]
-        elif truth:
-            cells[name] = _with_planted(texts[name], spec.bad.get(name), cells=True)
-    lines = _json_lines(table, spec, texts, extras, {}, n)
-    replaced: dict[int, str | bytes | memoryview] = {}
+def _jsonl_bytes(table: ChaosTable, spec: FileSpec, intent: pa.Table, extras: Mapping[str, pa.Array], n: int,
+                 truth: bool = True) -> tuple[bytes, dict[str, pa.Array]]:
+    """The JSON Lines file and (with `truth`) the text of each value as a reader gives it.
+
+    The records are written without their planted values, `RENDER_CHUNK_ROWS` at a time (all at once with `truth`,
+    whose canonical forms need the text of every value); the records that have planted values are written again from
+    their rows alone and take their place, like the unparseable records and the blank lines (a record's line depends
+    on its own values only)."""
+    every = _texts(table, spec, intent) if truth else {}
+    cells = {name: extras[name] if name in extras else _with_planted(every[name], spec.bad.get(name), cells=True)
+             for name in spec.columns} if truth else {}
+    edits = []
     faulty = np.unique(np.concatenate([p.rows for p in spec.bad.values()] + [np.zeros(0, np.int64)]))
     if len(faulty):
         rows = pa.array(faulty)
         bad = {c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()}
-        redone = _json_lines(table, spec, {c: v.take(rows) for c, v in texts.items()},
-                             {c: v.take(rows) for c, v in extras.items()}, bad, len(faulty))
-        replaced.update(zip(faulty.tolist(), _views(redone), strict=True))
+        edits.append(Edits(faulty, np.ones(len(faulty), np.int8), _json_lines(
+            table, spec, _texts(table, spec, intent.take(rows)), {c: v.take(rows) for c, v in extras.items()}, bad,
+            len(faulty))))
     if spec.parse:
         # Per-record Python only over the records planted as unparseable (none of them has a planted value).
+        rows = pa.array(sorted(spec.parse), pa.int64())
+        lines = _json_lines(table, spec, _texts(table, spec, intent.take(rows)),
+                            {c: v.take(rows) for c, v in extras.items()}, {}, len(rows))
         draw = random.Random(json.dumps(sorted(spec.parse.items())))
-        for row, line in zip(sorted(spec.parse), lines.take(pa.array(sorted(spec.parse), pa.int64())).to_pylist(),
-                             strict=True):
+        broken = []
+        for row, line in zip(rows.to_pylist(), lines.to_pylist(), strict=True):
             line = line[: -len(spec.eol)]
             if spec.parse[row] == "INVALID_JSON":
                 line = draw.choice([line[: len(line) // 2], line[:-1] + ',"score":NaN}', line[:-1] + ",}"])
             else:
                 line = draw.choice(["[1,2,3]", "42", '"just text"', "null"])
-            replaced[row] = line + spec.eol
-    blanks = [(position, BLANK_LINES[i % len(BLANK_LINES)] + spec.eol) for i, position in enumerate(spec.blanks)]
-    return _spliced(lines, replaced, blanks), cells
+            broken.append(line + spec.eol)
+        edits.append(Edits(np.asarray(rows), np.ones(len(rows), np.int8), pa.array(broken, pa.string())))
+    if spec.blanks:
+        blanks = sorted((position, BLANK_LINES[i % len(BLANK_LINES)] + spec.eol) for i, position in enumerate(spec.blanks))
+        edits.append(Edits(np.array([p for p, _ in blanks], np.int64), np.zeros(len(blanks), np.int8),
+                           pa.array([text for _, text in blanks], pa.string())))
+    merged = Edits.merged(edits)
+    out = io.BytesIO()
+    step = max(n, 1) if truth else RENDER_CHUNK_ROWS
+    for start in range(0, max(n, 1), step):
+        part = intent.slice(start, step)
+        lines = _json_lines(table, spec, every or _texts(table, spec, part),
+                            {c: v.slice(start, step) for c, v in extras.items()}, {}, part.num_rows)
+        out.write(_concatenated(merged.applied(lines, start, last=start + step >= n)))
+    return out.getvalue(), cells
 
 
 def _json_lines(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
@@ -1948,28 +1975,47 @@ def _string_buffers(lines: pa.Array) -> tuple[np.ndarray, memoryview]:
     return offsets, memoryview(data if data is not None else b"")
 
 
-def _views(lines: pa.Array) -> list[memoryview]:
-    """Each string of `lines` as a view of its bytes (per record: only for the few records written apart)."""
-    offsets, view = _string_buffers(lines)
-    return [view[start:stop] for start, stop in itertools.pairwise(offsets.tolist())]
-
-
-def _spliced(lines: pa.Array, replaced: Mapping[int, str | bytes | memoryview],
-             inserted: Sequence[tuple[int, str]] = ()) -> bytes:
-    """The bytes of `lines` one after the other, with some lines replaced and others inserted before a line: the
-    unchanged runs are copied as they are (Python only per replaced or inserted line)."""
+def _concatenated(lines: pa.Array) -> memoryview:
+    """The strings of `lines` one after the other: a view of the array's value buffer, not a copy."""
     if not len(lines):
-        return "".join(text for _, text in inserted).encode()
+        return memoryview(b"")
     offsets, view = _string_buffers(lines)
-    edits = sorted([(row, 1, text) for row, text in replaced.items()]
-                   + [(row, 0, text) for row, text in sorted(inserted)], key=lambda edit: edit[:2])
-    pieces: list[bytes | memoryview] = []
-    at = 0
-    for row, replaces, text in edits:
-        pieces += [view[offsets[at]:offsets[row]], text.encode() if isinstance(text, str) else text]
-        at = row + replaces
-    pieces.append(view[offsets[at]:offsets[len(lines)]])
-    return b"".join(pieces)
+    return view[offsets[0]:offsets[-1]]
+
+
+@dataclass(frozen=True)
+class Edits:
+    """Lines to splice into a file's lines: before line `rows[i]`, `replaces[i]` (0 or 1) lines give way to
+    `texts[i]`; sorted by row, insertions before a replacement."""
+
+    rows: np.ndarray
+    replaces: np.ndarray
+    texts: pa.Array
+
+    @staticmethod
+    def merged(parts: Sequence[Edits]) -> Edits:
+        """The edits of `parts` in one, sorted (stable: insertions at one row keep their order)."""
+        rows = np.concatenate([p.rows for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
+        replaces = np.concatenate([p.replaces for p in parts] + [np.zeros(0, np.int8)])
+        order = np.lexsort((replaces, rows))
+        texts = pa.concat_arrays([p.texts for p in parts]) if parts else pa.array([], pa.string())
+        return Edits(rows[order], replaces[order], texts.take(order))
+
+    def applied(self, lines: pa.Array, first: int, *, last: bool) -> pa.Array:
+        """`lines`, the lines `first` onwards of a file, with the edits that fall among them (and, if they are the
+        `last`, those after them), in one vectorized take."""
+        n = len(lines)
+        low = int(np.searchsorted(self.rows, first, "left"))
+        high = len(self.rows) if last else int(np.searchsorted(self.rows, first + n, "left"))
+        if low == high:
+            return lines
+        rows, replaces = self.rows[low:high] - first, self.replaces[low:high]
+        index = np.arange(n, dtype=np.int64)
+        replaced = replaces == 1
+        index[rows[replaced]] = n + np.flatnonzero(replaced)
+        inserted = ~replaced
+        index = np.insert(index, rows[inserted], n + np.flatnonzero(inserted))
+        return as_array(pa.chunked_array([lines, self.texts.slice(low, high - low)], pa.string()).take(index))
 
 
 @dataclass(frozen=True)
@@ -2170,6 +2216,9 @@ class DeliveryPlanner:
         return rows.take(pc.sort_indices(rng.uniform(rows.num_rows)))
 
 
+RENDER_CHUNK_ROWS = 65_536
+"""Records `--fast` renders at once: enough for Arrow's kernels to run at full speed, few enough that their temporary
+arrays are reused from chunk to chunk instead of mapped afresh for each file (which costs system time)."""
 SENT_POOL = 5000
 """Intended rows kept per table for exact copies in later rounds."""
 RENDER_THREADS = 2
