@@ -21,7 +21,8 @@ without the package (see `GroundTruth`). Knobs: `--duplicate-rate`, `--out-of-or
 `--redeliver-rate`, `--change-rate`, `--keep-mtime-rate`, `--drift-rate`, `--sparse-keys`, `--dirty CODE=RATE,...` or
 `--dirty-rate R`, `--rows`; `--random-knobs` draws them all from the seed. `--fast` writes the files only, for volume:
 each table in a process of its own, CSV by Arrow's writer (text quoted, timestamps in UTC without offset, unparseable
-records last). `--apply-round R --raw DIR` delivers round R of the output in `--out` into a raw root.
+records last), CSV and JSON Lines files a chunk of records at a time (the same bytes whatever the chunk).
+`--apply-round R --raw DIR` delivers round R of the output in `--out` into a raw root.
 """
 
 from __future__ import annotations
