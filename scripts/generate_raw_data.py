@@ -21,7 +21,8 @@ without the package (see `GroundTruth`). Knobs: `--duplicate-rate`, `--out-of-or
 `--redeliver-rate`, `--change-rate`, `--keep-mtime-rate`, `--drift-rate`, `--sparse-keys`, `--dirty CODE=RATE,...` or
 `--dirty-rate R`, `--rows`; `--random-knobs` draws them all from the seed. `--fast` writes the files only, for volume:
 each table in a process of its own, CSV by Arrow's writer (text quoted, timestamps in UTC without offset, unparseable
-records last). `--apply-round R --raw DIR` delivers round R of the output in `--out` into a raw root.
+records last), CSV and JSON Lines files a chunk of records at a time (the same bytes whatever the chunk).
+`--apply-round R --raw DIR` delivers round R of the output in `--out` into a raw root.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -342,8 +344,10 @@ def file_schema(spec: TableSpec) -> pa.Schema:
 
 
 def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """`values` as one contiguous array."""
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    """`values` as one contiguous array (a single chunk as it is: `combine_chunks` would copy it)."""
+    if not isinstance(values, pa.ChunkedArray):
+        return values
+    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
 
 
 def valid_keys(spec: TableSpec, table: pa.Table, bad_rows: Iterable[int]) -> pa.Table:
@@ -1197,8 +1201,15 @@ PROPERTIES = pa.array([f'{{"page":"/products/{page}","device":{{"os":"{os_}"}},"
                        for page in range(1, 201) for os_ in ("ios", "android", "windows", "macos")
                        for tags in ('"promo"', '"promo","new"', "")])
 SESSIONS = pa.array([f"s-{i}" for i in range(10_000, 100_000)])
-"""Text a delivery draws from rather than builds row by row: e-mail addresses of the 500 customers, event properties
-(page, device, tags) and session ids."""
+NOTE_TEXTS = pa.array(NOTES)
+DISCOUNTS = pa.array([Decimal(d) for d in ("5.00", "10.00", "15.00", "25.00")], pa.decimal128(5, 2))
+"""Values a delivery draws from rather than builds row by row: e-mail addresses of the 500 customers, event properties
+(page, device, tags), session ids, order notes and discounts."""
+
+
+def pick(values: pa.Array, indices: pa.Array, nulls: pa.BooleanArray) -> pa.Array:
+    """`values` at `indices`, null where `nulls` is true (the nulls are set on the indices: values are copied once)."""
+    return pc.take(values, with_nulls(indices, nulls))
 
 
 def _orders_rows(rng: Rng, keys: pa.Table, when: pa.Array) -> pa.Table:
@@ -1211,9 +1222,8 @@ def _orders_rows(rng: Rng, keys: pa.Table, when: pa.Array) -> pa.Table:
         "status": rng.choice(n, ("placed", "paid", "shipped", "delivered", "cancelled")),
         "channel": rng.choice(n, ("web", "app", "store")), "currency": rng.choice(n, ORDER_CURRENCIES),
         "total_amount": _money(rng.integers(n, 100, 50_000)),
-        "customer_email": with_nulls(pc.take(EMAILS, pc.subtract(customer, 1)),
-                                     rng.mask(n, 0.1)),
-        "note": with_nulls(rng.choice(n, NOTES), rng.mask(n, 0.85)),
+        "customer_email": pick(EMAILS, pc.subtract(customer, 1), rng.mask(n, 0.1)),
+        "note": pick(NOTE_TEXTS, rng.integers(n, 0, len(NOTES)), rng.mask(n, 0.85)),
         "updated_at": utc_us(when),
     }, schema=CHAOS_TABLES["orders"].typed)
 
@@ -1223,15 +1233,14 @@ def _order_items_rows(rng: Rng, keys: pa.Table, when: pa.Array) -> pa.Table:
     return pa.table({
         "order_id": keys["order_id"], "line_no": keys["line_no"], "product_id": rng.integers(n, 1, 201),
         "quantity": pc.cast(rng.integers(n, 1, 6), pa.int32()), "unit_price": _money(rng.integers(n, 50, 20_000)),
-        "discount_pct": with_nulls(rng.choice(n, ("5.00", "10.00", "15.00", "25.00")).cast(pa.decimal128(5, 2)),
-                                   rng.mask(n, 0.6)),
+        "discount_pct": pick(DISCOUNTS, rng.integers(n, 0, len(DISCOUNTS)), rng.mask(n, 0.6)),
         "updated_at": utc_us(when),
     }, schema=CHAOS_TABLES["order_items"].typed)
 
 
 def _events_rows(rng: Rng, keys: pa.Table, when: pa.Array) -> pa.Table:
     n = keys.num_rows
-    properties = pc.take(PROPERTIES, rng.integers(n, 0, len(PROPERTIES)))
+    properties = rng.integers(n, 0, len(PROPERTIES))
     return pa.table({
         "event_id": keys["event_id"],
         "event_ts": pc.cast(pc.add(pc.multiply(when, 1_000_000), pc.multiply(rng.integers(n, 0, 1000), 1000)),
@@ -1240,7 +1249,7 @@ def _events_rows(rng: Rng, keys: pa.Table, when: pa.Array) -> pa.Table:
         "channel": rng.choice(n, ("web", "app")),
         "customer_id": with_nulls(rng.integers(n, 1, 501), rng.mask(n, 0.3)),
         "session_id": pc.take(SESSIONS, rng.integers(n, 0, len(SESSIONS))),
-        "properties": with_nulls(properties, rng.mask(n, 0.05)),
+        "properties": pick(PROPERTIES, properties, rng.mask(n, 0.05)),
     }, schema=CHAOS_TABLES["events"].typed)
 
 
@@ -1436,6 +1445,8 @@ class FileVersion:
         return "sha256:" + hashlib.sha256(self.data).hexdigest()
 
 
+NO_ROWS = pa.table({"src_row_number": pa.array([], pa.int64())})
+"""The records of a file written without its truth (`--fast`) or rejected as a whole."""
 ROW_REJECTS = pa.schema([pa.field("src_row_number", pa.int64()), pa.field("reason_code", pa.string()),
                          pa.field("column_name", pa.string())])
 
@@ -1680,13 +1691,14 @@ def _rescued(extras: Mapping[str, pa.Array], n: int, *, missing_is_absent: bool 
 
 def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, truth: bool = True) -> FileVersion:
     """Write `intent` as `spec` says and derive what a load of the file must give, record by record (without
-    `truth`, only the bytes and the reject records: no canonical forms and rescued values)."""
+    `truth`, as `--fast` writes: only the bytes and the number of records)."""
     n = intent.num_rows
     contract = table.contract
     written = [c for c in spec.columns if c in contract.names]
     numbers = _row_numbers_of(table, intent) if spec.extras else None
     extras = {name: _extra_values(numbers, name, kind, spec.fmt, spec.sparse_keys) for name, kind in spec.extras.items()}
     cells: dict[str, pa.Array] = {}
+    rescued_text: dict[str, pa.Array] = {}
     if spec.fmt == "parquet":
         stored = {}
         for name in spec.columns:
@@ -1696,23 +1708,29 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
                 stored[name] = _with_planted(_stored(contract.field(name), as_array(intent[name]),
                                                      spec.spelling.get(name)), spec.bad.get(name))
         data_table = pa.table(stored) if stored else pa.table({"_": pa.nulls(n)}).select([])
-        sink = pa.BufferOutputStream()
+        sink = io.BytesIO()
         pq.write_table(data_table, sink, row_group_size=spec.row_group_size)
-        data = sink.getvalue().to_pybytes()
+        data = sink.getvalue()
         if truth:
             cells = {name: pc.cast(values, pa.string()) for name, values in stored.items()}
-        rescued_text = {name: pc.cast(values, pa.string()) for name, values in extras.items()} if truth else {}
-        row_numbers = arange(n, 1)
+            rescued_text = {name: pc.cast(values, pa.string()) for name, values in extras.items()}
     elif spec.fmt == "csv" and not truth:
-        data, row_numbers, rescued_text = _csv_fast(table, spec, intent, extras, n), arange(n, 1), {}
+        data = _csv_fast(table, spec, intent, extras, n)
     else:
-        texts = {name: _text_of(contract.field(name), as_array(intent[name]), spec.spelling.get(name))
-                 for name in written}
         if spec.fmt == "csv":
-            data, cells, row_numbers = _csv_bytes(table, spec, texts, extras, n)
+            data, cells = _csv_bytes(table, spec, _texts(table, spec, intent), extras, n)
         else:
-            data, cells, row_numbers = _jsonl_bytes(table, spec, texts, extras, n, truth)
+            data, cells = _jsonl_bytes(table, spec, intent, extras, n, truth)
         rescued_text = extras
+    if spec.file_level == "FILE_UNREADABLE":
+        data = data[: len(data) // 2]
+    elif spec.file_level == "FILE_ENCODING":
+        data += "Zürich".encode("latin-1") + spec.eol.encode()
+    row_count = n + int(spec.unterminated_tail)
+    if not truth:
+        return FileVersion(table.name, path, data, spec.file_level, NO_ROWS, ROW_REJECTS.empty_table(),
+                           0 if spec.file_level else row_count, None, intent, spec)
+    row_numbers = _line_numbers(n, spec.blanks) if spec.fmt == "jsonl" else arange(n, 1)
     planted = list(spec.bad.items())
     positions = pa.array(np.concatenate([p.rows for _, p in planted] + [np.fromiter(spec.parse, np.int64)]), pa.int64())
     codes = pa.array([c for _, p in planted for c in p.codes] + list(spec.parse.values()), pa.string())
@@ -1731,26 +1749,18 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
     parsed = pc.invert(positions_mask(n, spec.parse))
     rows = typed.add_column(0, "src_row_number", row_numbers).add_column(1, "_valid", pc.invert(invalid))
     missing = pa.scalar(None, pa.string())
-    rows = rows.append_column("_canonical", pc.if_else(parsed, _canonical(cells, n), missing) if truth
-                              else pa.nulls(n, pa.string()))
+    rows = rows.append_column("_canonical", pc.if_else(parsed, _canonical(cells, n), missing))
     jsonl = spec.fmt == "jsonl"
     # A JSON Lines column exists only where a record (that parses) has the key.
     seen = {name: values for name, values in rescued_text.items()
             if not jsonl or pc.any(pc.and_(pc.is_valid(values), parsed)).as_py()}
     rescued = _rescued(seen, n, missing_is_absent=jsonl)
-    rows = rows.append_column("_rescued_data", pc.if_else(parsed, rescued, missing) if truth
-                              else pa.nulls(n, pa.string()))
+    rows = rows.append_column("_rescued_data", pc.if_else(parsed, rescued, missing))
     reject_table = pa.table({"src_row_number": pc.take(row_numbers, positions), "reason_code": codes,
                              "column_name": columns}, schema=ROW_REJECTS)
-    row_count = n
     if spec.unterminated_tail:
-        row_count += 1
         reject_table = pa.concat_tables([reject_table, pa.table({
             "src_row_number": [row_count], "reason_code": ["MALFORMED_ROW"], "column_name": [None]}, schema=ROW_REJECTS)])
-    if spec.file_level == "FILE_UNREADABLE":
-        data = data[: len(data) // 2]
-    elif spec.file_level == "FILE_ENCODING":
-        data += "Zürich".encode("latin-1") + spec.eol.encode()
     if spec.fmt == "jsonl":
         parsed_rows = pc.invert(positions_mask(n, spec.parse))
         present = sorted(name for name, values in extras.items()
@@ -1766,15 +1776,21 @@ def render(table: ChaosTable, path: str, intent: pa.Table, spec: FileSpec, *, tr
     return FileVersion(table.name, path, data, None, rows, reject_table, row_count, extra, intent, spec, added)
 
 
+def _texts(table: ChaosTable, spec: FileSpec, rows: pa.Table) -> dict[str, pa.Array]:
+    """The text of the values of the contract columns a file writes (nulls stay null)."""
+    return {name: _text_of(table.contract.field(name), as_array(rows[name]), spec.spelling.get(name))
+            for name in spec.columns if name in table.contract.names}
+
+
 def _csv_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-               n: int) -> tuple[bytes, dict[str, pa.Array], pa.Array]:
+               n: int) -> tuple[bytes, dict[str, pa.Array]]:
     body, cells = _csv_records(table, spec, texts, extras, n)
     header = ("\ufeff" if spec.bom else "") + ",".join(spec.columns) + spec.eol
-    return b"".join([header.encode(), body, _unterminated(spec)]), cells, arange(n, 1)
+    return b"".join([header.encode(), body, _unterminated(spec)]), cells
 
 
 def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-                 n: int) -> tuple[bytes, dict[str, pa.Array]]:
+                 n: int) -> tuple[memoryview, dict[str, pa.Array]]:
     """The CSV records (no header) of the fields' text, with the planted values, and the text of each field."""
     cells = {}
     for name in spec.columns:
@@ -1784,16 +1800,15 @@ def _csv_records(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
     free = {f.name for f in table.contract if pa.types.is_string(f.type) and not f.metadata}
     fields = [csv_field(cells[name], name in free) for name in spec.columns]
     lines = _joined(fields, ",", spec.eol, n)
-    ragged: dict[int, str] = {}
     if spec.parse:
         # The unparseable records are rebuilt from their fields: one more field, or the last one left out.
-        rows = pa.array(sorted(spec.parse), pa.int64())
+        rows = np.array(sorted(spec.parse), np.int64)
         picked = [f.take(rows) for f in fields]
-        too_many = pc.is_in(rows, pa.array([r for r, c in spec.parse.items() if c == "TOO_MANY_COLUMNS"], pa.int64()))
+        too_many = pa.array([spec.parse[r] == "TOO_MANY_COLUMNS" for r in rows.tolist()], pa.bool_())
         rebuilt = pc.if_else(too_many, _joined([*picked, pa.repeat(pa.scalar("EXTRA"), len(rows))], ",", spec.eol,
                                                len(rows)), _joined(picked[:-1], ",", spec.eol, len(rows)))
-        ragged = dict(zip(rows.to_pylist(), rebuilt.to_pylist(), strict=True))
-    return _spliced(lines, ragged), cells
+        lines = pc.replace_with_mask(lines, _mask_at(n, rows), rebuilt)
+    return _concatenated(lines), cells
 
 
 def _unterminated(spec: FileSpec) -> bytes:
@@ -1812,31 +1827,40 @@ def _csv_fast(table: ChaosTable, spec: FileSpec, intent: pa.Table, extras: Mappi
     faulty = np.union1d(np.fromiter(spec.parse, np.int64, len(spec.parse)),
                         np.concatenate([p.rows for p in spec.bad.values()] + [np.zeros(0, np.int64)]))
     clean = pc.invert(_mask_at(n, faulty))
-    columns = {}
-    for name in spec.columns:
-        if name in extras:
-            columns[name] = extras[name].filter(clean)
-            continue
-        field_, values = contract.field(name), as_array(intent[name]).filter(clean)
-        if spec.spelling.get(name):
-            columns[name] = _text_of(field_, values, spec.spelling[name])
-        elif pa.types.is_timestamp(field_.type):
-            columns[name] = pc.cast(pc.divide(_micros(values), 1_000_000), pa.timestamp("s"))
-        else:
-            columns[name] = values
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(pa.table(columns), sink, pacsv.WriteOptions(eol=spec.eol, quoting_header="none"))
-    parts: list[bytes | memoryview] = [("\ufeff" if spec.bom else "").encode(), memoryview(sink.getvalue())]
+    out = io.BytesIO()
+    out.write(("\ufeff" if spec.bom else "").encode())
+    source = {name: extras[name] if name in extras else as_array(intent[name]) for name in spec.columns}
+    writer = None
+    for start in range(0, max(n, 1), RENDER_CHUNK_ROWS):
+        keep = clean.slice(start, RENDER_CHUNK_ROWS)
+        columns = {}
+        for name in spec.columns:
+            values = source[name].slice(start, RENDER_CHUNK_ROWS).filter(keep)
+            if name in extras:
+                columns[name] = values
+            elif spec.spelling.get(name):
+                columns[name] = _text_of(contract.field(name), values, spec.spelling[name])
+            elif pa.types.is_timestamp(values.type):
+                columns[name] = pc.cast(pc.divide(_micros(values), 1_000_000), pa.timestamp("s"))
+            else:
+                columns[name] = values
+        chunk = pa.table(columns)
+        if writer is None:
+            writer = pacsv.CSVWriter(out, chunk.schema,
+                                     write_options=pacsv.WriteOptions(eol=spec.eol, quoting_header="none"))
+        writer.write_table(chunk)
+    if writer is not None:
+        writer.close()
     if len(faulty):
-        at = {int(row): i for i, row in enumerate(faulty)}  # per faulty record only
         rows = pa.array(faulty)
+        at = np.searchsorted(faulty, np.fromiter(spec.parse, np.int64, len(spec.parse))).tolist()
         part = dataclasses.replace(
-            spec, parse={at[row]: code for row, code in spec.parse.items()},
+            spec, parse=dict(zip(at, spec.parse.values(), strict=True)),
             bad={c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()})
-        texts = {c: _text_of(contract.field(c), as_array(intent[c]).take(rows), spec.spelling.get(c))
-                 for c in spec.columns if c not in extras}
-        parts.append(_csv_records(table, part, texts, {c: v.take(rows) for c, v in extras.items()}, len(faulty))[0])
-    return b"".join([*parts, _unterminated(spec)])
+        out.write(_csv_records(table, part, _texts(table, part, intent.take(rows)),
+                               {c: v.take(rows) for c, v in extras.items()}, len(faulty))[0])
+    out.write(_unterminated(spec))
+    return out.getvalue()
 
 
 def _joined(values: Sequence[pa.Array], separator: str, end: str, n: int) -> pa.Array:
@@ -1854,15 +1878,63 @@ def _mask_at(n: int, positions: pa.Array | Sequence[int]) -> pa.BooleanArray:
     return pa.array(mask)
 
 
-def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
-                 n: int, truth: bool = True) -> tuple[bytes, dict[str, pa.Array], pa.Array]:
-    contract = table.contract
-    cells: dict[str, pa.Array] = {}
+def _jsonl_bytes(table: ChaosTable, spec: FileSpec, intent: pa.Table, extras: Mapping[str, pa.Array], n: int,
+                 truth: bool = True) -> tuple[bytes, dict[str, pa.Array]]:
+    """The JSON Lines file and (with `truth`) the text of each value as a reader gives it.
+
+    The records are written without their planted values, `RENDER_CHUNK_ROWS` at a time (all at once with `truth`,
+    whose canonical forms need the text of every value); the records that have planted values are written again from
+    their rows alone and take their place, like the unparseable records and the blank lines (a record's line depends
+    on its own values only)."""
+    every = _texts(table, spec, intent) if truth else {}
+    cells = {name: extras[name] if name in extras else _with_planted(every[name], spec.bad.get(name), cells=True)
+             for name in spec.columns} if truth else {}
+    edits = []
+    faulty = np.unique(np.concatenate([p.rows for p in spec.bad.values()] + [np.zeros(0, np.int64)]))
+    if len(faulty):
+        rows = pa.array(faulty)
+        bad = {c: Planted(np.searchsorted(faulty, p.rows), p.values, p.cells, p.codes) for c, p in spec.bad.items()}
+        edits.append(Edits(faulty, np.ones(len(faulty), np.int8), _json_lines(
+            table, spec, _texts(table, spec, intent.take(rows)), {c: v.take(rows) for c, v in extras.items()}, bad,
+            len(faulty))))
+    if spec.parse:
+        # Per-record Python only over the records planted as unparseable (none of them has a planted value).
+        rows = pa.array(sorted(spec.parse), pa.int64())
+        lines = _json_lines(table, spec, _texts(table, spec, intent.take(rows)),
+                            {c: v.take(rows) for c, v in extras.items()}, {}, len(rows))
+        draw = random.Random(json.dumps(sorted(spec.parse.items())))
+        broken = []
+        for row, line in zip(rows.to_pylist(), lines.to_pylist(), strict=True):
+            line = line[: -len(spec.eol)]
+            if spec.parse[row] == "INVALID_JSON":
+                line = draw.choice([line[: len(line) // 2], line[:-1] + ',"score":NaN}', line[:-1] + ",}"])
+            else:
+                line = draw.choice(["[1,2,3]", "42", '"just text"', "null"])
+            broken.append(line + spec.eol)
+        edits.append(Edits(np.asarray(rows), np.ones(len(rows), np.int8), pa.array(broken, pa.string())))
+    if spec.blanks:
+        blanks = sorted((position, BLANK_LINES[i % len(BLANK_LINES)] + spec.eol) for i, position in enumerate(spec.blanks))
+        edits.append(Edits(np.array([p for p, _ in blanks], np.int64), np.zeros(len(blanks), np.int8),
+                           pa.array([text for _, text in blanks], pa.string())))
+    merged = Edits.merged(edits)
+    out = io.BytesIO()
+    step = max(n, 1) if truth else RENDER_CHUNK_ROWS
+    for start in range(0, max(n, 1), step):
+        part = intent.slice(start, step)
+        lines = _json_lines(table, spec, every or _texts(table, spec, part),
+                            {c: v.slice(start, step) for c, v in extras.items()}, {}, part.num_rows)
+        out.write(_concatenated(merged.applied(lines, start, last=start + step >= n)))
+    return out.getvalue(), cells
+
+
+def _json_lines(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array], extras: Mapping[str, pa.Array],
+                bad: Mapping[str, Planted], n: int) -> pa.Array:
+    """The JSON Lines records of `n` rows from the text of their values, with the `bad` values planted."""
     args: list[Any] = []
     for i, name in enumerate(spec.columns):
         opening = ("{" if i == 0 else ",") + f'"{name}":'
         if name in extras:
-            values = cells[name] = extras[name]
+            values = extras[name]
             if values.null_count:
                 # Keys left out of some records (`sparse_keys`): the first column is never one of these.
                 args.append(pc.binary_join_element_wise(opening, values, "") if spec.extras[name] == "int"
@@ -1870,11 +1942,9 @@ def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
             else:
                 args += [opening, values] if spec.extras[name] == "int" else [opening + '"', values, '"']
             continue
-        field_ = contract.field(name)
+        field_ = table.contract.field(name)
         cell = texts[name]
-        planted = spec.bad.get(name)
-        if truth:
-            cells[name] = _with_planted(cell, planted, cells=True)
+        planted = bad.get(name)
         if planted is None and not cell.null_count and _json_quoted(field_, spec.spelling.get(name)):
             args += [opening + '"', cell, '"']
             continue
@@ -1886,44 +1956,67 @@ def _jsonl_bytes(table: ChaosTable, spec: FileSpec, texts: Mapping[str, pa.Array
             args += [opening, pc.fill_null(literal, "null")]
     if not args:
         args.append("{")
-    lines = pc.binary_join_element_wise(*args, "}" + spec.eol, "", null_handling="replace", null_replacement="")
-    broken = {}
-    if spec.parse:
-        # Per-record Python only over the records planted as unparseable.
-        draw = random.Random(json.dumps(sorted(spec.parse.items())))
-        for row, line in zip(sorted(spec.parse), lines.take(pa.array(sorted(spec.parse), pa.int64())).to_pylist(),
-                             strict=True):
-            line = line[: -len(spec.eol)]
-            if spec.parse[row] == "INVALID_JSON":
-                line = draw.choice([line[: len(line) // 2], line[:-1] + ',"score":NaN}', line[:-1] + ",}"])
-            else:
-                line = draw.choice(["[1,2,3]", "42", '"just text"', "null"])
-            broken[row] = line + spec.eol
+    return pc.binary_join_element_wise(*args, "}" + spec.eol, "", null_handling="replace", null_replacement="")
+
+
+def _line_numbers(n: int, blanks: Sequence[int]) -> pa.Array:
+    """The line number of each of `n` records when a blank line goes before each record in `blanks`."""
     numbers = arange(n, 1)
-    for position in spec.blanks:
+    for position in blanks:
         numbers = pc.add(numbers, pc.cast(pc.greater_equal(arange(n), position), pa.int64()))
-    blanks = [(position, BLANK_LINES[i % len(BLANK_LINES)] + spec.eol) for i, position in enumerate(spec.blanks)]
-    return _spliced(lines, broken, blanks), cells, numbers
+    return numbers
 
 
-def _spliced(lines: pa.Array, replaced: Mapping[int, str], inserted: Sequence[tuple[int, str]] = ()) -> bytes:
-    """The bytes of `lines` one after the other, with some lines replaced and others inserted before a line: the
-    unchanged runs are copied as they are (Python only per replaced or inserted line)."""
-    if not len(lines):
-        return "".join(text for _, text in inserted).encode()
+def _string_buffers(lines: pa.Array) -> tuple[np.ndarray, memoryview]:
+    """The offsets (one more than there are strings) and the bytes of a string array."""
     lines = as_array(lines)
     _, offsets_buffer, data = lines.buffers()
     width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
     offsets = np.frombuffer(offsets_buffer, width)[lines.offset:lines.offset + len(lines) + 1]
-    view = memoryview(data)
-    edits = sorted([(row, 1, text) for row, text in replaced.items()] + [(row, 0, text) for row, text in inserted])
-    pieces: list[bytes | memoryview] = []
-    at = 0
-    for row, replaces, text in edits:
-        pieces += [view[offsets[at]:offsets[row]], text.encode()]
-        at = row + replaces
-    pieces.append(view[offsets[at]:offsets[len(lines)]])
-    return b"".join(pieces)
+    return offsets, memoryview(data if data is not None else b"")
+
+
+def _concatenated(lines: pa.Array) -> memoryview:
+    """The strings of `lines` one after the other: a view of the array's value buffer, not a copy."""
+    if not len(lines):
+        return memoryview(b"")
+    offsets, view = _string_buffers(lines)
+    return view[offsets[0]:offsets[-1]]
+
+
+@dataclass(frozen=True)
+class Edits:
+    """Lines to splice into a file's lines: before line `rows[i]`, `replaces[i]` (0 or 1) lines give way to
+    `texts[i]`; sorted by row, insertions before a replacement."""
+
+    rows: np.ndarray
+    replaces: np.ndarray
+    texts: pa.Array
+
+    @staticmethod
+    def merged(parts: Sequence[Edits]) -> Edits:
+        """The edits of `parts` in one, sorted (stable: insertions at one row keep their order)."""
+        rows = np.concatenate([p.rows for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
+        replaces = np.concatenate([p.replaces for p in parts] + [np.zeros(0, np.int8)])
+        order = np.lexsort((replaces, rows))
+        texts = pa.concat_arrays([p.texts for p in parts]) if parts else pa.array([], pa.string())
+        return Edits(rows[order], replaces[order], texts.take(order))
+
+    def applied(self, lines: pa.Array, first: int, *, last: bool) -> pa.Array:
+        """`lines`, the lines `first` onwards of a file, with the edits that fall among them (and, if they are the
+        `last`, those after them), in one vectorized take."""
+        n = len(lines)
+        low = int(np.searchsorted(self.rows, first, "left"))
+        high = len(self.rows) if last else int(np.searchsorted(self.rows, first + n, "left"))
+        if low == high:
+            return lines
+        rows, replaces = self.rows[low:high] - first, self.replaces[low:high]
+        index = np.arange(n, dtype=np.int64)
+        replaced = replaces == 1
+        index[rows[replaced]] = n + np.flatnonzero(replaced)
+        inserted = ~replaced
+        index = np.insert(index, rows[inserted], n + np.flatnonzero(inserted))
+        return as_array(pa.chunked_array([lines, self.texts.slice(low, high - low)], pa.string()).take(index))
 
 
 @dataclass(frozen=True)
@@ -2025,7 +2118,8 @@ class DeliveryPlanner:
                                                                 / max(pool.num_rows, 1))))
         conflicts = maker.conflict(made.filter(rng.mask(made.num_rows, self.knobs.rate("DUPLICATE_KEY"))))
         intent = pa.concat_tables([made, copies, conflicts])
-        self.sent[table.name] = pool.slice(max(0, pool.num_rows - SENT_POOL))
+        # Taken, not sliced: a slice would keep every record of the round in memory.
+        self.sent[table.name] = pool.take(np.arange(max(0, pool.num_rows - SENT_POOL), pool.num_rows))
         if table.merge and table.sequence:
             self.latest[table.name] = newest
         return intent
@@ -2123,6 +2217,9 @@ class DeliveryPlanner:
         return rows.take(pc.sort_indices(rng.uniform(rows.num_rows)))
 
 
+RENDER_CHUNK_ROWS = 65_536
+"""Records `--fast` renders at once: enough for Arrow's kernels to run at full speed, few enough that their temporary
+arrays are reused from chunk to chunk instead of mapped afresh for each file (which costs system time)."""
 SENT_POOL = 5000
 """Intended rows kept per table for exact copies in later rounds."""
 RENDER_THREADS = 2

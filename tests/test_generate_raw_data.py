@@ -579,6 +579,33 @@ def test_command_line_deliveries(tmp_path: Path) -> None:
     assert {p.parent.name for p in (tmp_path / "raw").glob("*/*")} == set(gen.CHAOS_TABLES)
 
 
+def test_fast_command_line_writes_the_same_bytes_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trees = []
+    for name in ("a", "b"):
+        gen.main(["--deliveries", "2", "--fast", "--rows", "300", "--seed", "5", "--dirty-rate", "0.05",
+                  "--out", str(tmp_path / name)])
+        trees.append(_tree(tmp_path / name))
+    assert "records/s" in capsys.readouterr().out
+    assert {k.split("/")[2] for k in trees[0] if "/files/" in k} == set(gen.CHAOS_TABLES)
+    assert trees[0].keys() == trees[1].keys() and [k for k in trees[0] if trees[0][k] != trees[1][k]] == []
+
+
+def test_fast_files_do_not_depend_on_the_render_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--fast` renders a file a chunk of records at a time, splicing in per chunk the records with planted values,
+    the unparseable ones and the blank lines: chunks of 7 records give the bytes of a single chunk, and JSON Lines
+    and Parquet files are the bytes the truth mode writes."""
+    knobs = dataclasses.replace(HOSTILE, rows=150, sparse_keys=0.3)
+    gen.generate_deliveries(tmp_path / "whole", rounds=2, seed=13, knobs=knobs, truth=False)
+    gen.generate_deliveries(tmp_path / "truth", rounds=2, seed=13, knobs=knobs)
+    monkeypatch.setattr(gen, "RENDER_CHUNK_ROWS", 7)
+    gen.generate_deliveries(tmp_path / "chunked", rounds=2, seed=13, knobs=knobs, truth=False)
+    whole, chunked, truth = (_tree(tmp_path / name) for name in ("whole", "chunked", "truth"))
+    files = [k for k in whole if "/files/" in k]
+    assert any(k.endswith(".jsonl") and whole[k].count(b"\n") > 50 for k in files)
+    assert whole == chunked
+    assert [k for k in files if not k.endswith(".csv") and whole[k] != truth[k]] == []
+
+
 def test_a_file_missing_a_required_column_lacks_a_contract_column() -> None:
     knobs = gen.Knobs(drift_rate=1.0, sparse_keys=0.5, dirty={"MISSING_REQUIRED_COLUMN": 1.0})
     for name, table in gen.CHAOS_TABLES.items():
