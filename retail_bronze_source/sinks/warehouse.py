@@ -249,20 +249,22 @@ def drop_emptied_files(pipeline: Pipeline, append_tables: Sequence[str]) -> int:
         tables = sorted(set(append_tables) & present)
         if not tables:
             return 0
-        emptied = client.execute_sql(
-            f"SELECT table_name, src_path, max(CAST(load_id AS DECIMAL(20, 7))) FROM {manifest} "
-            f"WHERE replaced_fingerprint IS NOT NULL AND valid_count = 0 AND status IN "
-            f"({', '.join(quote_literal(s) for s in (STATUS_OK, STATUS_WITH_REJECTS, STATUS_EMPTY))}) "
-            f"AND table_name IN ({', '.join(quote_literal(t) for t in tables)}) GROUP BY ALL") or []
-        if not emptied:
-            return 0
+        statuses = ", ".join(quote_literal(s) for s in (STATUS_OK, STATUS_WITH_REJECTS, STATUS_EMPTY))
+        emptied = (f"SELECT src_path, max(CAST(load_id AS DECIMAL(20, 7))) AS emptied_at FROM {manifest} "
+                   f"WHERE table_name = %s AND replaced_fingerprint IS NOT NULL AND valid_count = 0 "
+                   f"AND status IN ({statuses}) GROUP BY ALL")
+        having = {row[0] for row in client.execute_sql(
+            f"SELECT DISTINCT table_name FROM {manifest} WHERE replaced_fingerprint IS NOT NULL AND valid_count = 0 "
+            f"AND table_name IN ({', '.join(quote_literal(t) for t in tables)})") or []}
         with client.begin_transaction():
-            for table, path, load_id in emptied:
+            for table in sorted(having):
+                # One statement per table, whatever the number of emptied files in its history.
+                older = (f"EXISTS (SELECT 1 FROM ({emptied}) e WHERE e.src_path = t.{SRC_FILENAME} "
+                         f"AND CAST(t._dlt_load_id AS DECIMAL(20, 7)) < e.emptied_at)")
                 qualified = client.make_qualified_table_name(table)
-                older = f"{SRC_FILENAME} = %s AND CAST(_dlt_load_id AS DECIMAL(20, 7)) < %s"
-                found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {older}", path, load_id)
+                found = client.execute_sql(f"SELECT count(*) FROM {qualified} t WHERE {older}", table)
                 if found and found[0][0]:
-                    client.execute_sql(f"DELETE FROM {qualified} WHERE {older}", path, load_id)
+                    client.execute_sql(f"DELETE FROM {qualified} t WHERE {older}", table)
                     removed += int(found[0][0])
     return removed
 
