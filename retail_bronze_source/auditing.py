@@ -33,7 +33,7 @@ from .audits import (
     SchemaAudit,
     ValueRange,
 )
-from .helpers import quote_ident, quote_literal
+from .helpers import load_id_order, quote_ident, quote_literal
 from .outputs import LOAD_ID, MANIFEST_TABLE, RESCUED, dlt_columns, table_schema
 from .registry import TableSpec
 from .sinks import DATASET
@@ -150,7 +150,7 @@ class _Batch:
         return (f"(SELECT load_id, count(*) AS files, sum(row_count) AS read, sum(valid_count) AS valid, "
                 f"sum(reject_count) AS rejected FROM {self.table(MANIFEST_TABLE, PUBLISHED)} "
                 f"WHERE table_name = {quote_literal(table)} AND load_id IS NOT NULL AND status <> 'changed_skipped' "
-                f"GROUP BY load_id ORDER BY CAST(load_id AS DECIMAL(20, 7)) DESC LIMIT {int(runs)})")
+                f"GROUP BY load_id ORDER BY {load_id_order('load_id')} DESC LIMIT {int(runs)})")
 
     def counts(self, table: str) -> tuple[int, int, int, int]:
         """The batch's files, rows read, valid and rejected rows of `table` (from the staged manifest)."""
@@ -239,7 +239,7 @@ def _completeness(batch: _Batch, spec: TableSpec, audit: Completeness, delivered
     for pattern in audit.required_files:
         found = batch.one(
             f"SELECT count(*) FROM (SELECT src_path, status, row_number() OVER (PARTITION BY src_path ORDER BY "
-            f"CAST(load_id AS DECIMAL(20, 7)) DESC NULLS LAST, processed_at DESC) AS newest "
+            f"{load_id_order('load_id')} DESC NULLS LAST, processed_at DESC) AS newest "
             f"FROM {batch.table(MANIFEST_TABLE)} WHERE table_name = ?) WHERE newest = 1 AND src_path GLOB ? AND "
             f"status IN ({', '.join(quote_literal(s) for s in LOADED_STATUSES)})", [spec.name, pattern]
         )[0] if batch.exists(MANIFEST_TABLE) else 0

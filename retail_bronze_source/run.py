@@ -27,7 +27,7 @@ from dlt.pipeline.pipeline import Pipeline
 
 from . import SOURCE_NAME, run_source
 from .crash_points import crash_point
-from .helpers import quote_ident
+from .helpers import load_id_order, quote_ident
 from .lease import LakeLease, lake_lease
 from .observe import ProgressReport, RunObserver, RunRecord
 from .outputs import (
@@ -431,7 +431,7 @@ def _first_loads(pipeline: Pipeline, table: str, columns: list[str]) -> dict[str
                                    "table_name = %s", client.dataset_name, table)
         if not found or not found[0][0]:
             return {}
-        firsts = ", ".join(f"arg_min(_dlt_load_id, CAST(_dlt_load_id AS DECIMAL(20, 7))) FILTER "
+        firsts = ", ".join(f"arg_min(_dlt_load_id, {load_id_order('_dlt_load_id')}) FILTER "
                            f"(WHERE {client.escape_column_name(c)} IS NOT NULL)" for c in columns)
         rows = client.execute_sql(f"SELECT {firsts} FROM {qualified}")
     return dict(zip(columns, rows[0], strict=True)) if rows else {}

@@ -208,3 +208,25 @@ def test_undoing_an_interrupted_rejects_job_keeps_equal_records_of_completed_job
     assert query(warehouse, "SELECT count(*) FROM bronze.rejects")[0][0] == 2  # the completed job's records stay
     pipeline.load(raise_on_failed_jobs=False)
     assert query(warehouse, "SELECT count(*), count(DISTINCT _dlt_load_id) FROM bronze.rejects")[0] == (4, 1)
+
+
+def test_sweep_removes_only_rows_of_loads_newer_than_the_last_completed_one(tmp_path: Path) -> None:
+    """Rows no completed load accounts for go, down to the seventh decimal of a load id; older rows stay."""
+    import duckdb
+    import pyarrow as pa
+
+    from retail_bronze_source.sinks.warehouse import sweep_orphans
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    pipeline = warehouse_pipeline(warehouse, "sweep_test", pipelines_dir=str(tmp_path / "pipelines"))
+    pipeline.run(pa.table({"n": [1, 2, 3], "_dlt_load_id": ["x", "x", "x"]}), table_name="t")
+    completed = query(warehouse, "SELECT load_id FROM bronze._dlt_loads WHERE status = 0")[0][0]
+    whole, fraction = completed.split(".")
+    later = f"{whole}.{int(fraction.ljust(7, '0')) + 1:07d}"  # the next load id a clock could give
+    earlier = f"{int(whole) - 1}.9999999"
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("UPDATE bronze.t SET _dlt_load_id = ?", [completed])
+        con.execute("INSERT INTO bronze.t (n, _dlt_load_id) VALUES (4, ?), (5, ?), (6, ?)", [later, later, earlier])
+
+    assert sweep_orphans(pipeline, {"t"}, None) == 2
+    assert query(warehouse, "SELECT n FROM bronze.t ORDER BY n") == [(1,), (2,), (3,), (6,)]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow.parquet as pq
 
-from ..helpers import quote_literal
+from ..helpers import load_id_order, quote_literal
 from ..outputs import (
     MANIFEST_TABLE,
     OUTCOME_FAILED,
@@ -502,7 +502,7 @@ def _known_files(wh: Warehouse, load_id: str) -> dict[str, int]:
     load = quote_literal(load_id)
     rows = wh.rows(
         f"SELECT table_name, count(DISTINCT src_path) FROM {DATASET}.{MANIFEST_TABLE} AS m "
-        f"WHERE CAST(load_id AS DECIMAL(20, 7)) < CAST({load} AS DECIMAL(20, 7)) AND NOT EXISTS (SELECT 1 FROM "
+        f"WHERE {load_id_order('load_id')} < {load_id_order(load)} AND NOT EXISTS (SELECT 1 FROM "
         f"{DATASET}.{MANIFEST_TABLE} AS n WHERE n.load_id = {load} AND n.src_path = m.src_path) GROUP BY ALL")
     return {table: int(n) for table, n in rows}
 
@@ -589,7 +589,7 @@ def newest_recorded_load(wh: Warehouse) -> str | None:
     if not wh.has(RUNS_TABLE, META_SCHEMA):
         return None
     found = wh.rows(f"SELECT newest_load FROM {META_SCHEMA}.{RUNS_TABLE} WHERE newest_load IS NOT NULL "
-                    "ORDER BY CAST(newest_load AS DECIMAL(20, 7)) DESC LIMIT 1")
+                    f"ORDER BY {load_id_order('newest_load')} DESC LIMIT 1")
     return found[0][0] if found else None
 
 

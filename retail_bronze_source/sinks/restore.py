@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 
 from .. import settings
-from ..helpers import quote_ident
+from ..helpers import load_id_order, quote_ident
 from ..outputs import MANIFEST_TABLE
 from ..storage import Store
 from . import DATASET
@@ -47,7 +47,7 @@ def restore_warehouse(warehouse_db: Path, delta_root: Store) -> str | None:
             finally:
                 con.unregister("delta_rows")
             if "_dlt_load_id" in order:
-                found = con.execute(f"SELECT max(CAST(_dlt_load_id AS DECIMAL(20, 7))) FROM {DATASET}."
+                found = con.execute(f"SELECT max({load_id_order('_dlt_load_id')}) FROM {DATASET}."
                                     f"{quote_ident(name)}").fetchone()
                 if found and found[0] is not None:
                     newest.append(Decimal(str(found[0])))
@@ -68,7 +68,7 @@ def manifest_ledgers(warehouse_db: Path) -> dict[str, dict[str, dict[str, Any]]]
             f"SELECT table_name, src_path, file_fingerprint FROM {DATASET}.{MANIFEST_TABLE} "
             "WHERE file_fingerprint NOT LIKE 'unreadable:%' "
             "QUALIFY row_number() OVER (PARTITION BY table_name, src_path "
-            "ORDER BY CAST(load_id AS DECIMAL(20, 7)) DESC, processed_at DESC) = 1").fetchall()
+            f"ORDER BY {load_id_order('load_id')} DESC, processed_at DESC) = 1").fetchall()
     ledgers: dict[str, dict[str, dict[str, Any]]] = {}
     for table, path, fingerprint in rows:
         ledgers.setdefault(table, {})[path] = {"fingerprint": fingerprint, "signature": None}

@@ -32,7 +32,7 @@ from dlt.destinations.impl.duckdb.factory import DuckDbTypeMapper
 from dlt.pipeline.pipeline import Pipeline
 
 from .. import reasons, settings
-from ..helpers import quote_ident, quote_literal, records_as_json
+from ..helpers import load_id_order, quote_ident, quote_literal, records_as_json
 from ..outputs import (
     DELETE_INSERT,
     LOAD_ID,
@@ -208,7 +208,7 @@ def sweep_orphans(pipeline: Pipeline, tables: set[str], restored_through: str | 
             return 0
         name = client.make_qualified_table_name("_dlt_loads")
         try:
-            rows = client.execute_sql(f"SELECT max(CAST(load_id AS DECIMAL(20, 7))) FROM {name} WHERE status = 0")
+            rows = client.execute_sql(f"SELECT max({load_id_order('load_id')}) FROM {name} WHERE status = 0")
         except DatabaseUndefinedRelation:
             rows = [(None,)]
         newest = [Decimal(str(x)) for x in (rows[0][0] if rows else None, restored_through) if x is not None]
@@ -216,12 +216,15 @@ def sweep_orphans(pipeline: Pipeline, tables: set[str], restored_through: str | 
         present = {row[0] for row in client.execute_sql(
             "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = "
             "'_dlt_load_id'", client.dataset_name) or []}
-        orphan = " AND ".join(["CAST(_dlt_load_id AS DECIMAL(20, 7)) > %s",
-                             *(["_dlt_load_id NOT IN (" + ", ".join(quote_literal(p) for p in sorted(pending)) + ")"]
-                               if pending else [])])
+        newer = " AND ".join([f"{load_id_order('l')} > %s",
+                              *(["l NOT IN (" + ", ".join(quote_literal(p) for p in sorted(pending)) + ")"]
+                                if pending else [])])
         with client.begin_transaction():
             for table in sorted(present & tables):
                 qualified = client.make_qualified_table_name(table)
+                # The table's few load ids are compared, not each row's.
+                orphan = (f"_dlt_load_id IN (SELECT l FROM (SELECT DISTINCT _dlt_load_id AS l FROM {qualified}) "
+                          f"WHERE {newer})")
                 found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {orphan}", bound)
                 if found and found[0][0]:
                     client.execute_sql(f"DELETE FROM {qualified} WHERE {orphan}", bound)
@@ -250,7 +253,7 @@ def drop_emptied_files(pipeline: Pipeline, append_tables: Sequence[str]) -> int:
         if not tables:
             return 0
         statuses = ", ".join(quote_literal(s) for s in (STATUS_OK, STATUS_WITH_REJECTS, STATUS_EMPTY))
-        emptied = (f"SELECT src_path, max(CAST(load_id AS DECIMAL(20, 7))) AS emptied_at FROM {manifest} "
+        emptied = (f"SELECT src_path, max({load_id_order('load_id')}) AS emptied_at FROM {manifest} "
                    f"WHERE table_name = %s AND replaced_fingerprint IS NOT NULL AND valid_count = 0 "
                    f"AND status IN ({statuses}) GROUP BY ALL")
         having = {row[0] for row in client.execute_sql(
@@ -260,7 +263,7 @@ def drop_emptied_files(pipeline: Pipeline, append_tables: Sequence[str]) -> int:
             for table in sorted(having):
                 # One statement per table, whatever the number of emptied files in its history.
                 older = (f"EXISTS (SELECT 1 FROM ({emptied}) e WHERE e.src_path = t.{SRC_FILENAME} "
-                         f"AND CAST(t._dlt_load_id AS DECIMAL(20, 7)) < e.emptied_at)")
+                         f"AND {load_id_order('t._dlt_load_id')} < e.emptied_at)")
                 qualified = client.make_qualified_table_name(table)
                 found = client.execute_sql(f"SELECT count(*) FROM {qualified} t WHERE {older}", table)
                 if found and found[0][0]:
