@@ -1,14 +1,17 @@
 """Benchmark: this package against DuckDB alone and dlt's built-in CSV reader on the same generated files.
 
 `python bench/run_benchmark.py [--scale 1000] [--dlt-scale 20] [--formats-scale N] [--no-formats] [--scaling]
-[--repeat N] [--quick] [--work DIR]`, or `python bench/run_benchmark.py --worst-cases [--work DIR]` for the files at
+[--repeat N] [--baseline CHECKOUT] [--quick] [--work DIR]`, or `python bench/run_benchmark.py --worst-cases [--work DIR]` for the files at
 and over the readers' limits (`bench/worst_cases.py`) alone.
 
 Every measurement runs in its own child process (`bench/contenders.py`); its peak memory is that child's RSS high-water
 mark as the kernel reports it when the child is reaped (`os.wait4`, the per-child form of `RUSAGE_CHILDREN`), and its
 wall time covers the load only, not interpreter start-up or imports. With `--repeat N` the head to head (DuckDB, the
 package, the package on dirty input) runs N rounds, interleaved, and each ratio is the median of its rounds: on a
-shared machine one pair of runs can be off by 10%. The report is printed and written to `<work>/report.json`.
+shared machine one pair of runs can be off by 10%. `--baseline CHECKOUT` also runs the package of another checkout
+(a `git worktree` of an earlier commit, say) in every round of the head to head, so that a change is judged against
+its base under the same load of the machine, not against a ratio measured on another day. The report is printed and
+written to `<work>/report.json`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = Path(__file__).resolve().with_name("contenders.py")
 GENERATOR = REPO / "scripts" / "generate_raw_data.py"
 DEFAULT_WORK = REPO / "bench" / "out"
 
@@ -45,6 +47,7 @@ FORMAT_TABLES: dict[str, str] = {
 LABELS: dict[str, str] = {
     "duckdb": "(1) DuckDB bare",
     "package": "(2) retail_bronze_source",
+    "baseline": "(2b) the --baseline checkout",
     "dlt_read_csv": "(3) dlt filesystem|read_csv",
     "dlt_read_csv_duckdb": "(3b) dlt filesystem|read_csv_duckdb",
 }
@@ -94,6 +97,8 @@ class Settings:
     """Rounds of the head to head and of the dirty run."""
     worst_cases: bool = False
     """Measure only the worst cases: files at and over the readers' limits."""
+    baseline: Path | None = None
+    """Another checkout of the project whose package runs beside this one in the head to head."""
 
 
 def measure(settings: Settings, section: str, contender: str, raw: Path, table: str, scale: float, *,
@@ -101,7 +106,8 @@ def measure(settings: Settings, section: str, contender: str, raw: Path, table: 
     """Run one contender in a fresh child process and collect its numbers.
 
     Without `target` it loads into a fresh directory, removed afterwards; a given `target` is used as it is (a first
-    load kept for a later incremental one) and kept.
+    load kept for a later incremental one) and kept. The `baseline` contender is the package of `settings.baseline`,
+    run by that checkout's own `bench/contenders.py`, from that checkout (its code and `.dlt/` configuration).
     """
     name = f"{section}-{contender}-{table}-{scale:g}".replace(" ", "_")
     runs = settings.work / "runs"
@@ -113,12 +119,13 @@ def measure(settings: Settings, section: str, contender: str, raw: Path, table: 
     target.mkdir(parents=True, exist_ok=True)
     result, log = runs / f"{name}.json", runs / f"{name}.log"
     result.unlink(missing_ok=True)
-    command = [sys.executable, str(CONTENDERS), contender, "--raw", str(raw), "--target", str(target),
-               "--table", table, "--result", str(result)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    repo = settings.baseline if contender == "baseline" and settings.baseline else REPO
+    command = [sys.executable, str(repo / "bench" / "contenders.py"), "package" if contender == "baseline" else
+               contender, "--raw", str(raw), "--target", str(target), "--table", table, "--result", str(result)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
     print(f"  {LABELS[contender]:38} {table:15} scale {scale:g} ...", end=" ", flush=True)
     with log.open("wb") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=repo, env=env)
         _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     m = Measurement(section, contender, table, scale, peak_rss_mb=usage.ru_maxrss / 1024)
@@ -161,15 +168,19 @@ def head_to_head(settings: Settings) -> list[Measurement]:
     dirty = generate(settings, f"orders-dirty-{settings.scale:g}", settings.scale, ["orders"],
                      "--dirty-fraction", str(DIRTY_FRACTION))
     found = []
+    packages = [("orders", "package", raw), *([("orders", "baseline", raw)] if settings.baseline else [])]
     for round_ in range(settings.repeat):
-        duck, pkg, bad = (measure(settings, section, contender, source, "orders", settings.scale)
-                          for section, contender, source in (("orders", "duckdb", raw), ("orders", "package", raw),
-                                                             ("dirty", "package", dirty)))
-        if pkg.status == "ok" and duck.status == "ok" and pkg.rows != duck.rows:
-            pkg.note = f"rows differ from (1): {duck.rows:,}"
-        for m in (duck, pkg, bad):
+        # The two packages take turns in running first, so that neither always finds the machine in the same state.
+        runs = [("orders", "duckdb", raw), *(packages if round_ % 2 == 0 else packages[::-1]),
+                ("dirty", "package", dirty)]
+        measured = [measure(settings, section, contender, source, "orders", settings.scale)
+                    for section, contender, source in runs]
+        duck = measured[0]
+        for m in measured:
             m.round = round_
-        found += [duck, pkg, bad]
+            if m.section == "orders" and m is not duck and m.status == duck.status == "ok" and m.rows != duck.rows:
+                m.note = f"rows differ from (1): {duck.rows:,}"
+        found += measured
     contenders = ["dlt_read_csv", "dlt_read_csv_duckdb"]
     if settings.dlt_scale == settings.scale:
         small = raw
@@ -287,6 +298,13 @@ def ratios(found: Sequence[Measurement]) -> dict[str, dict[str, Any]]:
     paired = rounds(found, ("orders", "package"), ("orders", "duckdb"))
     add("package_vs_duckdb_wall", f"(2)/(1) wall time, orders CSV, scale {scale:g}" if scale else
         "(2)/(1) wall time, orders CSV", statistics.median(paired) if paired else None, each=paired)
+    if find(found, "orders", "baseline"):
+        base = rounds(found, ("orders", "baseline"), ("orders", "duckdb"))
+        add("baseline_vs_duckdb_wall", "(2b)/(1) wall time, the --baseline checkout",
+            statistics.median(base) if base else None, each=base)
+        change = [(r - 1) * 100 for r in rounds(found, ("orders", "package"), ("orders", "baseline"))]
+        add("package_vs_baseline_wall", "(2)/(2b) wall time: this checkout against the baseline",
+            statistics.median(change) if change else None, "%", each=change)
     dlt_name = dlt.contender.removeprefix("dlt_") if dlt else "built-in"
     dlt_label = f"({'3' if dlt and dlt.contender == 'dlt_read_csv' else '3b'}) dlt {dlt_name}"
     add("dlt_vs_package_rows_per_s", f"{dlt_label} / (2) rows/s, both at scale {small:g} (smaller input)"
@@ -399,6 +417,9 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
                         help=f"also run the package at {SCALING_FACTOR}x --scale")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the head to head and the dirty run; ratios "
                                                               "are the median of the rounds (default 1)")
+    parser.add_argument("--baseline", type=Path, help="another checkout of this project (a git worktree of the "
+                                                      "base commit): its package runs in every round of the head "
+                                                      "to head, beside this one")
     parser.add_argument("--quick", action="store_true", help="small smoke run (well under a minute)")
     parser.add_argument("--worst-cases", action="store_true",
                         help="measure only files at and over the readers' limits (bench/worst_cases.py)")
@@ -411,8 +432,11 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         parser.error("scales must be positive")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.baseline is not None and not (args.baseline / "bench" / "contenders.py").is_file():
+        parser.error(f"--baseline {args.baseline}: not a checkout of this project (no bench/contenders.py)")
     return Settings(scale=scale, dlt_scale=dlt_scale, formats_scale=formats_scale if args.formats else None,
-                    scaling=args.scaling, work=args.work.resolve(), repeat=args.repeat, worst_cases=args.worst_cases)
+                    scaling=args.scaling, work=args.work.resolve(), repeat=args.repeat, worst_cases=args.worst_cases,
+                    baseline=args.baseline.resolve() if args.baseline else None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -114,3 +114,31 @@ def test_repeated_rounds_are_interleaved_and_each_ratio_is_their_median(quick: t
     assert ratio["value"] == pytest.approx(sum(ratio["rounds"]) / 2)
     dirty = report["ratios"]["dirty_extra_time"]
     assert dirty["rounds"] == pytest.approx([(runs[r][2]["wall_s"] / runs[r][1]["wall_s"] - 1) * 100 for r in (0, 1)])
+
+
+@pytest.mark.slow
+def test_baseline_checkout_runs_beside_the_package_in_every_round(tmp_path: Path) -> None:
+    """`--baseline` runs another checkout's package (here a copy of this one's code) in each head-to-head round and
+    reports both ratios; a directory that is no checkout is refused before anything runs."""
+    import shutil
+
+    baseline = tmp_path / "baseline"
+    for part in ("bench", "retail_bronze_source", "schemas", "scripts", ".dlt"):
+        shutil.copytree(REPO / part, baseline / part, ignore=shutil.ignore_patterns("__pycache__", "out", "*.toml.bak"))
+    work = tmp_path / "work"
+    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--repeat", "2", "--no-formats", "--baseline",
+                           str(baseline), "--work", str(work)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((work / "report.json").read_text())
+    for round_ in (0, 1):
+        pkg, base = _ok(report, "orders", "package", round_=round_), _ok(report, "orders", "baseline", round_=round_)
+        assert base["rows"] == pkg["rows"] > 1000 and base["extra"]["valid"] == pkg["extra"]["valid"]
+        assert (work / "runs" / "orders-baseline-orders-2.log").exists()
+    ratios = report["ratios"]
+    assert len(ratios["baseline_vs_duckdb_wall"]["rounds"]) == 2
+    assert len(ratios["package_vs_baseline_wall"]["rounds"]) == 2
+    assert "(2b) the --baseline checkout" in done.stdout and "(2)/(2b) wall time" in done.stdout
+
+    refused = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--baseline", str(tmp_path / "nothing"),
+                              "--work", str(work)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert refused.returncode == 2 and "not a checkout of this project" in refused.stderr
