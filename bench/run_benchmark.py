@@ -1,8 +1,8 @@
 """Benchmark: this package against DuckDB alone and dlt's built-in CSV reader on the same generated files.
 
 `python bench/run_benchmark.py [--scale 1000] [--dlt-scale 20] [--formats-scale N] [--no-formats] [--scaling]
-[--repeat N] [--baseline CHECKOUT] [--quick] [--work DIR]`, or `python bench/run_benchmark.py --worst-cases [--work DIR]` for the files at
-and over the readers' limits (`bench/worst_cases.py`) alone.
+[--repeat N] [--baseline CHECKOUT] [--quick] [--work DIR]`, or `python bench/run_benchmark.py --worst-cases
+[--work DIR]` for the files at and over the readers' limits (`bench/worst_cases.py`) alone.
 
 Every measurement runs in its own child process (`bench/contenders.py`); its peak memory is that child's RSS high-water
 mark as the kernel reports it when the child is reaped (`os.wait4`, the per-child form of `RUSAGE_CHILDREN`), and its
