@@ -71,10 +71,11 @@ def duckdb_native(raw: Path, target: Path, table: str) -> Work:
 def package(raw: Path, target: Path, table: str) -> Work:
     """This package: `run_bronze` for one table into DuckDB, the Parquet lake and the Delta mirror, in a process
     tuned as the command line tunes its own."""
-    from retail_bronze_source.process import tune_malloc
+    from retail_bronze_source.process import freeze_imports, tune_malloc
     from retail_bronze_source.run import Layout, run_bronze
 
     tune_malloc()
+    freeze_imports()
     layout = Layout(raw_url=str(raw.resolve()), lake=target / "lake", warehouse=target / "warehouse.duckdb")
 
     def work() -> tuple[int, dict[str, Any]]:

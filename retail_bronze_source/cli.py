@@ -21,7 +21,7 @@ from .observe.lake import lake_store
 from .observe.load_info import RunNotFound, format_records, load_info, records_json
 from .observe.report import REPORT_FOLDER, page_name, write_pages
 from .outputs import OUTCOME_FAILED
-from .process import tune_malloc
+from .process import freeze_imports, tune_malloc
 from .redact import redact
 from .registry import RETAIL_TABLES
 from .run import (
@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return inspect_runs(argv[0], argv[1:])
     args = parse_args(argv)
     tune_malloc()  # this process is the command line's own
+    freeze_imports()
     if dlt.config.get("runtime.log_level") is None:
         # dlt logs every retried job with a traceback; the command line prints each failure as one line itself.
         dlt.config["runtime.log_level"] = "CRITICAL"

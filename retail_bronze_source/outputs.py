@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
-from dlt.common.schema.typing import TDeleteInsertStrategyDict, TTableSchemaColumns, TUpsertStrategyDict
+from dlt.common.schema.typing import (
+    TColumnSchema,
+    TDeleteInsertStrategyDict,
+    TTableSchemaColumns,
+    TUpsertStrategyDict,
+)
 from dlt.common.schema.utils import dlt_load_id_column
 
 from schemas.schemas import MOSTLY_DISTINCT
@@ -224,20 +229,37 @@ SHARED_TABLES = (REJECTS_TABLE, MANIFEST_TABLE, SCHEMA_HISTORY_TABLE, TABLE_RESE
 MOSTLY_DISTINCT_HINT = "x-mostly-distinct"
 """dlt column hint of text declared `mostly_distinct` in its field metadata (see `schemas.schemas`); the warehouse
 stores such columns with FSST compression (`sinks.warehouse.WarehouseTypeMapper`)."""
+FEW_DISTINCT_HINT = "x-few-distinct"
+"""dlt column hint of text with few distinct values in a load: a contract column with `accepted_values`, the columns
+naming a row's file, sheet, table and reason, and dlt's load id. The warehouse stores such columns as dictionaries
+(`sinks.warehouse.WarehouseTypeMapper`)."""
+FEW_DISTINCT_COLUMNS = frozenset({SRC_FILENAME, SRC_SHEET, "table_name", "reason_code"})
+"""Output columns (of the data tables and `rejects`) that take `FEW_DISTINCT_HINT`: no contract column has these
+names (see `ADDED_COLUMNS` and the rejects table's own schema)."""
 
 
 def dlt_columns(schema: pa.Schema) -> TTableSchemaColumns:
-    """dlt column hints derived from a pyarrow schema (types, precision, scale, nullability, `MOSTLY_DISTINCT_HINT`)."""
+    """dlt column hints derived from a pyarrow schema (types, precision, scale, nullability, `MOSTLY_DISTINCT_HINT`,
+    `FEW_DISTINCT_HINT`)."""
     columns = py_arrow_to_table_schema_columns(schema)
     for field in schema:
-        if (field.metadata or {}).get(MOSTLY_DISTINCT.encode()) == b"true":
-            cast(dict[str, Any], columns[field.name])[MOSTLY_DISTINCT_HINT] = True
+        meta = field.metadata or {}
+        hints = cast(dict[str, Any], columns[field.name])
+        if meta.get(MOSTLY_DISTINCT.encode()) == b"true":
+            hints[MOSTLY_DISTINCT_HINT] = True
+        elif pa.types.is_string(field.type) and (b"accepted_values" in meta or field.name in FEW_DISTINCT_COLUMNS):
+            hints[FEW_DISTINCT_HINT] = True
     return columns
+
+
+def load_id_column() -> TColumnSchema:
+    """dlt's `_dlt_load_id` column, hinted `FEW_DISTINCT_HINT` (one value per load)."""
+    return cast(TColumnSchema, {**dlt_load_id_column(), FEW_DISTINCT_HINT: True})
 
 
 def output_columns(schema: pa.Schema) -> TTableSchemaColumns:
     """The dlt columns of an output table: its schema's, and dlt's load id."""
-    return {**dlt_columns(schema), LOAD_ID: dlt_load_id_column()}
+    return {**dlt_columns(schema), LOAD_ID: load_id_column()}
 
 
 DELETE_INSERT: TDeleteInsertStrategyDict = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}

@@ -23,7 +23,6 @@ from typing import Any, cast
 import dlt
 import pyarrow as pa
 from dlt.common.schema.typing import TSchemaContractDict
-from dlt.common.schema.utils import dlt_load_id_column
 from dlt.extract.resource import DltResource
 
 from . import settings
@@ -45,6 +44,7 @@ from .outputs import (
     SRC_SHEET,
     UPSERT,
     dlt_columns,
+    load_id_column,
     output_columns,
     table_schema,
 )
@@ -139,7 +139,7 @@ def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datet
     """
     raw = raw_url if isinstance(raw_url, Store) else open_store(raw_url, RAW_SECTION)
     columns = dlt_columns(table_schema(spec))
-    columns[LOAD_ID] = dlt_load_id_column()
+    columns[LOAD_ID] = load_id_column()
     hard_delete = bool(spec.hard_delete and spec.delete_marker)
     if hard_delete:
         columns[cast(str, spec.delete_marker)]["hard_delete"] = True

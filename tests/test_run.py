@@ -31,9 +31,10 @@ from conftest import (
 )
 
 from retail_bronze_source import reasons
-from retail_bronze_source.outputs import table_schema
+from retail_bronze_source.outputs import FEW_DISTINCT_HINT, dlt_columns, table_schema
 from retail_bronze_source.registry import RETAIL_TABLES, DerivedColumn, TableSpec
 from retail_bronze_source.run import RunResult, run_bronze
+from retail_bronze_source.sinks.warehouse import load_arrow, warehouse_pipeline
 from schemas.schemas import col
 
 MERGE_TABLES = [s for s in RETAIL_TABLES if s.write_disposition == "merge"]
@@ -188,6 +189,26 @@ def test_mostly_distinct_text_is_stored_with_fsst_in_every_warehouse_table(first
     used = query(box.warehouse, "SELECT DISTINCT compression FROM pragma_storage_info('bronze.orders') "
                                 "WHERE column_name = 'note' AND segment_type = 'VARCHAR'")
     assert used != [("FSST",)]  # text not declared mostly distinct is left to DuckDB
+
+
+def test_text_with_few_distinct_values_is_stored_as_a_dictionary(tmp_path: Path) -> None:
+    # Unique values, which DuckDB would not store as a dictionary by itself: only the hint makes it one.
+    values = pa.array([f"{i:064x}" for i in range(50_000)], pa.string())
+    rows = pa.table([values, values, values], schema=pa.schema([
+        col("kind", pa.string(), accepted=["a"]),  # the validator has checked the values: the loader does not
+        pa.field("src_filename", pa.string()),
+        pa.field("free_text", pa.string()),
+    ]))
+    warehouse = tmp_path / "warehouse.duckdb"
+    pipeline = warehouse_pipeline(warehouse, "few_distinct_test", pipelines_dir=str(tmp_path / "pipelines"))
+    load_arrow(pipeline, rows, "hinted", merge_key=[])
+    stored = dict(query(warehouse, "SELECT column_name, string_agg(DISTINCT compression, ',') FROM "
+                                   "pragma_storage_info('bronze.hinted') WHERE segment_type = 'VARCHAR' GROUP BY 1"))
+    assert stored["kind"] == stored["src_filename"] == stored["_dlt_load_id"] == "Dictionary"
+    assert stored["free_text"] != "Dictionary"
+    orders = next(spec for spec in RETAIL_TABLES if spec.name == "orders")
+    hinted = {name for name, hints in dlt_columns(table_schema(orders)).items() if hints.get(FEW_DISTINCT_HINT)}
+    assert hinted == {"status", "channel", "src_filename"}  # accepted values and the file; not `note`, `currency`
 
 
 def test_rejects_csv_files_match_the_rejects_table(first_run: tuple[Sandbox, RunResult]) -> None:

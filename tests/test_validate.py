@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -344,6 +345,34 @@ def test_timestamp_text_with_zeros_beyond_microseconds_and_far_years_converts() 
     valid = Validator(SPEC).validate(text_chunk(rows), "things/a.csv").valid["seen_at"].to_pylist()
     assert valid == [datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
                      datetime(1, 1, 1, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize(
+    ("seen_at", "day", "expected"),
+    [
+        # The common spellings, which pass DuckDB's GLOB without a regular expression.
+        ("2024-03-01T10:00:00+02:00", "2024-03-01", (datetime(2024, 3, 1, 8, tzinfo=UTC), date(2024, 3, 1))),
+        ("2024-03-01 10:00:00.123456", "2024-03-01", (datetime(2024, 3, 1, 10, 0, 0, 123456, tzinfo=UTC),
+                                                      date(2024, 3, 1))),
+        # Spellings only the regular expressions accept: white space around, one-digit months and days, midnight.
+        ("  2024-03-01 10:00:00.5 ", " 2024-3-1 ", (datetime(2024, 3, 1, 10, 0, 0, 500000, tzinfo=UTC),
+                                                   date(2024, 3, 1))),
+        ("\t2024-03-01T10:00:00Z", "2024-03-01T00:00:00.000", (datetime(2024, 3, 1, 10, tzinfo=UTC),
+                                                               date(2024, 3, 1))),
+        # Rejected whichever path decides: a lost digit after two points, a day that is not a date.
+        ("2024-03-01 10:00:00.1234567", "2024-03-01 00:00:01", None),
+        ("x.1 2024-03-01 10:00:00.1234561", "03/01/2024", None),
+    ],
+    ids=["common", "fraction", "white-space", "tab-and-midnight", "cut-digits", "not-dates"],
+)
+def test_text_timestamps_and_dates_convert_only_when_exact(seen_at: str, day: str, expected: Any) -> None:
+    result = Validator(SPEC).validate(text_chunk([{**GOOD, "seen_at": seen_at, "day": day}]), "things/a.csv")
+    if expected is None:
+        assert sorted((r["column_name"], r["reason_code"]) for r in result.rejects.to_pylist()) == [
+            ("day", reasons.TYPE_MISMATCH), ("seen_at", reasons.TYPE_MISMATCH)]
+    else:
+        [row] = result.valid.to_pylist()
+        assert (row["seen_at"], row["day"]) == expected
 
 
 def test_columns_repeating_a_name_reject_the_file() -> None:

@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 from dlt.common.destination.client import PreparedTableSchema
 from dlt.common.pipeline import LoadInfo, get_dlt_pipelines_dir
 from dlt.common.schema.typing import TColumnSchema
-from dlt.common.schema.utils import dlt_load_id_column
 from dlt.common.storages.load_package import PackageStorage
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
@@ -35,6 +34,7 @@ from .. import reasons, settings
 from ..helpers import load_id_order, quote_ident, quote_literal, records_as_json
 from ..outputs import (
     DELETE_INSERT,
+    FEW_DISTINCT_HINT,
     LOAD_ID,
     LOAD_ID_FIELD,
     MANIFEST_TABLE,
@@ -47,6 +47,7 @@ from ..outputs import (
     STATUS_OK,
     STATUS_WITH_REJECTS,
     dlt_columns,
+    load_id_column,
     reject_records,
     with_run_fields,
 )
@@ -63,15 +64,20 @@ task; row order is not kept."""
 
 
 class WarehouseTypeMapper(DuckDbTypeMapper):
-    """dlt's DuckDB types, with FSST compression fixed for text columns hinted `MOSTLY_DISTINCT_HINT` (row hashes,
-    raw records, e-mail addresses). DuckDB would otherwise analyse each segment of such text for a dictionary in vain
-    before choosing FSST, for the same file size."""
+    """dlt's DuckDB types, with the compression of text columns fixed where their values are known to be mostly
+    distinct (`MOSTLY_DISTINCT_HINT`: row hashes, raw records, e-mail addresses; FSST) or few (`FEW_DISTINCT_HINT`:
+    accepted values, file names, load ids; a dictionary). DuckDB would otherwise analyse each segment of such text for
+    every method before choosing the same one, for the same file size."""
 
     def to_destination_type(self, column: TColumnSchema, table: PreparedTableSchema) -> str:
         db_type = super().to_destination_type(column, table)
         hints = cast(Mapping[str, Any], column)
-        if hints.get(MOSTLY_DISTINCT_HINT) and column.get("data_type") == "text":
+        if column.get("data_type") != "text":
+            return db_type
+        if hints.get(MOSTLY_DISTINCT_HINT):
             return f"{db_type} USING COMPRESSION fsst"
+        if hints.get(FEW_DISTINCT_HINT):
+            return f"{db_type} USING COMPRESSION dictionary"
         return db_type
 
 def warehouse_pipeline(warehouse: Path, pipeline_name: str, *, pipelines_dir: str | None = None) -> Pipeline:
@@ -184,7 +190,7 @@ def load_arrow(pipeline: Pipeline, rows: pa.Table, table: str, merge_key: list[s
         yield rows.append_column(LOAD_ID_FIELD, pa.repeat(pa.scalar(load_id), rows.num_rows))
 
     resource = dlt.resource(stamped(), name=table, write_disposition=DELETE_INSERT, merge_key=merge_key,
-                            columns={**dlt_columns(rows.schema), LOAD_ID: dlt_load_id_column()})
+                            columns={**dlt_columns(rows.schema), LOAD_ID: load_id_column()})
     pipeline.extract(resource, loader_file_format=LOADER_FILE_FORMAT)
     pipeline.normalize()
     return pipeline.load(raise_on_failed_jobs=False)
