@@ -79,11 +79,17 @@ def _type_label(type_: pa.DataType) -> str:
     return str(type_).replace("timestamp[us, tz=UTC]", "UTC timestamp")
 
 
-def _parse_text(v: str, type_: pa.DataType) -> str:
-    """SQL parsing the text `v` (surrounding white space allowed) into `type_`, NULL where it does not convert exactly."""
+def _parse_text(v: str, type_: pa.DataType, digits: str | None = None) -> str:
+    """SQL parsing the text `v` (surrounding white space allowed) into `type_`, NULL where it does not convert exactly.
+
+    `digits` names a boolean column, true where the text is only ASCII digits (`_only_digits`): for an integer type
+    those values need no regular expression."""
     duck = _duck_type(type_)
     if pa.types.is_integer(type_):
-        return f"CASE WHEN regexp_full_match({v}, '\\s*[+-]?[0-9]+\\s*') THEN TRY_CAST({v} AS {duck}) END"
+        number = f"regexp_full_match({v}, '\\s*[+-]?[0-9]+\\s*')"
+        if digits is not None:
+            number = f"(CASE WHEN {digits} THEN true ELSE {number} END)"
+        return f"CASE WHEN {number} THEN TRY_CAST({v} AS {duck}) END"
     if pa.types.is_decimal(type_):
         int_digits = max(type_.precision - type_.scale, 1)
         frac = f"(\\.[0-9]{{1,{type_.scale}}})?" if type_.scale else ""
@@ -360,7 +366,10 @@ class Validator:
             elif typed is not None and _is_text(typed.type):
                 inputs[src] = typed
                 raw = f"NULLIF({src}, '')"
-                parsed = raw if _is_text(field.type) else _parse_text(raw, field.type)
+                digits = None
+                if pa.types.is_integer(field.type):
+                    inputs[f"d{i}"], digits = _only_digits(typed), f"d{i}"
+                parsed = raw if _is_text(field.type) else _parse_text(raw, field.type, digits)
                 shown[i] = _Shown(text=typed)
                 if _is_text(field.type):
                     passthrough[field.name] = _empty_as_null(typed)
@@ -444,7 +453,7 @@ class Validator:
                      derived: list[str], texts: list[str]) -> _Queried:
         """Parse and check the contract columns `group` (positions) in one DuckDB query; with `derived`, the derived
         columns are computed in it too (`texts`: the text columns they read, as text)."""
-        columns = {f"{prefix}{i}": inputs[f"{prefix}{i}"] for i in group for prefix in ("c", "f")
+        columns = {f"{prefix}{i}": inputs[f"{prefix}{i}"] for i in group for prefix in ("c", "f", "d")
                    if f"{prefix}{i}" in inputs}
         table = pa.table({**columns, POSITION: row_number_array(0, n)})
         frame = pa.Table.from_batches(table.to_batches(max_chunksize=settings.PARALLEL_BATCH_ROWS), schema=table.schema)
@@ -595,6 +604,12 @@ class Validator:
             count=flat.num_rows, detail=flat["detail"], row_number=row_numbers.take(positions), sheet=chunk.sheet,
             column_name=pa.array([c.column_name for c in checks], pa.string()).take(check),
             raw_record=as_array(raw).take(parents), row_hash=hashes.take(positions))
+
+
+def _only_digits(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Whether each text is one or more ASCII digits (false for empty text, null for null), in Arrow: a vectorized
+    test costing a tenth of DuckDB's regular expression, which the values it accepts would match."""
+    return pc.ascii_is_decimal(values)
 
 
 def _empty_as_null(values: pa.ChunkedArray) -> pa.ChunkedArray:

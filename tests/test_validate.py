@@ -90,6 +90,20 @@ def test_each_contract_violation_has_its_reason(column: str, value: str, reason:
     assert value in rejects[0]["reason_detail"] or reason == reasons.NOT_NULL
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7", 7), ("0012", 12), ("9223372036854775807", 2**63 - 1),  # digits only: no regular expression
+        (" 12 ", 12), ("+12", 12), ("-3", None),  # the regular expression decides; -3 is out of range (min 1)
+        ("1.5", None), ("1e3", None), ("0x10", None), ("1_000", None), ("１２", None), ("9223372036854775808", None),
+    ],
+)
+def test_integer_text_converts_only_when_it_is_an_integer(text: str, expected: int | None) -> None:
+    result = Validator(SPEC).validate(text_chunk([{**GOOD, "id": text}]), "things/a.csv")
+    assert [row["id"] for row in result.valid.to_pylist()] == ([] if expected is None else [expected])
+    assert result.rows_rejected == (expected is None)
+
+
 def test_row_failing_several_checks_counts_once() -> None:
     bad = {**GOOD, "status": "lost", "email": "nope", "id": "x"}
     result = Validator(SPEC).validate(text_chunk([bad]), "things/a.csv")
