@@ -95,7 +95,7 @@ def test_each_contract_violation_has_its_reason(column: str, value: str, reason:
     [
         ("7", 7), ("0012", 12), ("9223372036854775807", 2**63 - 1),  # digits only: no regular expression
         (" 12 ", 12), ("+12", 12), ("-3", None),  # the regular expression decides; -3 is out of range (min 1)
-        ("1.5", None), ("1e3", None), ("0x10", None), ("1_000", None), ("１２", None), ("9223372036854775808", None),
+        ("1.5", None), ("1e3", None), ("0x10", None), ("1_000", None), ("\uff11\uff12", None), ("9223372036854775808", None),
     ],
 )
 def test_integer_text_converts_only_when_it_is_an_integer(text: str, expected: int | None) -> None:
