@@ -180,8 +180,9 @@ class _Check(NamedTuple):
     shows_value: bool
 
 
-def _checks(field: pa.Field, column: int, raw: str, parsed: str) -> list[_Check]:
-    """The checks of one contract column."""
+def _checks(field: pa.Field, column: int, raw: str, parsed: str, matched: str | None = None) -> list[_Check]:
+    """The checks of one contract column; `matched` names a boolean column telling whether the value matches the
+    column's pattern, found before the query (`_pattern_matches`)."""
     name = field.name
     label = _type_label(field.type)
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
@@ -206,8 +207,9 @@ def _checks(field: pa.Field, column: int, raw: str, parsed: str) -> list[_Check]
                           f" is outside [{lo}, {hi}]", True))
     if "pattern" in meta:
         pattern = meta["pattern"]
-        out.append(_Check(f"{parsed} IS NOT NULL AND NOT regexp_full_match({parsed}, {quote_literal(pattern)})",
-                          reasons.PATTERN_MISMATCH, column, name, f" does not match {pattern}", True))
+        matches = matched or f"regexp_full_match({parsed}, {quote_literal(pattern)})"
+        out.append(_Check(f"{parsed} IS NOT NULL AND NOT {matches}", reasons.PATTERN_MISMATCH, column, name,
+                          f" does not match {pattern}", True))
     if meta.get("json") == "true":
         out.append(_Check(f"{parsed} IS NOT NULL AND NOT json_valid({parsed})", reasons.TYPE_MISMATCH, column, name,
                           " is not valid JSON", True))
@@ -346,6 +348,7 @@ class Validator:
         checks: list[_Check] = []
         parsing: dict[int, list[str]] = {}
         shown: dict[int, _Shown] = {}
+        matched: dict[int, str] = {}
         text_passthrough: list[str] = []
         for i, field in enumerate(self.contract):
             src = f"c{i}"
@@ -369,6 +372,9 @@ class Validator:
                 digits = None
                 if pa.types.is_integer(field.type):
                     inputs[f"d{i}"], digits = _only_digits(typed), f"d{i}"
+                pattern = (field.metadata or {}).get(b"pattern")
+                if pattern is not None and _is_text(field.type):
+                    inputs[f"m{i}"], matched[i] = _pattern_matches(typed, pattern.decode()), f"m{i}"
                 parsed = raw if _is_text(field.type) else _parse_text(raw, field.type, digits)
                 shown[i] = _Shown(text=typed)
                 if _is_text(field.type):
@@ -394,7 +400,7 @@ class Validator:
             parsing[i] = [f"{raw} AS __r{i}", f"{parsed} AS __p{i}"]
             if field.name not in passthrough:
                 selects[i] = f"__p{i} AS {quote_ident(field.name)}"
-            checks.extend(_checks(field, i, f"__r{i}", f"__p{i}"))
+            checks.extend(_checks(field, i, f"__r{i}", f"__p{i}", matched.get(i)))
         by_name = {field.name: f"c{i}" for i, field in enumerate(self.contract)}
         used = [name for name in text_passthrough if any(name in d.sql for d in self.spec.derived)]
         groups = [range(start, min(start + settings.CONTRACT_GROUP_COLUMNS, len(self.contract)))
@@ -453,7 +459,7 @@ class Validator:
                      derived: list[str], texts: list[str]) -> _Queried:
         """Parse and check the contract columns `group` (positions) in one DuckDB query; with `derived`, the derived
         columns are computed in it too (`texts`: the text columns they read, as text)."""
-        columns = {f"{prefix}{i}": inputs[f"{prefix}{i}"] for i in group for prefix in ("c", "f", "d")
+        columns = {f"{prefix}{i}": inputs[f"{prefix}{i}"] for i in group for prefix in ("c", "f", "d", "m")
                    if f"{prefix}{i}" in inputs}
         table = pa.table({**columns, POSITION: row_number_array(0, n)})
         frame = pa.Table.from_batches(table.to_batches(max_chunksize=settings.PARALLEL_BATCH_ROWS), schema=table.schema)
@@ -610,6 +616,12 @@ def _only_digits(values: pa.ChunkedArray) -> pa.ChunkedArray:
     """Whether each text is one or more ASCII digits (false for empty text, null for null), in Arrow: a vectorized
     test costing a tenth of DuckDB's regular expression, which the values it accepts would match."""
     return pc.ascii_is_decimal(values)
+
+
+def _pattern_matches(values: pa.ChunkedArray, pattern: str) -> pa.ChunkedArray:
+    """Whether each text fully matches `pattern` (null for null), in Arrow: the same regular expression engine as
+    DuckDB's `regexp_full_match` (RE2), at about half its cost per value."""
+    return pc.match_substring_regex(values, f"^(?:{pattern})$")
 
 
 def _empty_as_null(values: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -18,7 +19,7 @@ from retail_bronze_source.raw import FileRejected, ParseReject, RawChunk
 from retail_bronze_source.readers.csv import format_csv_records
 from retail_bronze_source.registry import DerivedColumn, TableSpec
 from retail_bronze_source.row_hash import row_hashes
-from retail_bronze_source.validate import Validator
+from retail_bronze_source.validate import Validator, _pattern_matches
 from schemas.schemas import col
 
 SCHEMA = pa.schema(
@@ -102,6 +103,35 @@ def test_integer_text_converts_only_when_it_is_an_integer(text: str, expected: i
     result = Validator(SPEC).validate(text_chunk([{**GOOD, "id": text}]), "things/a.csv")
     assert [row["id"] for row in result.valid.to_pylist()] == ([] if expected is None else [expected])
     assert result.rows_rejected == (expected is None)
+
+
+def test_a_pattern_found_in_arrow_matches_what_duckdb_full_matches() -> None:
+    # Text columns' patterns are matched in Arrow before the validation query; DuckDB's regexp_full_match is the rule.
+    patterns = ["[A-Z]{3}", ".+", "a.b", "a|b", "^a", "b$", r"\w+", r"\d{2}", "(?i)abc", "[[:alpha:]]+", r"\s*x\s*",
+                "\u00e9+", r"\p{L}+", "a*", ""]
+    values = ["ABC", "abc", "a\nb", "a\rb", "ab", "a", "b", "ba", "\u00e9", "\u00c4BC", "12", "\u0661\u0662", " x ",
+              "x\n", "\n", "", "aaa", "AbC", "a\u2028b", None]
+    con = duckdb.connect()
+    for pattern in patterns:
+        expected = [m for (m,) in con.execute("SELECT regexp_full_match(v, ?) FROM unnest(?) WITH ORDINALITY AS t(v, i) "
+                                              "ORDER BY i", [pattern, values]).fetchall()]
+        assert _pattern_matches(pa.chunked_array([pa.array(values, pa.string())]), pattern).to_pylist() == expected
+    assert any(expected)
+
+
+def test_a_pattern_is_checked_on_text_and_on_typed_values() -> None:
+    schema = pa.schema([col("code", pa.string(), pattern="[A-Z]{2}-[0-9]+")])
+    spec = TableSpec(name="t", schema=schema, files="t/*", formats=("csv",), primary_key=(), write_disposition="append",
+                     sequence_column=None)
+    for values in (pa.array(["AB-12", "ab-12", "AB-", ""]), pa.array([1, 2, 3, 4])):
+        data = pa.table({"code": values})
+        result = Validator(spec).validate(RawChunk(data=data, row_numbers=pa.array([1, 2, 3, 4])), "t.csv")
+        reasons_found = [(r["src_row_number"], r["reason_code"]) for r in result.rejects.to_pylist()]
+        if pa.types.is_string(values.type):
+            assert result.valid["code"].to_pylist() == ["AB-12", None]  # empty text is missing, not checked
+            assert reasons_found == [(2, reasons.PATTERN_MISMATCH), (3, reasons.PATTERN_MISMATCH)]
+        else:
+            assert reasons_found == [(n, reasons.PATTERN_MISMATCH) for n in (1, 2, 3, 4)]
 
 
 def test_row_failing_several_checks_counts_once() -> None:
