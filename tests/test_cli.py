@@ -101,3 +101,26 @@ def test_credentials_of_a_raw_url_are_never_printed_or_written(tmp_path: Path,
     text += "".join(p.read_text() for pattern in ("*.csv", "*.json", "*.html") for p in box.lake.rglob(pattern))
     text += repr(query(box.warehouse, "SELECT * FROM _retail_bronze.runs"))
     assert PASSWORD not in text and TOKEN not in text
+
+
+def test_process_wide_tuning_is_the_command_lines_own(tmp_path: Path) -> None:
+    # The command line freezes its imported objects out of the garbage collector; a library run leaves the host
+    # process's collector as it found it.
+    raw = _raw(tmp_path / "raw", 1)
+    cli = ("import gc, sys; from retail_bronze_source.cli import main; "
+           "code = main(['--dry-run', '--tables', 'customers', '--raw', sys.argv[1], '--pipelines-dir', sys.argv[2]]); "
+           "print(code, gc.get_freeze_count())")
+    library = ("import gc, sys; from pathlib import Path; from retail_bronze_source.run import Layout, run_bronze; "
+               "out = Path(sys.argv[2]); run_bronze(Layout(raw_url=sys.argv[1], lake=out / 'lake', "
+               "warehouse=out / 'w.duckdb'), table_names=['customers'], pipelines_dir=str(out / 'p')); "
+               "print(0, gc.get_freeze_count())")
+    found = []
+    for script, out in ((cli, tmp_path / "cli"), (library, tmp_path / "library")):
+        done = subprocess.run([sys.executable, "-c", script, str(raw), str(out)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        code, frozen = map(int, done.stdout.split()[-2:])
+        found.append((code, frozen))
+    (cli_code, cli_frozen), (_, library_frozen) = found
+    assert cli_code == 0 and cli_frozen > 10_000
+    assert library_frozen == 0
