@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 from fsspec import AbstractFileSystem
@@ -147,3 +147,29 @@ class FileRejected(Exception):
         super().__init__(f"{reason_code}: {reason_detail}")
         self.reason_code = reason_code
         self.reason_detail = reason_detail
+
+
+def plain_types(data: pa.Table | pa.RecordBatch) -> Any:
+    """`data` with its string and binary views (at any depth) as the plain types they stand for: what readers hand on
+    (`RawChunk.data`), since many Arrow kernels (take, regular expressions) have none for views. Returned as given
+    when it holds none. List views are kept: pyarrow 26's cast of a list view to a list writes its offsets one entry
+    short (an invalid array)."""
+    schema = pa.schema([field.with_type(_plain_type(field.type)) for field in data.schema], metadata=data.schema.metadata)
+    return data if schema == data.schema else data.cast(schema)
+
+
+def _plain_type(type_: pa.DataType) -> pa.DataType:
+    if type_ == pa.string_view():
+        return pa.string()
+    if type_ == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_list(type_):
+        return pa.list_(type_.value_field.with_type(_plain_type(type_.value_type)))
+    if pa.types.is_large_list(type_):
+        return pa.large_list(type_.value_field.with_type(_plain_type(type_.value_type)))
+    if pa.types.is_map(type_):
+        return pa.map_(type_.key_field.with_type(_plain_type(type_.key_type)),
+                       type_.item_field.with_type(_plain_type(type_.item_type)), type_.keys_sorted)
+    if pa.types.is_struct(type_):
+        return pa.struct([field.with_type(_plain_type(field.type)) for field in type_])
+    return type_

@@ -624,6 +624,7 @@ def _pattern_matches(values: pa.ChunkedArray, pattern: str) -> pa.ChunkedArray:
     return pc.match_substring_regex(values, f"^(?:{pattern})$")
 
 
+
 def _empty_as_null(values: pa.ChunkedArray) -> pa.ChunkedArray:
     """Text values with empty strings read as missing."""
     text = values if pa.types.is_string(values.type) else values.cast(pa.string())

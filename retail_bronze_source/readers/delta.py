@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from .. import limits
 from ..helpers import row_number_array
-from ..raw import FileRejected, RawChunk, RawFile
+from ..raw import FileRejected, RawChunk, RawFile, plain_types
 from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, OUTSIDE_RAW_ROOT, UNSUPPORTED_FILE
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
@@ -71,7 +71,7 @@ def read_delta(file: RawFile, chunk_size: int, *, starting_version: int | None =
             batches = _added_files(table, starting_version, chunk_size, file)
         read = 0
         for data in _rebatch(batches, chunk_size):
-            chunk = RawChunk(data=_plain_types(data), row_numbers=row_number_array(read + 1, data.num_rows))
+            chunk = RawChunk(data=plain_types(data), row_numbers=row_number_array(read + 1, data.num_rows))
             read += data.num_rows
             yield chunk
 
@@ -221,7 +221,7 @@ def _added_by_change_feed(table: Any, starting_version: int, version: int) -> It
     reader = pa.RecordBatchReader.from_stream(table.load_cdf(starting_version=starting_version + 1,
                                                              ending_version=version))
     for batch in reader:
-        batch = batch.cast(_plain_schema(batch.schema))
+        batch = plain_types(batch)
         kept = batch.filter(pc.is_in(batch.column("_change_type"), _ADDED_CHANGE_TYPES))
         yield kept.drop_columns(list(_CDF_COLUMNS))
 
@@ -268,33 +268,3 @@ def _rebatch(batches: Iterable[pa.RecordBatch], chunk_size: int) -> Iterator[pa.
                 pending, size = [], 0
     if size:
         yield pa.Table.from_batches(pending)
-
-
-def _plain_types(table: pa.Table) -> pa.Table:
-    schema = _plain_schema(table.schema)
-    return table if schema == table.schema else table.cast(schema)
-
-
-def _plain_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([field.with_type(_plain_type(field.type)) for field in schema], metadata=schema.metadata)
-
-
-def _plain_type(type_: pa.DataType) -> pa.DataType:
-    if type_ == pa.string_view():
-        return pa.string()
-    if type_ == pa.binary_view():
-        return pa.binary()
-    if pa.types.is_list_view(type_):
-        return pa.list_(_plain_type(type_.value_type))
-    if pa.types.is_large_list_view(type_):
-        return pa.large_list(_plain_type(type_.value_type))
-    if pa.types.is_list(type_):
-        return pa.list_(type_.value_field.with_type(_plain_type(type_.value_type)))
-    if pa.types.is_large_list(type_):
-        return pa.large_list(type_.value_field.with_type(_plain_type(type_.value_type)))
-    if pa.types.is_map(type_):
-        return pa.map_(type_.key_field.with_type(_plain_type(type_.key_type)),
-                       type_.item_field.with_type(_plain_type(type_.item_type)), type_.keys_sorted)
-    if pa.types.is_struct(type_):
-        return pa.struct([field.with_type(_plain_type(field.type)) for field in type_])
-    return type_

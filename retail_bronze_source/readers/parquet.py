@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from .. import limits
 from ..helpers import records_as_json, row_number_array
-from ..raw import FileRejected, ParseReject, RawChunk, RawFile, open_for_read
+from ..raw import FileRejected, ParseReject, RawChunk, RawFile, open_for_read, plain_types
 from ..reasons import FILE_UNREADABLE, LIMIT_EXCEEDED, TYPE_MISMATCH, UNSUPPORTED_FILE
 
 
@@ -45,7 +45,8 @@ def read_parquet(file: RawFile, chunk_size: int, *, max_columns: int = limits.MA
             nanoseconds = _NanosecondReader(stack.enter_context(file.open()), chunk_size, int96) if int96 else None
             for batch in parquet_file.iter_batches(batch_size=chunk_size):
                 batch.validate(full=True)
-                chunk = RawChunk(data=pa.Table.from_batches([batch]), row_numbers=row_number_array(read + 1, batch.num_rows))
+                chunk = RawChunk(data=plain_types(pa.Table.from_batches([batch])),
+                                 row_numbers=row_number_array(read + 1, batch.num_rows))
                 if nanoseconds is not None:
                     chunk = _reject_lost_nanoseconds(chunk, nanoseconds.take(batch.num_rows), int96)
                 read += batch.num_rows
