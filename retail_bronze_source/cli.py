@@ -40,7 +40,7 @@ from .run import (
 from .run_lock import RunLocked
 from .sinks.delta import DeltaTablesFailed, compact_tables
 from .sinks.identity import SinkMismatch, pipeline_names
-from .sinks.warehouse import WarehouseBusy
+from .sinks.warehouse import WarehouseBusy, WarehouseTaken
 from .storage import LOCAL_PROTOCOLS, StoreError, StoreStepFailed, protocol_of
 
 
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_bronze(layout, table_names=names, pipelines_dir=args.pipelines_dir, lock_timeout=args.lock_timeout,
                             evolve_schema=args.evolve_schema, reload=reload, wap=args.wap,
                             progress=lambda done: say(format_progress(done)))
-    except StoreStepFailed as error:
+    except (StoreStepFailed, WarehouseTaken) as error:
         say(f"error: {error}", error=True)
         return 1
     except (CliError, RunLocked, WarehouseBusy, SinkMismatch, StoreError, PublishRefused) as error:

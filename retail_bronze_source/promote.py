@@ -89,21 +89,31 @@ def _path(key: str) -> str:
 
 
 def promote(warehouse: Pipeline, warehouse_db: Path, delta_root: Store, plans: list[Promotion]) -> list[Promotion]:
-    """Carry out the promotions of `plans` that are not refused; return them."""
+    """Carry out the promotions of `plans` that are not refused; return them.
+
+    Each step can be done again: the Delta mirror first, then the warehouse (whose rescued keys are the plan), so
+    that a promotion stopped in between is finished by the next; a column the mirror has already (a promotion
+    stopped before the warehouse's, or one a `--reload` undid in the warehouse only: the mirror's table keeps its
+    columns when its rows are replaced) is filled, and becomes text like the warehouse's."""
     done = [p for p in plans if p.refused is None]
     for table in sorted({p.table_name for p in done}):
         mine = [p for p in done if p.table_name == table]
-        _promote_warehouse(warehouse_db, table, mine)
         _promote_delta(delta_root.child(table), mine)
+        _promote_warehouse(warehouse_db, table, mine)
         _declare(warehouse, table, mine)
     return done
 
 
-def _moved(promotions: list[Promotion], source: str) -> tuple[list[str], str]:
-    """SQL of the promoted columns taken from `source`'s `_rescued_data`, and of what stays in it."""
+def _moved(promotions: list[Promotion], source: str, present: frozenset[str] = frozenset()) -> tuple[list[str], str]:
+    """SQL of the promoted columns taken from `source`'s `_rescued_data` (values a column of `present` holds
+    already are kept where the rescued data has none), and of what stays in `_rescued_data`."""
     rescued = quote_ident(RESCUED)
-    values = [f"json_extract_string({source}.{rescued}, {quote_literal(_path(p.key))}) AS {quote_ident(p.column_name)}"
-              for p in promotions]
+    values = []
+    for p in promotions:
+        value = f"json_extract_string({source}.{rescued}, {quote_literal(_path(p.key))})"
+        if p.column_name in present:
+            value = f"coalesce({value}, CAST({source}.{quote_ident(p.column_name)} AS VARCHAR))"
+        values.append(f"{value} AS {quote_ident(p.column_name)}")
     removed = "{" + ", ".join(f'"{_json_key(p.key)}": null' for p in promotions) + "}"
     rest = f"json_merge_patch({source}.{rescued}, {quote_literal(removed)})"
     stays = f"CASE WHEN {source}.{rescued} IS NULL OR {rest} = '{{}}' THEN NULL ELSE {rest} END"
@@ -135,8 +145,10 @@ def _promote_delta(target: Store, promotions: list[Promotion]) -> None:
     if table is None:
         return
     partitions = table.metadata().partition_columns
-    order = [n for n in table.schema().to_arrow().names]
-    values, stays = _moved(promotions, "d")
+    promoted = {p.column_name for p in promotions}
+    names = list(table.schema().to_arrow().names)
+    order = [n for n in names if n not in promoted]
+    values, stays = _moved(promotions, "d", frozenset(names) & promoted)
     kept = ", ".join(f"d.{quote_ident(c)}" if c != RESCUED else f"{stays} AS {quote_ident(RESCUED)}" for c in order)
     transactions = [Transaction(app_id=app, version=version) for app in (APP_ID, SOURCE_APP_ID)
                     if (version := table.transaction_version(app)) is not None]

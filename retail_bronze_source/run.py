@@ -54,11 +54,13 @@ from .sinks.packages import FailedJob, failed_jobs
 from .sinks.rejects_csv import sync_rejects_csv
 from .sinks.restore import manifest_ledgers
 from .sinks.warehouse import (
+    WarehouseTaken,
     detach_shared_tables,
     drop_emptied_files,
     load_arrow,
     load_failed_rejects,
     load_rejects,
+    lock_holder,
     restore_merge_dispositions,
     sweep_orphans,
     table_exists,
@@ -182,7 +184,14 @@ def _locked(layout: Layout, pipelines_dir: str | None, lock_timeout: float) -> I
             held.enter_context(run_lock(lock, lock_timeout))
         lease = None if lake.is_local else held.enter_context(lake_lease(lake, lock_timeout))
         wait_for_warehouse(layout.warehouse, lock_timeout)
-        yield lease
+        try:
+            yield lease
+        except Exception as error:
+            who = lock_holder(error)
+            if who is None:
+                raise
+            raise WarehouseTaken(f"the warehouse {layout.warehouse} was opened in {who} while this run was writing "
+                                 "it; close that session and run again (the next run completes this one)") from error
 
 
 def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | None, chunk_size: int | None,
@@ -287,7 +296,7 @@ def _follow_warehouse(layout: Layout, warehouse: Pipeline, lake: Pipeline, stamp
     _check(lease)
     with store_step(layout.lake_store, "importing into the change log"):
         lake_failed = _finish_pending(lake)
-        lake_info = sync_change_log(warehouse, layout.warehouse, lake)
+        lake_info = sync_change_log(warehouse, layout.warehouse, lake, layout.lake_store)
     lake_load_id = lake_info.loads_ids[-1] if lake_info and lake_info.loads_ids else None
     lake_failed += failed_jobs(lake, lake_info) if lake_info else []
     if lake_failed:

@@ -389,6 +389,42 @@ def test_cli_warehouse_open_elsewhere_waits_then_fails_with_one_line(tmp_path: P
     assert not (tmp_path / "lake" / "bronze").exists()
 
 
+def test_a_warehouse_opened_elsewhere_during_the_run_stops_it_with_one_line(tmp_path: Path) -> None:
+    """A session opening the warehouse after the run's start (here as the first table's extraction ends, before the
+    load) stops the run with an error naming it; the next run completes the load."""
+    from retail_bronze_source.sinks.warehouse import WarehouseTaken
+
+    box = Sandbox(SAMPLE, tmp_path / "lake", tmp_path / "w.duckdb", tmp_path / "p")
+    holders: list[subprocess.Popen[str]] = []
+
+    def open_elsewhere(_done: object) -> None:
+        if holders:
+            return
+        holder = subprocess.Popen([sys.executable, "-c",
+                                   "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+                                   "print('open', flush=True); time.sleep(120)", str(box.warehouse)],
+                                  stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+
+    try:
+        with pytest.raises(WarehouseTaken) as taken:
+            run_bronze(box.layout, table_names=["stores"], pipelines_dir=str(box.pipelines_dir),
+                       progress=open_elsewhere)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    message = str(taken.value)
+    assert "\n" not in message and f"(pid {holders[0].pid})" in message, message
+    assert message.startswith(f"the warehouse {box.warehouse} was opened in ")
+    done = run_bronze(box.layout, table_names=["stores"], pipelines_dir=str(box.pipelines_dir))
+    assert done.exit_code == 0
+    stores = query(box.warehouse, "SELECT count(*), count(DISTINCT store_id) FROM bronze.stores")[0]
+    assert stores[0] == stores[1] > 0
+    assert delta_table(box.lake, "stores").num_rows == stores[0]
+
+
 def test_a_warehouse_released_within_the_timeout_is_waited_for(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c",
                                "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -123,6 +124,41 @@ def test_rescued_columns_are_promoted_in_every_sink_after_the_fact(tmp_path: Pat
     for table in (warehouse_table(box.warehouse, "returns"), delta_table(box.lake, "returns")):
         by_id = dict(zip(table["return_id"].to_pylist(), table["return_reason_code"].to_pylist(), strict=True))
         assert all(by_id[i] is not None for i in set(later["new_ids"]) | set(later["updated_ids"]))
+
+
+def test_a_promotion_undone_by_a_reload_is_done_again_in_every_sink(tmp_path: Path) -> None:
+    """A reload reads the files by the contract again (the promoted column's values back in `_rescued_data` of the
+    warehouse) while the Delta mirror keeps the column: promoting again brings both to the same rows."""
+    from retail_bronze_source.run import promote_rescued
+
+    box = make_sandbox(tmp_path)
+    shutil.copytree(SAMPLE / "orders", box.raw / "orders")
+    header = (SAMPLE / "orders" / "orders_2024-03-01.csv").read_text().splitlines()[0]
+    (box.raw / "orders" / "orders_extra.csv").write_text(
+        f"{header},gift_wrap\n900001,210,1,2024-03-06T00:07:08+00:00,2024-03-06,paid,app,EUR,239.31,,,"
+        "2024-03-10T00:00:00+00:00,yes\n")
+    args = {"table_names": ["orders"], "pipelines_dir": str(box.pipelines_dir)}
+
+    def gift_wraps() -> dict[str, list[tuple[object, ...]]]:
+        out = {}
+        for sink, table in (("duckdb", warehouse_table(box.warehouse, "orders")),
+                            ("delta", delta_table(box.lake, "orders"))):
+            assert table.schema.field("gift_wrap").type == pa.string(), sink
+            out[sink] = sorted((r["order_id"], r["gift_wrap"], r["_rescued_data"]) for r in table.to_pylist()
+                               if r["gift_wrap"] is not None or r["_rescued_data"] is not None)
+        return out
+
+    run_bronze(box.layout, **args)
+    assert [p.rows for p in promote_rescued(box.layout, **args).promoted] == [1]
+    assert gift_wraps() == {"duckdb": [(900001, "yes", None)], "delta": [(900001, "yes", None)]}
+    reloaded = run_bronze(box.layout, reload=["orders"], **args)
+    assert reloaded.failed_jobs == [] and reloaded.delta_failures == []
+    again = promote_rescued(box.layout, **args)
+    assert [(p.column_name, p.rows, p.refused) for p in again.promoted] == [("gift_wrap", 1, None)]
+    assert gift_wraps() == {"duckdb": [(900001, "yes", None)], "delta": [(900001, "yes", None)]}
+    assert promote_rescued(box.layout, **args).promoted == []
+    run_bronze(box.layout, **args)
+    assert gift_wraps() == {"duckdb": [(900001, "yes", None)], "delta": [(900001, "yes", None)]}
 
 
 def test_evolve_schema_can_be_configured(tmp_path: Path, generator: ModuleType, monkeypatch) -> None:

@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, SAMPLE, Sandbox, box_args, generate, make_sandbox, query, run_cli, snapshot
+from conftest import (
+    REPO,
+    SAMPLE,
+    Sandbox,
+    box_args,
+    changelog_table,
+    generate,
+    make_sandbox,
+    query,
+    run_cli,
+    snapshot,
+)
 
 from retail_bronze_source.sinks.identity import pipeline_names
 
@@ -124,6 +135,38 @@ def test_two_clones_on_one_machine_keep_their_own_state(tmp_path: Path, other_ra
 
 
 @pytest.mark.slow
+def test_one_lake_reached_under_two_pipeline_names_imports_each_load_once(tmp_path: Path, other_raw: Path,
+                                                                         clean: Snapshot) -> None:
+    """The default layout run from its directory (pipelines retail_bronze, retail_bronze_lake), then the same
+    warehouse and lake named by absolute paths from another directory (other pipeline names), then again from its
+    directory: the lake's own record of imports keeps every warehouse load in the change log once."""
+    home = {"DLT_DATA_DIR": str(tmp_path / "dlt_home")}
+    clone = tmp_path / "clone"
+    _raw(clone)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    absolute = ["--raw", str(clone / "raw"), "--lake", str(clone / "lake"), "--warehouse",
+                str(clone / "duckdb" / "warehouse.duckdb")]
+    box = Sandbox(clone / "raw", clone / "lake", clone / "duckdb" / "warehouse.duckdb", tmp_path / "dlt_home")
+    tables = ["--tables", ",".join(TABLES)]
+    for cwd, args in ((clone, ["--raw", "raw"]), (elsewhere, absolute), (clone, ["--raw", "raw"])):
+        done = run_cli(*args, *tables, cwd=cwd, env=home)
+        assert done.returncode == 0, done.stderr
+        assert snapshot(box, TABLES) == clean, done.stdout
+    for delivery, cwd, args in (("b", elsewhere, absolute), ("c", clone, ["--raw", "raw"]),
+                                ("d", elsewhere, absolute)):
+        for source in sorted((other_raw / "events").iterdir()):
+            shutil.copy(source, clone / "raw" / "events" / f"{delivery}_{source.name}")
+        done = run_cli(*args, *tables, cwd=cwd, env=home)
+        assert done.returncode == 0, done.stderr
+        loads = changelog_table(box.lake, "change_log_imports").column("warehouse_load_id").to_pylist()
+        assert len(loads) == len(set(loads)), delivery
+        events = snapshot(box, ["events"])["events"]
+        assert len(events["parquet"]) == len(events["duckdb"]) == len(events["delta"]), delivery
+        assert sorted(events["parquet"], key=repr) == sorted(events["duckdb"], key=repr), delivery
+
+
+@pytest.mark.slow
 def test_concurrent_runs_on_different_targets_sharing_a_pipelines_dir(tmp_path: Path, other_raw: Path,
                                                                       clean: Snapshot, other_clean: Snapshot) -> None:
     shared = tmp_path / "pipelines"
@@ -150,6 +193,47 @@ def test_a_lake_is_refused_to_a_second_warehouse(tmp_path: Path, clean: Snapshot
     assert len(lines) == 1 and f"mirrors the warehouse {box.warehouse.resolve()}" in lines[0], lines
     assert not other.warehouse.exists() or query(
         other.warehouse, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'bronze'") == [(0,)]
+    assert snapshot(box, TABLES) == clean
+
+
+@pytest.mark.slow
+def test_a_copied_warehouse_is_refused_and_a_moved_one_accepted(tmp_path: Path, other_raw: Path,
+                                                                clean: Snapshot) -> None:
+    """A copy carries the identity of the warehouse the lake mirrors: run on other files it would diverge from
+    the original, and the lake would take the loads of both."""
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    copy = Sandbox(other_raw, box.lake, tmp_path / "copy" / "w.duckdb", box.pipelines_dir)
+    copy.warehouse.parent.mkdir()
+    shutil.copy(box.warehouse, copy.warehouse)
+    done = run_cli(*box_args(copy, TABLES))
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"is a copy of {box.warehouse.resolve()}" in lines[0], lines
+    assert snapshot(box, TABLES) == clean
+    moved = Sandbox(box.raw, box.lake, tmp_path / "moved" / "w.duckdb", box.pipelines_dir)
+    moved.warehouse.parent.mkdir()
+    box.warehouse.rename(moved.warehouse)
+    again = _run(moved)
+    assert "nothing new: " in again.stdout
+    assert snapshot(moved, TABLES) == clean
+
+
+@pytest.mark.slow
+def test_a_lake_without_its_binding_takes_only_its_own_warehouse(tmp_path: Path, other_raw: Path,
+                                                                 clean: Snapshot) -> None:
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    (box.lake / "_retail_bronze" / "sink.json").unlink()
+    other = Sandbox(other_raw, box.lake, tmp_path / "other" / "w.duckdb", tmp_path / "other_pipelines")
+    done = run_cli(*box_args(other, TABLES))
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds data but no record of the warehouse it mirrors" in lines[0], lines
+    assert snapshot(box, TABLES) == clean
+    again = _run(box)
+    assert "nothing new: " in again.stdout
+    assert (box.lake / "_retail_bronze" / "sink.json").exists()
     assert snapshot(box, TABLES) == clean
 
 

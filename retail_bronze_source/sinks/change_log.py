@@ -2,7 +2,9 @@
 
 The change log holds what the warehouse loaded, with the same audit columns and `_dlt_load_id`; it knows which
 warehouse loads it holds (`CHANGE_LOG_IMPORTS`, one row per warehouse load, and `imported_through` in its pipeline's
-state, which commits with the lake load). Each run imports every completed warehouse load newer than that, oldest
+state, which commits with the lake load). The lake's own record wins over the state: a lake reached under another
+pipeline name (the default layout run from another directory, say) has loads imported by that pipeline, which
+this pipeline's state does not know of. Each run imports every completed warehouse load newer than both, oldest
 first, whatever happened in between (a run killed between the two loads, a lost pipelines directory, a lost lake):
 - from the warehouse's load package when it is still in the pipelines directory (its files are imported as they
   are: no second read or validation);
@@ -43,6 +45,8 @@ IMPORTS_SCHEMA = pa.schema([
     pa.field("imported_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("source", pa.string(), nullable=False),
 ])
+CHANGE_LOG_DATASET = "parquet"
+"""The change log's dataset: its folder under `<lake>/bronze/`."""
 CHANGE_LOG_LAYOUT = "{table_name}/{load_id}.{file_id}.{ext}"
 _KEPT_HINTS = ("name", "data_type", "nullable", "precision", "scale", "timezone")
 
@@ -57,7 +61,7 @@ def lake_pipeline(lake: Store, pipeline_name: str, *, pipelines_dir: str | None 
         destination = dlt.destinations.filesystem(bucket_url=lake.url_of(DATASET), credentials=lake.credentials,
                                                   layout=CHANGE_LOG_LAYOUT, destination_name=LAKE_SECTION[-1],
                                                   **lake.options)
-    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name="parquet",
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination, dataset_name=CHANGE_LOG_DATASET,
                         pipelines_dir=pipelines_dir or get_dlt_pipelines_dir())
 
 
@@ -82,9 +86,68 @@ def imported_through(lake: Pipeline) -> str | None:
     return max(candidates, key=Decimal) if candidates else None
 
 
-def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline) -> LoadInfo | None:
+def recorded_elsewhere(lake_store: Store, own_schema: str, after: str | None) -> tuple[str | None, str | None]:
+    """What the lake records as imported by other pipelines: the newest warehouse load in `CHANGE_LOG_IMPORTS` of
+    the completed lake loads of schemas other than `own_schema` newer than the lake load `after`; and the newest
+    completed lake load of any pipeline (the `after` of the next call: older loads were read already)."""
+    folder = lake_store.path_of(DATASET, CHANGE_LOG_DATASET)
+    completed: dict[str, str] = {}
+    for name in _names(lake_store, f"{folder}/_dlt_loads"):
+        schema, sep, rest = name.removesuffix(".jsonl").rpartition("__")
+        if sep and _is_load_id(rest):
+            completed[rest] = schema
+    if not completed:
+        return None, None
+    newest = max(completed, key=Decimal)
+    foreign = {load for load, schema in completed.items()
+               if schema != own_schema and (after is None or Decimal(load) > Decimal(after))}
+    files = [f"{folder}/{CHANGE_LOG_IMPORTS}/{name}" for name in _names(lake_store, f"{folder}/{CHANGE_LOG_IMPORTS}")
+             if name.endswith(".parquet") and name.rsplit(".", 2)[0] in foreign]
+    through: str | None = None
+    for path in files:
+        with lake_store.fs.open(path, "rb") as handle:
+            loads = pq.read_table(handle, columns=["warehouse_load_id"]).column(0).to_pylist()
+        for load in loads:
+            if through is None or Decimal(load) > Decimal(through):
+                through = load
+    return through, newest
+
+
+def recorded_imports(lake_store: Store) -> set[str]:
+    """Every warehouse load the lake's `CHANGE_LOG_IMPORTS` records (of any pipeline)."""
+    folder = f"{lake_store.path_of(DATASET, CHANGE_LOG_DATASET)}/{CHANGE_LOG_IMPORTS}"
+    loads: set[str] = set()
+    for name in _names(lake_store, folder):
+        if name.endswith(".parquet"):
+            with lake_store.fs.open(f"{folder}/{name}", "rb") as handle:
+                loads.update(pq.read_table(handle, columns=["warehouse_load_id"]).column(0).to_pylist())
+    return loads
+
+
+def _names(store: Store, folder: str) -> list[str]:
+    """The names of the files in `folder` of `store`; none when it does not exist. Listed afresh: other processes
+    write the lake (a listing cached by fsspec would miss their loads)."""
+    store.fs.invalidate_cache(folder)
+    if not store.fs.isdir(folder):
+        return []
+    return [str(path).rstrip("/").rsplit("/", 1)[-1] for path in store.fs.ls(folder, detail=False)]
+
+
+def _is_load_id(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
+
+
+def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline, lake_store: Store) -> LoadInfo | None:
     """Import every completed warehouse load newer than the change log holds, in one lake load; None if none."""
-    through = imported_through(lake)
+    own_schema = lake.default_schema_name or lake.pipeline_name
+    state = lake.state.get("sources", {}).get(own_schema, {})
+    elsewhere, newest_lake_load = recorded_elsewhere(lake_store, own_schema, state.get("lake_loads_read_through"))
+    marks = [x for x in (imported_through(lake), elsewhere) if x is not None]
+    through = max(marks, key=Decimal) if marks else None
     missing = [load for load in warehouse_loads(warehouse_db) if through is None or Decimal(load) > Decimal(through)]
     if not missing:
         return None
@@ -104,7 +167,7 @@ def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline) -> 
         for table, files in export_loads(warehouse_db, exported, Path(tmp)).items():
             by_table.setdefault(table, []).extend(files)
         resources = [_import_resource(warehouse, table, files) for table, files in sorted(by_table.items())]
-        resources.append(_imports_resource(missing, sources))
+        resources.append(_imports_resource(missing, sources, newest_lake_load))
         return lake.run(resources, loader_file_format=LOADER_FILE_FORMAT)
 
 
@@ -150,10 +213,14 @@ def _import_resource(warehouse: Pipeline, table: str, files: list[str]) -> DltRe
                         columns=_append_columns(warehouse, table, files))
 
 
-def _imports_resource(load_ids: list[str], sources: dict[str, str]) -> DltResource:
-    """The change log's record of the warehouse loads it now holds; it also advances `imported_through`."""
+def _imports_resource(load_ids: list[str], sources: dict[str, str], lake_loads_read: str | None) -> DltResource:
+    """The change log's record of the warehouse loads it now holds; it also advances `imported_through` (and the
+    newest lake load whose record of imports was read, see `recorded_elsewhere`)."""
     def record() -> Iterator[Any]:
-        dlt.current.source_state()["imported_through"] = max(load_ids, key=Decimal)
+        state = dlt.current.source_state()
+        state["imported_through"] = max(load_ids, key=Decimal)
+        if lake_loads_read is not None:
+            state["lake_loads_read_through"] = lake_loads_read
         now = datetime.now(UTC)
         yield pa.table({"warehouse_load_id": load_ids, "imported_at": [now] * len(load_ids),
                         "source": [sources[load_id] for load_id in load_ids]}, schema=IMPORTS_SCHEMA)

@@ -12,7 +12,11 @@ ledger, schemas). The sinks are the truth; the pipelines directory is a cache of
   local state records the id of the sink it was made for; a local state made for another sink (another clone on the
   machine, a deleted and recreated warehouse or lake) is dropped and restored from the sink itself.
 - A lake mirrors one warehouse. A warehouse that was lost (deleted, or replaced by an empty one at the same path)
-  is restored from its lake's Delta tables; any other warehouse on a lake that mirrors another is refused.
+  is restored from its lake's Delta tables; any other warehouse on a lake that mirrors another is refused, and so
+  is a copy of the mirrored one (same identity, the original still in place: the two would diverge and the lake
+  take the loads of both), while a moved one is followed. A lake holding data without a binding (written before
+  bindings existed, or its file deleted) is bound only to a warehouse holding every load the lake records.
+- A warehouse may feed several lakes: each is a full mirror of it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ from dlt.pipeline.pipeline import Pipeline
 from ..registry import TableSpec
 from ..storage import Store
 from . import DATASET, Layout
-from .change_log import lake_pipeline
+from .change_log import lake_pipeline, recorded_imports, warehouse_loads
 from .delta import mirror_to_delta
 from .restore import restore_warehouse
 from .warehouse import table_exists, warehouse_pipeline
@@ -224,6 +229,10 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
             raise SinkMismatch(
                 f"the lake {lake_store} mirrors the warehouse {binding.warehouse_location}, not {location}: "
                 f"run with that warehouse, or give this warehouse a lake of its own (--lake)")
+    if binding is not None and identity is not None and binding.warehouse_location != location:
+        _refuse_a_copy(layout.warehouse, lake_store, binding, identity)
+    if binding is None and lake_has_data(lake_store):
+        _adopt_unbound_lake(layout.warehouse, lake_store, identity)
     if identity is None:
         identity = write_warehouse_identity(layout.warehouse, new_identity())
     if binding is None:
@@ -246,6 +255,44 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
     _repair_default_schema(lake)
     lake.sync_destination()
     return Sinks(warehouse, lake, identity, notes)
+
+
+def _refuse_a_copy(warehouse: Path, lake: Store, binding: LakeBinding, identity: WarehouseIdentity) -> None:
+    """Refuse a warehouse whose identity is the one the lake mirrors but at another location, unless the warehouse
+    was moved: a copy (the mirrored file still there, or unverifiable on another host) would diverge from it and
+    the lake would take the loads of both."""
+    host, sep, path = binding.warehouse_location.partition(":") if not lake.is_local else ("", "", "")
+    recorded = Path(binding.warehouse_location) if lake.is_local else Path(path) if sep else None
+    same_host = lake.is_local or host == socket.gethostname()
+    if same_host and recorded is not None and not recorded.exists():
+        return  # moved here
+    if same_host and recorded is not None:
+        try:
+            other = read_warehouse_identity(recorded)
+        except duckdb.Error:
+            other = identity  # open in another process: the file is there, so this one is a copy
+        if other is None or other.sink_id != identity.sink_id:
+            return  # another warehouse now lives there: this is the one the lake mirrors, moved
+    raise SinkMismatch(
+        f"the warehouse {warehouse.resolve()} is a copy of {binding.warehouse_location}, which the lake {lake} "
+        f"mirrors: run with that warehouse, or give the copy a lake of its own (--lake); if it was moved, delete "
+        f"{lake.url_of(*LAKE_BINDING.parts)}")
+
+
+def _adopt_unbound_lake(warehouse: Path, lake: Store, identity: WarehouseIdentity | None) -> None:
+    """Allow a lake that holds data but no binding (written before bindings existed, or its binding file deleted)
+    only when every warehouse load it records is this warehouse's."""
+    recorded = recorded_imports(lake)
+    loads = set(warehouse_loads(warehouse))
+    through = identity.restored_through if identity is not None else None
+    foreign = {load for load in recorded
+               if load not in loads and (through is None or Decimal(load) > Decimal(through))}
+    if recorded and not foreign:
+        return
+    raise SinkMismatch(
+        f"the lake {lake} holds data but no record of the warehouse it mirrors ({LAKE_BINDING} is missing)"
+        + (f", and {len(foreign)} of its loads are not in the warehouse {warehouse.resolve()}" if recorded else "")
+        + ": run with the warehouse it mirrors, or give this warehouse a lake of its own (--lake)")
 
 
 def _repair_default_schema(pipeline: Pipeline) -> None:

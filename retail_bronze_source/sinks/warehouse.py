@@ -315,6 +315,29 @@ def restore_merge_dispositions(pipeline: Pipeline, merge_tables: Sequence[str]) 
 class WarehouseBusy(Exception):
     """Another process holds the warehouse file open; the message names it."""
 
+
+class WarehouseTaken(Exception):
+    """Another process opened the warehouse file while a run was writing it (the run stopped part way; the next one
+    completes it); the message names the process."""
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+
+
+def lock_holder(error: BaseException) -> str | None:
+    """The process named by a DuckDB lock conflict in `error` or its causes (dlt wraps DuckDB's error in its own):
+    `<program> (pid <n>)`; None when the error is no lock conflict."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        message = str(current)
+        if "Could not set lock on file" in message:
+            holder = _LOCK_HOLDER.search(message)
+            return f"{holder.group(1)} (pid {holder.group(2)})" if holder else "another process"
+        current = current.__cause__ or current.__context__
+    return None
+
 def wait_for_warehouse(warehouse: Path, timeout: float, poll: float = 0.5) -> None:
     """Wait up to `timeout` seconds until no other process holds `warehouse` open (a BI tool, the DuckDB CLI, even
     read-only), then raise `WarehouseBusy` naming the holder."""
@@ -330,7 +353,7 @@ def wait_for_warehouse(warehouse: Path, timeout: float, poll: float = 0.5) -> No
             if "lock" not in message.lower():
                 raise
             if time.monotonic() >= deadline:
-                holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", message)
+                holder = _LOCK_HOLDER.search(message)
                 who = f"{holder.group(1)} (pid {holder.group(2)})" if holder else "another process"
                 raise WarehouseBusy(f"the warehouse {warehouse} is open in {who}; close that session (DuckDB allows "
                                     f"one writer and no readers beside it) and run again; waited {timeout:g} s") \
