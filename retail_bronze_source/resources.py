@@ -184,8 +184,9 @@ def table_resource(spec: TableSpec, raw_url: str | Store, *, ingestion_ts: datet
 
     def staged_rows(found: list[RawFile]) -> Generator[Any, None, StagedLoad]:
         ledger = dlt.current.resource_state().setdefault("files", {})
-        if not ledger and ledger_seed:
-            ledger.update(ledger_seed)
+        for path, entry in (ledger_seed or {}).items():
+            if ledger.get(path, {}).get("fingerprint") != entry["fingerprint"]:
+                ledger[path] = dict(entry)
         load_id = dlt.current.load_package_state()["load_id"]
         schema = dlt.current.source_schema()
         loaded = schema.tables.get(spec.name, {}).get("columns", {})

@@ -221,7 +221,7 @@ def _run(layout: Layout, specs: Sequence[TableSpec], *, pipelines_dir: str | Non
         reload = [spec.name for spec in specs]
         warehouse.refresh = None
     if reload:
-        _drop_tables(warehouse, reload)
+        _drop_tables(warehouse, warehouse_db, reload)
     seeds, resets = _reconcile_ledgers(warehouse, warehouse_db, specs, reload)
     if seeds:
         sinks.notes.append(f"the file ledger of {', '.join(sorted(seeds))} was rebuilt from the manifest")
@@ -498,29 +498,42 @@ def _finish_pending(pipeline: Pipeline, *, undo_interrupted: bool = False) -> li
     return failed_jobs(pipeline, info) if info is not None else []
 
 
-def _drop_tables(warehouse: Pipeline, names: Sequence[str]) -> None:
-    """dlt's own drop of the resources `names` (their tables and file ledgers); `_reset_tables` does the rest."""
-    if not warehouse.default_schema_name:
-        return
-    known = [name for name in names if name in warehouse.default_schema.tables]
+def _drop_tables(warehouse: Pipeline, warehouse_db: Path, names: Sequence[str]) -> None:
+    """dlt's own drop of the resources `names` (their tables and file ledgers); `_reconcile_ledgers` does the rest.
+    A table the pipeline's schema does not know (a pipeline with no state yet: a moved or restored warehouse) is
+    dropped from the warehouse directly, so that it is reloaded rather than its ledger rebuilt."""
+    known = [name for name in names if warehouse.default_schema_name and name in warehouse.default_schema.tables]
     if known:
         pipeline_drop(warehouse, resources=known)()
+    unknown = [name for name in names if name not in known]
+    if not unknown or not warehouse_db.exists():
+        return
+    with duckdb.connect(str(warehouse_db)) as con:
+        for name in unknown:
+            con.execute(f"DROP TABLE IF EXISTS {DATASET}.{quote_ident(name)}")
 
 
 def _reconcile_ledgers(warehouse: Pipeline, warehouse_db: Path, specs: Sequence[TableSpec], reload: Sequence[str]
                        ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Tables whose file ledger is empty although the warehouse has loaded them, in two kinds:
     - seeds: the warehouse holds the table's rows but its dlt state is gone (a warehouse restored from the lake, a
-      state lost with its pipelines directory and the warehouse's): the ledger is rebuilt from the manifest;
+      state lost with its pipelines directory and the warehouse's), or the state is older than the warehouse (another
+      pipeline loaded it since): the ledger is rebuilt, or completed, from the manifest;
     - resets: the table was dropped (`dlt pipeline drop`, `--reload`, a refresh) while the manifest still records its
       files: its reject and manifest records are deleted, the reload that follows replaces them, and a
       `table_resets` row tells the lake to replace the table too.
     """
     resources = warehouse.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
     empty = [spec.name for spec in specs if not resources.get(spec.name, {}).get("files")]
-    if not empty or not warehouse_db.exists():
+    if not warehouse_db.exists():
         return {}, {}
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        # Another pipeline loaded this warehouse since this one's state was saved (the warehouse moved away and
+        # back): the ledgers miss what that one read, which the manifest records.
+        stale = [spec.name for spec in specs if spec.name not in reload] \
+            if _state_is_stale(con, warehouse.pipeline_name) else []
+        if not empty and not stale:
+            return {}, {}
         present = {table for table in (REJECTS_TABLE, MANIFEST_TABLE) if table_exists(con, table)}
         recorded = {row[0] for row in con.execute(
             f"SELECT DISTINCT table_name FROM {DATASET}.{MANIFEST_TABLE}").fetchall()} if MANIFEST_TABLE in present \
@@ -528,8 +541,8 @@ def _reconcile_ledgers(warehouse: Pipeline, warehouse_db: Path, specs: Sequence[
         holding = {name for name in empty if table_exists(con, name) and
                    (con.execute(f"SELECT count(*) FROM {DATASET}.{quote_ident(name)}").fetchone() or (0,))[0]}
     wiped = MANIFEST_TABLE not in present and completed_loads(warehouse_db, DATASET)
-    ledgers = manifest_ledgers(warehouse_db) if holding else {}
-    seeds = {name: ledgers[name] for name in empty if name in holding and name in ledgers}
+    ledgers = manifest_ledgers(warehouse_db) if holding or stale else {}
+    seeds = {name: ledgers[name] for name in [*empty, *stale] if (name in holding or name in stale) and name in ledgers}
     resets = {name: "reloaded with --reload" if name in reload else "dropped from the warehouse"
               for name in empty if name not in holding and (name in recorded or wiped)}
     if resets and present:
@@ -538,6 +551,17 @@ def _reconcile_ledgers(warehouse: Pipeline, warehouse_db: Path, specs: Sequence[
                 client.execute_sql(f"DELETE FROM {client.make_qualified_table_name(table)} WHERE table_name IN "
                                    f"({', '.join('%s' for _ in resets)})", *resets)
     return seeds, resets
+
+
+def _state_is_stale(con: duckdb.DuckDBPyConnection, pipeline_name: str) -> bool:
+    """Whether another pipeline saved its state into the warehouse after `pipeline_name` last did."""
+    if not table_exists(con, "_dlt_pipeline_state"):
+        return False
+    order = load_id_order("_dlt_load_id")
+    row = con.execute(f"SELECT max({order}) FILTER (WHERE pipeline_name = ?), max({order}) FILTER (WHERE "
+                      f"pipeline_name <> ?) FROM {DATASET}._dlt_pipeline_state", [pipeline_name, pipeline_name]
+                      ).fetchone()
+    return row is not None and row[0] is not None and row[1] is not None and row[1] > row[0]
 
 
 def _resets_resource(resets: dict[str, str], stamp: datetime) -> Any:

@@ -135,35 +135,39 @@ def test_two_clones_on_one_machine_keep_their_own_state(tmp_path: Path, other_ra
 
 
 @pytest.mark.slow
-def test_one_lake_reached_under_two_pipeline_names_imports_each_load_once(tmp_path: Path, other_raw: Path,
-                                                                         clean: Snapshot) -> None:
-    """The default layout run from its directory (pipelines retail_bronze, retail_bronze_lake), then the same
-    warehouse and lake named by absolute paths from another directory (other pipeline names), then again from its
-    directory: the lake's own record of imports keeps every warehouse load in the change log once."""
+def test_one_warehouse_and_lake_under_other_paths_and_names_load_each_file_once(tmp_path: Path,
+                                                                                other_raw: Path) -> None:
+    """The default layout run from its folder, then named by absolute paths from another folder (the same
+    pipelines), then with its warehouse moved away (other pipelines: their state starts from the sinks) and back
+    (the first pipelines, whose state is now older than the warehouse and the lake), new files before each run:
+    every sink ends equal to one clean run of the final files, and the change log imports each load once."""
     home = {"DLT_DATA_DIR": str(tmp_path / "dlt_home")}
     clone = tmp_path / "clone"
     _raw(clone)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    absolute = ["--raw", str(clone / "raw"), "--lake", str(clone / "lake"), "--warehouse",
-                str(clone / "duckdb" / "warehouse.duckdb")]
-    box = Sandbox(clone / "raw", clone / "lake", clone / "duckdb" / "warehouse.duckdb", tmp_path / "dlt_home")
+    default = clone / "duckdb" / "warehouse.duckdb"
+    moved = clone / "moved" / "w.duckdb"
+    box = Sandbox(clone / "raw", clone / "lake", default, tmp_path / "dlt_home")
     tables = ["--tables", ",".join(TABLES)]
-    for cwd, args in ((clone, ["--raw", "raw"]), (elsewhere, absolute), (clone, ["--raw", "raw"])):
+    absolute = ["--raw", str(clone / "raw"), "--lake", str(clone / "lake")]
+    steps = [(None, clone, ["--raw", "raw"]), ("b", elsewhere, [*absolute, "--warehouse", str(default)]),
+             ("c", elsewhere, [*absolute, "--warehouse", str(moved)]), ("d", clone, ["--raw", "raw"])]
+    for delivery, cwd, args in steps:
+        if delivery is not None:
+            for source in sorted((other_raw / "events").iterdir()):
+                shutil.copy(source, clone / "raw" / "events" / f"{delivery}_{source.name}")
+        if delivery == "c":
+            moved.parent.mkdir()
+            default.rename(moved)
+        if delivery == "d":
+            moved.rename(default)
         done = run_cli(*args, *tables, cwd=cwd, env=home)
         assert done.returncode == 0, done.stderr
-        assert snapshot(box, TABLES) == clean, done.stdout
-    for delivery, cwd, args in (("b", elsewhere, absolute), ("c", clone, ["--raw", "raw"]),
-                                ("d", elsewhere, absolute)):
-        for source in sorted((other_raw / "events").iterdir()):
-            shutil.copy(source, clone / "raw" / "events" / f"{delivery}_{source.name}")
-        done = run_cli(*args, *tables, cwd=cwd, env=home)
-        assert done.returncode == 0, done.stderr
-        loads = changelog_table(box.lake, "change_log_imports").column("warehouse_load_id").to_pylist()
-        assert len(loads) == len(set(loads)), delivery
-        events = snapshot(box, ["events"])["events"]
-        assert len(events["parquet"]) == len(events["duckdb"]) == len(events["delta"]), delivery
-        assert sorted(events["parquet"], key=repr) == sorted(events["duckdb"], key=repr), delivery
+    assert "retail_bronze_lake" in done.stdout
+    loads = changelog_table(box.lake, "change_log_imports").column("warehouse_load_id").to_pylist()
+    assert len(loads) == len(set(loads)) == 4
+    assert snapshot(box, TABLES) == _clean(tmp_path / "clean", box.raw)
 
 
 @pytest.mark.slow
@@ -220,6 +224,60 @@ def test_a_copied_warehouse_is_refused_and_a_moved_one_accepted(tmp_path: Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("put_back", ["backup at its path", "copy elsewhere"])
+def test_a_warehouse_behind_its_lake_is_refused_until_restored(tmp_path: Path, other_raw: Path, put_back: str) -> None:
+    """An older copy of the warehouse (a backup put back, or a copy whose original loaded more and was deleted)
+    would load again the files the lake holds: it is refused, and once deleted it is restored from the lake."""
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    old = tmp_path / "old.duckdb"
+    for suffix in ("", ".wal"):  # a copy of a DuckDB file takes its write-ahead log along
+        if box.warehouse.with_name(box.warehouse.name + suffix).exists():
+            shutil.copy(box.warehouse.with_name(box.warehouse.name + suffix), old.with_name(old.name + suffix))
+    for source in sorted((other_raw / "events").iterdir()):
+        shutil.copy(source, box.raw / "events" / f"b_{source.name}")
+    _run(box)
+    before = snapshot(box, TABLES)
+    _lose(box, "warehouse")
+    target = box if put_back == "backup at its path" else Sandbox(box.raw, box.lake, old, box.pipelines_dir)
+    if put_back == "backup at its path":
+        for suffix in ("", ".wal"):
+            if old.with_name(old.name + suffix).exists():
+                old.with_name(old.name + suffix).rename(box.warehouse.with_name(box.warehouse.name + suffix))
+    done = run_cli(*box_args(target, TABLES))
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"the warehouse {target.warehouse.resolve()} is behind the lake" in lines[0], lines
+    assert {name: sinks["delta"] for name, sinks in snapshot(target, TABLES).items()} == {
+        name: sinks["delta"] for name, sinks in before.items()}
+    _lose(target, "warehouse")
+    restored = _run(target)
+    assert "restored from the lake's Delta tables" in restored.stdout
+    assert snapshot(target, TABLES) == before
+    assert "nothing new: " in _run(target).stdout
+
+
+@pytest.mark.slow
+def test_a_reload_by_a_pipeline_without_state_reloads(tmp_path: Path, clean: Snapshot) -> None:
+    """A moved warehouse gets pipelines named after its new path, with no state yet: `--reload` still reloads (the
+    table is not taken as loaded by its manifest)."""
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    moved = Sandbox(box.raw, box.lake, tmp_path / "moved" / "w.duckdb", box.pipelines_dir)
+    moved.warehouse.parent.mkdir()
+    box.warehouse.rename(moved.warehouse)
+    done = _run(moved, "--reload", "events")
+    events = next(line for line in done.stdout.splitlines() if line.lstrip().startswith("events"))
+    assert " 0 file(s) read" not in events, done.stdout
+    assert query(moved.warehouse, "SELECT table_name, reason FROM bronze.table_resets") == [
+        ("events", "reloaded with --reload")]
+    got = snapshot(moved, TABLES)
+    for sink in ("duckdb", "delta"):  # the change log is a log: it holds the first load of events too
+        assert {name: sinks[sink] for name, sinks in got.items()} == {
+            name: sinks[sink] for name, sinks in clean.items()}, sink
+
+
+@pytest.mark.slow
 def test_a_lake_without_its_binding_takes_only_its_own_warehouse(tmp_path: Path, other_raw: Path,
                                                                  clean: Snapshot) -> None:
     box = make_sandbox(tmp_path, raw=_raw(tmp_path))
@@ -242,6 +300,13 @@ def test_default_layout_keeps_the_plain_pipeline_names(tmp_path: Path, monkeypat
     assert pipeline_names(Path("duckdb/warehouse.duckdb"), Path("lake")) == ("retail_bronze", "retail_bronze_lake")
     assert pipeline_names(tmp_path / "duckdb" / "warehouse.duckdb", tmp_path / "lake") == (
         "retail_bronze", "retail_bronze_lake")
+    # The names are the targets', not the working directory's: the same layout named from elsewhere.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert pipeline_names(Path("../duckdb/warehouse.duckdb"), Path("../lake")) == (
+        "retail_bronze", "retail_bronze_lake")
+    mixed = pipeline_names(Path("../duckdb/warehouse.duckdb"), Path("../other_lake"))
+    assert mixed[0].startswith("retail_bronze_") and mixed[1].startswith("retail_bronze_lake_")
     other = pipeline_names(tmp_path / "x.duckdb", tmp_path / "lake2")
     assert other[0].startswith("retail_bronze_") and other[1].startswith("retail_bronze_lake_")
     assert other != pipeline_names(tmp_path / "y.duckdb", tmp_path / "lake3")

@@ -141,13 +141,19 @@ def _is_load_id(text: str) -> bool:
     return True
 
 
-def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline, lake_store: Store) -> LoadInfo | None:
-    """Import every completed warehouse load newer than the change log holds, in one lake load; None if none."""
+def held_through(lake: Pipeline, lake_store: Store) -> tuple[str | None, str | None]:
+    """The newest warehouse load the change log holds, by the lake pipeline's state and the lake's own record of
+    the other pipelines' imports; and the newest completed lake load (see `recorded_elsewhere`)."""
     own_schema = lake.default_schema_name or lake.pipeline_name
     state = lake.state.get("sources", {}).get(own_schema, {})
     elsewhere, newest_lake_load = recorded_elsewhere(lake_store, own_schema, state.get("lake_loads_read_through"))
     marks = [x for x in (imported_through(lake), elsewhere) if x is not None]
-    through = max(marks, key=Decimal) if marks else None
+    return (max(marks, key=Decimal) if marks else None), newest_lake_load
+
+
+def sync_change_log(warehouse: Pipeline, warehouse_db: Path, lake: Pipeline, lake_store: Store) -> LoadInfo | None:
+    """Import every completed warehouse load newer than the change log holds, in one lake load; None if none."""
+    through, newest_lake_load = held_through(lake, lake_store)
     missing = [load for load in warehouse_loads(warehouse_db) if through is None or Decimal(load) > Decimal(through)]
     if not missing:
         return None

@@ -3,10 +3,12 @@
 A run writes three places that hold state: the DuckDB warehouse, the lake (Parquet change log, Delta mirror, rejects
 CSVs) and dlt's pipelines directory (the working state of the warehouse and lake pipelines: pending packages, the file
 ledger, schemas). The sinks are the truth; the pipelines directory is a cache of them, bound to the sink it describes:
-- The default layout (`duckdb/warehouse.duckdb` and `lake` in the current directory) uses the pipelines
-  `retail_bronze` and `retail_bronze_lake`, so that `dlt pipeline retail_bronze info` works from the repository root;
-  any other warehouse or lake gets pipelines named after it (`retail_bronze_<8 hex digits of its absolute path>`), so
-  that runs on different targets never share a working directory.
+- The default layout (`duckdb/warehouse.duckdb` and `lake` in one folder, whatever the working directory) uses the
+  pipelines `retail_bronze` and `retail_bronze_lake`, so that `dlt pipeline retail_bronze info` works from the
+  repository root; any other layout gets pipelines named after its targets (`retail_bronze_<8 hex digits of the
+  warehouse's absolute path>`, `retail_bronze_lake_<... of the lake's>`), so that runs on different targets never
+  share a working directory. Default layouts of several folders (clones) share the names: their states are bound
+  to their sinks (below).
 - The warehouse carries an identity (`_retail_bronze.sink`: a random id, made on its first run) and the lake a
   binding file (`<lake>/_retail_bronze/sink.json`: its own id and the id of the warehouse it mirrors). A pipeline's
   local state records the id of the sink it was made for; a local state made for another sink (another clone on the
@@ -39,7 +41,7 @@ from dlt.pipeline.pipeline import Pipeline
 from ..registry import TableSpec
 from ..storage import Store
 from . import DATASET, Layout
-from .change_log import lake_pipeline, recorded_imports, warehouse_loads
+from .change_log import held_through, lake_pipeline, recorded_imports, warehouse_loads
 from .delta import mirror_to_delta
 from .restore import restore_warehouse
 from .warehouse import table_exists, warehouse_pipeline
@@ -60,16 +62,18 @@ class SinkMismatch(Exception):
 
 
 def pipeline_names(warehouse: Path, lake: Store | Path) -> tuple[str, str]:
-    """The names of the warehouse and lake pipelines of a layout (see the module docstring)."""
+    """The names of the warehouse and lake pipelines of a layout (see the module docstring): a function of the
+    targets alone, never of the working directory, so that one warehouse and lake have one pair of pipelines
+    however their paths are spelled."""
     warehouse = warehouse.resolve()
-    warehouse_name = WAREHOUSE_PIPELINE if warehouse == DEFAULT_WAREHOUSE.resolve() else \
-        f"{WAREHOUSE_PIPELINE}_{_digest(str(warehouse))}"
-    if isinstance(lake, Path) or lake.is_local:
-        local = (lake if isinstance(lake, Path) else lake.local_path).resolve()
-        lake_name = LAKE_PIPELINE if local == DEFAULT_LAKE.resolve() else f"{LAKE_PIPELINE}_{_digest(str(local))}"
+    if isinstance(lake, Path):
+        lake_key = str(lake.resolve())
     else:
-        lake_name = f"{LAKE_PIPELINE}_{_digest(lake.url)}"
-    return warehouse_name, lake_name
+        lake_key = str(lake.local_path.resolve()) if lake.is_local else lake.url
+    root = warehouse.parent.parent
+    if warehouse == root / DEFAULT_WAREHOUSE and lake_key == str(root / DEFAULT_LAKE):
+        return WAREHOUSE_PIPELINE, LAKE_PIPELINE
+    return f"{WAREHOUSE_PIPELINE}_{_digest(str(warehouse))}", f"{LAKE_PIPELINE}_{_digest(lake_key)}"
 
 
 def _digest(text: str) -> str:
@@ -218,11 +222,14 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
             binding = None  # an empty lake: it mirrors whatever warehouse this is
         elif identity is None and not had_loads and binding.warehouse_location == location:
             mirror_to_delta(lake_store, specs)  # Delta first takes every load the change log holds
-            through = restore_warehouse(layout.warehouse, layout.delta_root)
+            from_delta = restore_warehouse(layout.warehouse, layout.delta_root)
+            # Loads the lake holds without rows in Delta (a state-only load) are complete too.
+            marks = [x for x in (from_delta, *recorded_imports(lake_store)) if x is not None]
+            through = max(marks, key=Decimal) if marks else None
             identity = write_warehouse_identity(layout.warehouse, WarehouseIdentity(
                 binding.warehouse_id, datetime.now(UTC), through))
             restored = True
-            if through is not None:
+            if from_delta is not None:
                 notes.append(f"the warehouse {layout.warehouse} was missing or empty: restored from the lake's Delta "
                              f"tables (loads up to {through})")
         else:
@@ -254,7 +261,24 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
                      f"{lake_store}")
     _repair_default_schema(lake)
     lake.sync_destination()
+    _refuse_a_warehouse_behind_its_lake(layout.warehouse, lake_store, lake, identity)
     return Sinks(warehouse, lake, identity, notes)
+
+
+def _refuse_a_warehouse_behind_its_lake(warehouse: Path, lake_store: Store, lake: Pipeline,
+                                        identity: WarehouseIdentity) -> None:
+    """Refuse a warehouse older than the lake that mirrors it (an older copy or backup put in its place, a copy
+    whose original went on loading): the lake holds loads the warehouse lacks, whose files it would load again."""
+    lake_through, _ = held_through(lake, lake_store)
+    if lake_through is None:
+        return
+    marks = [x for x in (*warehouse_loads(warehouse)[-1:], identity.restored_through) if x is not None]
+    newest = max(marks, key=Decimal) if marks else None
+    if newest is None or Decimal(lake_through) > Decimal(newest):
+        raise SinkMismatch(
+            f"the warehouse {warehouse.resolve()} is behind the lake {lake_store} that mirrors it (the lake holds "
+            f"loads up to {lake_through}, the warehouse up to {newest or 'none'}: an older copy or backup?): delete "
+            f"it, and the next run restores it from the lake; or give it a lake of its own (--lake)")
 
 
 def _refuse_a_copy(warehouse: Path, lake: Store, binding: LakeBinding, identity: WarehouseIdentity) -> None:
