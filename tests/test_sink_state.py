@@ -95,6 +95,24 @@ def test_lost_sinks_converge_to_a_clean_run(tmp_path: Path, lost: tuple[str, ...
 
 
 @pytest.mark.slow
+def test_a_lake_lost_after_its_warehouse_was_restored_from_it_is_rebuilt(tmp_path: Path, other_raw: Path,
+                                                                         clean: Snapshot) -> None:
+    """The loads a restored warehouse took from its lake are its own: a lake lost later gets them back."""
+    box = make_sandbox(tmp_path, raw=_raw(tmp_path))
+    _run(box)
+    _lose(box, "warehouse")
+    assert "restored from the lake's Delta tables" in _run(box).stdout
+    _lose(box, "lake")
+    _run(box)
+    assert snapshot(box, TABLES) == clean
+    for source in sorted((other_raw / "events").iterdir()):
+        shutil.copy(source, box.raw / "events" / f"b_{source.name}")
+    _lose(box, "lake")
+    _run(box)
+    assert snapshot(box, TABLES) == _clean(tmp_path / "clean", box.raw)
+
+
+@pytest.mark.slow
 def test_alternating_lakes_never_share_state(tmp_path: Path, other_raw: Path, clean: Snapshot,
                                              other_clean: Snapshot) -> None:
     """Lake A, then lake B on other raw files, then A again, with one pipelines directory."""

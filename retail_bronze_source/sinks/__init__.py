@@ -15,6 +15,11 @@ from ..storage import LAKE_SECTION, Store, open_store
 
 DATASET = "bronze"
 """The dataset (DuckDB schema, lake folder) the package loads."""
+META_SCHEMA = "_retail_bronze"
+"""DuckDB schema of the warehouse's own bookkeeping, beside dlt's dataset so that dlt's commands never touch it."""
+RESTORED_LOADS = "restored_loads"
+"""Table of `META_SCHEMA` listing the warehouse loads a restored warehouse took from its lake (dlt's `_dlt_loads` of
+the restored file does not list them, yet they are the warehouse's: a lake rebuilt later imports them too)."""
 LOADER_FILE_FORMAT: Final = "parquet"
 """Every load job is Parquet: the rows stay in Arrow end to end."""
 

@@ -34,7 +34,7 @@ from dlt.pipeline.pipeline import Pipeline
 from ..helpers import quote_ident, quote_literal
 from ..storage import LAKE_SECTION, Store
 from ..workdirs import staging_dir
-from . import DATASET, LOADER_FILE_FORMAT
+from . import DATASET, LOADER_FILE_FORMAT, META_SCHEMA, RESTORED_LOADS
 from .packages import package_files
 from .warehouse import table_exists
 
@@ -66,14 +66,19 @@ def lake_pipeline(lake: Store, pipeline_name: str, *, pipelines_dir: str | None 
 
 
 def warehouse_loads(warehouse_db: Path) -> list[str]:
-    """The completed load ids of the warehouse's dataset, oldest first."""
+    """The completed load ids of the warehouse's dataset, oldest first: dlt's, and those a restored warehouse took
+    from its lake (`RESTORED_LOADS`)."""
     if not warehouse_db.exists():
         return []
+    loads: set[str] = set()
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
-        if not table_exists(con, "_dlt_loads"):
-            return []
-        rows = con.execute(f"SELECT DISTINCT load_id FROM {DATASET}._dlt_loads WHERE status = 0").fetchall()
-    return sorted((row[0] for row in rows), key=Decimal)
+        if table_exists(con, "_dlt_loads"):
+            loads.update(row[0] for row in con.execute(
+                f"SELECT DISTINCT load_id FROM {DATASET}._dlt_loads WHERE status = 0").fetchall())
+        if table_exists(con, RESTORED_LOADS, META_SCHEMA):
+            loads.update(row[0] for row in con.execute(
+                f"SELECT load_id FROM {META_SCHEMA}.{RESTORED_LOADS}").fetchall())
+    return sorted(loads, key=Decimal)
 
 
 def imported_through(lake: Pipeline) -> str | None:

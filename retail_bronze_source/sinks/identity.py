@@ -38,9 +38,10 @@ from typing import Any
 import duckdb
 from dlt.pipeline.pipeline import Pipeline
 
+from ..helpers import quote_ident
 from ..registry import TableSpec
 from ..storage import Store
-from . import DATASET, Layout
+from . import DATASET, META_SCHEMA, RESTORED_LOADS, Layout
 from .change_log import held_through, lake_pipeline, recorded_imports, warehouse_loads
 from .delta import mirror_to_delta
 from .restore import restore_warehouse
@@ -50,8 +51,6 @@ WAREHOUSE_PIPELINE = "retail_bronze"
 LAKE_PIPELINE = "retail_bronze_lake"
 DEFAULT_WAREHOUSE = Path("duckdb") / "warehouse.duckdb"
 DEFAULT_LAKE = Path("lake")
-META_SCHEMA = "_retail_bronze"
-"""DuckDB schema of the warehouse's own bookkeeping, beside dlt's dataset so that dlt's commands never touch it."""
 LAKE_BINDING = Path("_retail_bronze") / "sink.json"
 LOCAL_STATE_KEY = "retail_bronze_sink"
 """Key of the bound sink id in a pipeline's local (never synchronized) state."""
@@ -113,6 +112,26 @@ def write_warehouse_identity(warehouse: Path, identity: WarehouseIdentity) -> Wa
         con.execute(f"INSERT INTO {META_SCHEMA}.sink VALUES (?, ?, ?)",
                     [identity.sink_id, identity.created_at, identity.restored_through])
     return identity
+
+
+def _record_restored_loads(warehouse: Path, recorded: set[str]) -> set[str]:
+    """Record in the restored `warehouse` the loads it took from its lake: those the lake records and those its
+    restored rows carry; return them."""
+    with duckdb.connect(str(warehouse)) as con:
+        tables = [row[0] for row in con.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = ? AND column_name = "
+            "'_dlt_load_id'", [DATASET]).fetchall()]
+        loads = set(recorded)
+        for table in tables:
+            loads.update(row[0] for row in con.execute(
+                f"SELECT DISTINCT _dlt_load_id FROM {DATASET}.{quote_ident(table)} WHERE _dlt_load_id IS NOT NULL"
+            ).fetchall())
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.{RESTORED_LOADS} (load_id VARCHAR NOT NULL)")
+        con.execute(f"DELETE FROM {META_SCHEMA}.{RESTORED_LOADS}")
+        if loads:
+            con.executemany(f"INSERT INTO {META_SCHEMA}.{RESTORED_LOADS} VALUES (?)", [[x] for x in sorted(loads)])
+    return loads
 
 
 def new_identity() -> WarehouseIdentity:
@@ -224,7 +243,8 @@ def open_sinks(layout: Layout, specs: Sequence[TableSpec], pipelines_dir: str | 
             mirror_to_delta(lake_store, specs)  # Delta first takes every load the change log holds
             from_delta = restore_warehouse(layout.warehouse, layout.delta_root)
             # Loads the lake holds without rows in Delta (a state-only load) are complete too.
-            marks = [x for x in (from_delta, *recorded_imports(lake_store)) if x is not None]
+            taken = _record_restored_loads(layout.warehouse, recorded_imports(lake_store))
+            marks = [x for x in (from_delta, *taken) if x is not None]
             through = max(marks, key=Decimal) if marks else None
             identity = write_warehouse_identity(layout.warehouse, WarehouseIdentity(
                 binding.warehouse_id, datetime.now(UTC), through))
